@@ -1,0 +1,39 @@
+"""Names shared by the registry and every agent: token type and the Redis revocation channel.
+
+Defined once here; the server imports them so the publisher and the SDK watcher cannot drift.
+"""
+
+from dataclasses import dataclass
+
+TOKEN_TYPE = "agent-passport+jwt"  # noqa: S105 (a JWT "typ", not a secret)
+ALGORITHM = "EdDSA"
+MAX_TOKEN_BYTES = 16 * 1024
+DEFAULT_REDIS_PREFIX = "aps"
+
+
+@dataclass(frozen=True)
+class RevocationChannel:
+    """Redis keys through which revocations reach agents (README, "Kill-switch protocol")."""
+
+    prefix: str = DEFAULT_REDIS_PREFIX
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}:revocations:epoch"
+
+    @property
+    def stream_key(self) -> str:
+        return f"{self.prefix}:revocations:stream"
+
+    @property
+    def snapshot_key(self) -> str:
+        return f"{self.prefix}:revocations:snapshot"
+
+    def as_claim(self) -> dict[str, str]:
+        """The ``rev`` claim carried in every passport so an agent can find the channel."""
+        return {
+            "transport": "redis-stream",
+            "epoch": self.epoch_key,
+            "stream": self.stream_key,
+            "snapshot": self.snapshot_key,
+        }

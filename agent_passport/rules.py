@@ -1,0 +1,227 @@
+"""The scope and jurisdiction rule engine: one place that decides whether an action is allowed.
+
+Scope grammar (one entry per string)::
+
+    entry     := ["!"] domain ":" action [":" resource]
+    domain    := name | "*"          e.g. tool, net, fs, gpu, data, proc
+    action    := name | "*"          e.g. shell, connect, write, use, read, exec
+    name      := [a-z0-9][a-z0-9_.-]*
+    resource  := any non-blank text; "*" matches within one path segment (never "/"),
+                 "**" matches anything including "/"; everything else is literal
+
+An entry without a resource covers every resource of that action. An action without a resource is
+matched as the empty resource (which "*" and "**" match). Entries starting with "!" deny and
+always win over allows; anything no entry allows is denied.
+
+Jurisdiction: the passport lists regions (see :mod:`agent_passport.regions`); an action's region
+must lie inside one of them. An action with no region is allowed only by a ``GLOBAL`` passport.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from agent_passport.errors import RuleError
+from agent_passport.regions import GLOBAL, normalize_region, region_within
+
+MAX_RULES = 256
+MAX_RULE_LENGTH = 512
+MAX_REGIONS = 64
+
+_NAME = re.compile(r"^(\*|[a-z0-9][a-z0-9_.-]*)$")
+_ACTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_FORBIDDEN_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+_DECISION_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    rule: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    deny: bool
+    domain: str
+    action: str
+    resource: re.Pattern[str] | None
+
+    def matches_resource(self, resource: str) -> bool:
+        return self.resource is None or self.resource.fullmatch(resource) is not None
+
+
+def _glob_to_regex(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for i, chunk in enumerate(pattern.split("**")):
+        if i:
+            parts.append(".*")
+        parts.append("[^/]*".join(re.escape(piece) for piece in chunk.split("*")))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse one scope entry, raising :class:`RuleError` that names the entry if it is malformed."""
+    if not isinstance(text, str):
+        raise RuleError(repr(text), "a scope rule must be a string")
+    if not text:
+        raise RuleError(text, "empty rule")
+    if len(text) > MAX_RULE_LENGTH:
+        raise RuleError(text[:40] + "...", f"longer than {MAX_RULE_LENGTH} characters")
+    if _FORBIDDEN_CHARS.search(text):
+        raise RuleError(text, "whitespace and control characters are not allowed")
+    deny = text.startswith("!")
+    parts = (text[1:] if deny else text).split(":", 2)
+    if len(parts) < 2:
+        raise RuleError(text, "expected domain:action[:resource], e.g. tool:shell:exec")
+    domain, action = parts[0], parts[1]
+    for label, value in (("domain", domain), ("action", action)):
+        if not _NAME.match(value):
+            raise RuleError(
+                text,
+                f"{label} {value!r} must be '*' or lower-case letters, digits, '_', '.', '-' "
+                "(wildcards inside a name are not supported)",
+            )
+    resource = None
+    if len(parts) == 3:
+        if parts[2] == "":
+            raise RuleError(text, "empty resource after ':' (omit it to cover every resource)")
+        resource = _glob_to_regex(parts[2])
+    return Rule(text=text, deny=deny, domain=domain, action=action, resource=resource)
+
+
+def parse_scope(entries: Iterable[str]) -> tuple[Rule, ...]:
+    if isinstance(entries, str) or not isinstance(entries, Iterable):
+        raise RuleError(repr(entries), "scope must be a list of rule strings")
+    rules = tuple(parse_rule(entry) for entry in entries)
+    if len(rules) > MAX_RULES:
+        raise RuleError(f"{len(rules)} rules", f"at most {MAX_RULES} scope rules are allowed")
+    return rules
+
+
+def parse_jurisdiction(regions: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(regions, str) or not isinstance(regions, Iterable):
+        raise RuleError(repr(regions), "jurisdiction must be a list of region codes")
+    normalized = tuple(dict.fromkeys(normalize_region(code) for code in regions))
+    if not normalized:
+        raise RuleError("[]", "at least one region is required (use GLOBAL for anywhere)")
+    if len(normalized) > MAX_REGIONS:
+        raise RuleError(f"{len(normalized)} regions", f"at most {MAX_REGIONS} regions")
+    return normalized
+
+
+def split_action(action: str, resource: str | None = None) -> tuple[str, str, str]:
+    """Split ``domain:action[:resource]`` (resource may instead be passed separately).
+
+    Raises ValueError for a malformed action.
+    """
+    parts = action.split(":", 2)
+    if len(parts) < 2 or not _ACTION_NAME.match(parts[0]) or not _ACTION_NAME.match(parts[1]):
+        raise ValueError(
+            f"malformed action {action!r}: expected domain:action[:resource] with lower-case names"
+        )
+    if len(parts) == 3:
+        if resource is not None:
+            raise ValueError(f"malformed action {action!r}: resource given twice")
+        resource = parts[2]
+    return parts[0], parts[1], resource or ""
+
+
+class Policy:
+    """A parsed passport scope and jurisdiction. Immutable, thread-safe, and caches decisions."""
+
+    def __init__(self, scope: Iterable[str], jurisdiction: Iterable[str]) -> None:
+        self.rules = parse_scope(scope)
+        self.jurisdiction = parse_jurisdiction(jurisdiction)
+        self._by_key: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        for rule in self.rules:
+            key = (rule.domain, rule.action)
+            self._by_key[key] = (*self._by_key.get(key, ()), rule)
+        self._cache: dict[tuple[str, str | None, str | None], Decision] = {}
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, object]) -> Policy:
+        return cls(claims.get("scope") or [], claims.get("jurisdiction") or [])  # type: ignore[arg-type]
+
+    def decide(
+        self, action: str, resource: str | None = None, jurisdiction: str | None = None
+    ) -> Decision:
+        key = (action, resource, jurisdiction)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        decision = self._decide(action, resource, jurisdiction)
+        if len(self._cache) >= _DECISION_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = decision
+        return decision
+
+    def _candidates(self, domain: str, action: str) -> Iterable[Rule]:
+        get = self._by_key.get
+        return (
+            *get((domain, action), ()),
+            *get((domain, "*"), ()),
+            *get(("*", action), ()),
+            *get(("*", "*"), ()),
+        )
+
+    def _decide(self, action: str, resource: str | None, jurisdiction: str | None) -> Decision:
+        try:
+            domain, verb, resource = split_action(action, resource)
+        except (ValueError, AttributeError) as exc:
+            return Decision(False, str(exc))
+        described = f"{domain}:{verb}" + (f":{resource}" if resource else "")
+        allowed_by = None
+        for rule in self._candidates(domain, verb):
+            if rule.matches_resource(resource):
+                if rule.deny:
+                    return Decision(
+                        False, f"{described} is denied by rule {rule.text!r}", rule.text
+                    )
+                allowed_by = allowed_by or rule
+        if allowed_by is None:
+            return Decision(False, f"{described} is not in the passport's scope")
+        return self._decide_jurisdiction(described, jurisdiction, allowed_by)
+
+    def _decide_jurisdiction(
+        self, described: str, jurisdiction: str | None, rule: Rule
+    ) -> Decision:
+        allowed_in = ", ".join(self.jurisdiction)
+        if jurisdiction is None:
+            if GLOBAL in self.jurisdiction:
+                return Decision(True, f"allowed by rule {rule.text!r}", rule.text)
+            return Decision(
+                False,
+                f"{described} names no jurisdiction and the passport is limited to {allowed_in}",
+            )
+        try:
+            region = normalize_region(jurisdiction)
+        except RuleError as exc:
+            return Decision(False, str(exc))
+        if any(region_within(region, outer) for outer in self.jurisdiction):
+            return Decision(True, f"allowed by rule {rule.text!r} in {region}", rule.text)
+        return Decision(
+            False, f"{described} in {region} is outside the passport's jurisdiction ({allowed_in})"
+        )
+
+
+def decide(
+    passport: Policy | Mapping[str, object],
+    action: str,
+    resource: str | None = None,
+    jurisdiction: str | None = None,
+) -> Decision:
+    """Decide ``(passport, action, resource, jurisdiction) -> allow | deny + reason``.
+
+    ``passport`` is a :class:`Policy` or a claims mapping with ``scope`` and ``jurisdiction``.
+    Never raises for bad action input: a malformed action is simply denied.
+    """
+    policy = passport if isinstance(passport, Policy) else Policy.from_claims(passport)
+    return policy.decide(action, resource, jurisdiction)

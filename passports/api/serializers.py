@@ -1,0 +1,99 @@
+from rest_framework import serializers
+
+from passports.models import Agent, Passport
+from passports.services import effective_status
+
+
+class StrictSerializer(serializers.Serializer):
+    """Rejects a body that is not a JSON object or that carries fields this endpoint ignores."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": ["must be a JSON object"]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class AgentCreateSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=200)
+    fleet = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=100,
+        required=False,
+        default="",
+        error_messages={"invalid": "letters, digits, '.', '_' and '-' only"},
+    )
+    description = serializers.CharField(
+        max_length=2000, required=False, default="", allow_blank=True
+    )
+    host = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "fleet", "owner", "description", "host", "status", "created_at"]
+
+
+class PassportIssueSerializer(StrictSerializer):
+    agent = serializers.UUIDField()
+    # Rules are validated by the rule engine (which names the bad rule), not here.
+    scope = serializers.ListField(
+        child=serializers.CharField(trim_whitespace=False, allow_blank=True), allow_empty=False
+    )
+    jurisdiction = serializers.ListField(
+        child=serializers.CharField(trim_whitespace=False, allow_blank=True), allow_empty=False
+    )
+    ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+
+class PassportRenewSerializer(StrictSerializer):
+    ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+
+class ReasonSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class IntrospectSerializer(StrictSerializer):
+    # No max_length: an oversized token is answered {"active": false, "reason": "too_large"}.
+    token = serializers.CharField(trim_whitespace=False, allow_blank=True)
+
+
+class PassportSerializer(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+    issued_by = serializers.CharField(source="issued_by.username", read_only=True)
+    revoked_by = serializers.CharField(source="revoked_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = Passport
+        fields = [
+            "jti",
+            "agent",
+            "scope",
+            "jurisdiction",
+            "issued_at",
+            "not_before",
+            "expires_at",
+            "status",
+            "kid",
+            "issued_by",
+            "renewed_from",
+            "revoked_at",
+            "revoked_by",
+            "revoked_reason",
+        ]
+
+    def get_status(self, passport: Passport) -> str:
+        return effective_status(passport)
+
+
+class IssuedPassportSerializer(serializers.Serializer):
+    jti = serializers.UUIDField(source="passport.jti")
+    token = serializers.CharField()
+    claims = serializers.DictField()
+    expires_at = serializers.DateTimeField(source="passport.expires_at")

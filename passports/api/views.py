@@ -1,0 +1,141 @@
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import cache_control
+from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from passports import selectors, services, signing
+from passports.api.serializers import (
+    AgentCreateSerializer,
+    AgentSerializer,
+    IntrospectSerializer,
+    IssuedPassportSerializer,
+    PassportIssueSerializer,
+    PassportRenewSerializer,
+    PassportSerializer,
+    ReasonSerializer,
+)
+from passports.models import Agent
+from passports.roles import IsViewer, ReadViewerWriteOperator
+from registry.errors import RequestRejected
+
+UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
+
+
+class NewestFirst(CursorPagination):
+    ordering = "-created_at"
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class NewestIssuedFirst(NewestFirst):
+    ordering = "-issued_at"
+
+
+class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = AgentSerializer
+    permission_classes = [ReadViewerWriteOperator]
+    pagination_class = NewestFirst
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        params = self.request.query_params
+        return selectors.agents(fleet=params.get("fleet"), status=params.get("status"))
+
+    @extend_schema(request=AgentCreateSerializer, responses={201: AgentSerializer})
+    def create(self, request: Request) -> Response:
+        data = AgentCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        agent = services.register_agent(owner=request.user, **data.validated_data)
+        return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+
+class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = PassportSerializer
+    permission_classes = [ReadViewerWriteOperator]
+    pagination_class = NewestIssuedFirst
+    lookup_field = "jti"
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        params = self.request.query_params
+        return selectors.passports(
+            agent=params.get("agent"), fleet=params.get("fleet"), status=params.get("status")
+        )
+
+    def _issued_response(self, issued: services.IssuedPassport) -> Response:
+        return Response(IssuedPassportSerializer(issued).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=PassportIssueSerializer, responses={201: IssuedPassportSerializer})
+    def create(self, request: Request) -> Response:
+        data = PassportIssueSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        agent = Agent.objects.filter(pk=fields["agent"]).first()
+        if agent is None:
+            raise RequestRejected("agent", f"no agent with id {fields['agent']}")
+        issued = services.issue_passport(
+            agent=agent,
+            scope=fields["scope"],
+            jurisdiction=fields["jurisdiction"],
+            ttl_seconds=fields["ttl_seconds"],
+            issued_by=request.user,
+        )
+        return self._issued_response(issued)
+
+    @extend_schema(request=PassportRenewSerializer, responses={201: IssuedPassportSerializer})
+    @action(detail=True, methods=["post"])
+    def renew(self, request: Request, jti: str) -> Response:
+        data = PassportRenewSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        issued = services.renew_passport(
+            passport=self.get_object(),
+            ttl_seconds=data.validated_data["ttl_seconds"],
+            issued_by=request.user,
+        )
+        return self._issued_response(issued)
+
+    @extend_schema(request=ReasonSerializer, responses={200: PassportSerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, jti: str) -> Response:
+        data = ReasonSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        passport = services.revoke_passport(
+            passport=self.get_object(),
+            reason=data.validated_data["reason"],
+            revoked_by=request.user,
+        )
+        return Response(PassportSerializer(passport).data)
+
+    @extend_schema(
+        request=IntrospectSerializer,
+        responses={200: inline_serializer("Introspection", {"active": serializers.BooleanField()})},
+    )
+    @action(detail=False, methods=["post"], permission_classes=[IsViewer])
+    def introspect(self, request: Request) -> Response:
+        data = IntrospectSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(services.introspect(data.validated_data["token"]))
+
+
+@require_GET
+@cache_control(public=True, max_age=300)
+def jwks_view(request: HttpRequest) -> JsonResponse:
+    """Public verification keys. Cached by clients for five minutes; rotation keeps old keys."""
+    return JsonResponse(signing.jwks())
+
+
+@require_GET
+@cache_control(no_store=True)
+def healthz(request: HttpRequest) -> JsonResponse:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:  # report, don't crash: this endpoint exists to say what is down
+        return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok"})

@@ -1,0 +1,196 @@
+"""Passport workflows: register agents, issue, renew, revoke, introspect, expire."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from agent_passport.errors import PassportError, RuleError
+from agent_passport.protocol import RevocationChannel
+from agent_passport.rules import parse_jurisdiction, parse_scope
+from agent_passport.tokens import verify_token
+from passports import signing
+from passports.models import Agent, Passport
+from registry.errors import RequestRejected, StateConflict
+
+
+@dataclass(frozen=True)
+class IssuedPassport:
+    passport: Passport
+    token: str
+    claims: dict[str, Any]
+
+
+def revocation_channel() -> RevocationChannel:
+    return RevocationChannel(prefix=settings.REVOCATION_REDIS_PREFIX)
+
+
+def register_agent(
+    *, name: str, fleet: str = "", description: str = "", host: str = "", owner: AbstractBaseUser
+) -> Agent:
+    return Agent.objects.create(
+        name=name, fleet=fleet, description=description, host=host, owner=owner
+    )
+
+
+def _validated_ttl(ttl_seconds: int | None) -> int:
+    ttl = settings.PASSPORT_DEFAULT_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+    if ttl < 1 or ttl > settings.PASSPORT_MAX_TTL_SECONDS:
+        raise RequestRejected(
+            "ttl_seconds", f"must be between 1 and {settings.PASSPORT_MAX_TTL_SECONDS} seconds"
+        )
+    return ttl
+
+
+def _require_issuable(agent: Agent) -> None:
+    if agent.status != Agent.Status.ACTIVE:
+        raise RequestRejected(
+            "agent", f"agent {agent.id} is {agent.status}; no passport can be issued"
+        )
+
+
+@transaction.atomic
+def issue_passport(
+    *,
+    agent: Agent,
+    scope: list[str],
+    jurisdiction: list[str],
+    ttl_seconds: int | None,
+    issued_by: AbstractBaseUser,
+    renewed_from: Passport | None = None,
+) -> IssuedPassport:
+    """Validate the rules, sign a token and record the passport. Raises RequestRejected."""
+    agent = Agent.objects.select_for_update().get(pk=agent.pk)
+    _require_issuable(agent)
+    try:
+        parse_scope(scope)
+    except RuleError as exc:
+        raise RequestRejected("scope", str(exc)) from exc
+    if not scope:
+        raise RequestRejected("scope", "at least one scope rule is required")
+    try:
+        jurisdiction = list(parse_jurisdiction(jurisdiction))
+    except RuleError as exc:
+        raise RequestRejected("jurisdiction", str(exc)) from exc
+    ttl = _validated_ttl(ttl_seconds)
+
+    now = timezone.now().replace(microsecond=0)
+    expires_at = now + timedelta(seconds=ttl)
+    jti = uuid.uuid4()
+    claims = {
+        "iss": settings.PASSPORT_ISSUER,
+        "sub": str(agent.id),
+        "aud": settings.PASSPORT_AUDIENCE,
+        "jti": str(jti),
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int(expires_at.timestamp()),
+        "scope": list(scope),
+        "jurisdiction": jurisdiction,
+        "fleet": agent.fleet,
+        "agent_name": agent.name,
+        "rev": revocation_channel().as_claim(),
+    }
+    kid, token = signing.sign_claims(claims)
+    passport = Passport.objects.create(
+        jti=jti,
+        agent=agent,
+        scope=list(scope),
+        jurisdiction=jurisdiction,
+        issued_at=now,
+        not_before=now,
+        expires_at=expires_at,
+        kid=kid,
+        issued_by=issued_by,
+        renewed_from=renewed_from,
+    )
+    return IssuedPassport(passport=passport, token=token, claims=claims)
+
+
+def effective_status(passport: Passport, *, now: datetime | None = None) -> str:
+    """Stored status, except that an active passport past its expiry reads as expired."""
+    if passport.status == Passport.Status.ACTIVE and passport.expires_at <= (now or timezone.now()):
+        return Passport.Status.EXPIRED
+    return passport.status
+
+
+@transaction.atomic
+def renew_passport(
+    *, passport: Passport, ttl_seconds: int | None, issued_by: AbstractBaseUser
+) -> IssuedPassport:
+    """Issue a successor with the same scope and jurisdiction; the old passport is superseded."""
+    passport = Passport.objects.select_for_update().get(pk=passport.pk)
+    status = effective_status(passport)
+    if status != Passport.Status.ACTIVE:
+        raise StateConflict("jti", f"passport is {status}; only an active passport can be renewed")
+    issued = issue_passport(
+        agent=passport.agent,
+        scope=passport.scope,
+        jurisdiction=passport.jurisdiction,
+        ttl_seconds=ttl_seconds,
+        issued_by=issued_by,
+        renewed_from=passport,
+    )
+    passport.status = Passport.Status.SUPERSEDED
+    passport.save(update_fields=["status"])
+    return issued
+
+
+@transaction.atomic
+def revoke_passport(*, passport: Passport, reason: str, revoked_by: AbstractBaseUser) -> Passport:
+    passport = Passport.objects.select_for_update().get(pk=passport.pk)
+    if passport.status == Passport.Status.REVOKED:
+        raise StateConflict("jti", "passport is already revoked")
+    if not reason.strip():
+        raise RequestRejected("reason", "a reason is required")
+    passport.status = Passport.Status.REVOKED
+    passport.revoked_at = timezone.now()
+    passport.revoked_by = revoked_by
+    passport.revoked_reason = reason.strip()
+    passport.save(update_fields=["status", "revoked_at", "revoked_by", "revoked_reason"])
+    return passport
+
+
+def expire_passports(*, now: datetime | None = None) -> int:
+    """Mark active passports past their expiry as expired. Returns how many changed."""
+    now = now or timezone.now()
+    return Passport.objects.filter(status=Passport.Status.ACTIVE, expires_at__lte=now).update(
+        status=Passport.Status.EXPIRED
+    )
+
+
+def _inactive(reason: str, detail: str) -> dict[str, Any]:
+    return {"active": False, "reason": reason, "detail": detail}
+
+
+def introspect(token: str) -> dict[str, Any]:
+    """RFC 7662-style introspection: signature and claims offline, then the database status."""
+    try:
+        claims = verify_token(
+            token,
+            signing.verification_key,
+            issuer=settings.PASSPORT_ISSUER,
+            audience=settings.PASSPORT_AUDIENCE,
+        )
+    except PassportError as exc:
+        return _inactive(exc.reason, str(exc))
+    try:
+        passport = Passport.objects.select_related("agent").get(jti=uuid.UUID(str(claims["jti"])))
+    except (ValueError, Passport.DoesNotExist):
+        return _inactive("unknown_passport", "no passport with this jti was issued here")
+    if str(passport.agent_id) != claims["sub"]:
+        return _inactive("malformed", "the token subject does not match the passport's agent")
+    status = effective_status(passport)
+    if status != Passport.Status.ACTIVE:
+        detail = f"passport is {status}"
+        if passport.revoked_reason:
+            detail += f": {passport.revoked_reason}"
+        return _inactive(status, detail)
+    if passport.agent.status != Agent.Status.ACTIVE:
+        return _inactive(f"agent_{passport.agent.status}", f"agent is {passport.agent.status}")
+    return {"active": True, "token_type": "passport", **claims}

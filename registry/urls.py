@@ -1,0 +1,17 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from passports.api.views import healthz, jwks_view
+
+urlpatterns = [
+    path(".well-known/jwks.json", jwks_view, name="jwks"),
+    path("healthz", healthz, name="healthz"),
+    path("api/v1/", include("passports.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+]
+
+handler400 = "registry.errors.json_bad_request"
+handler403 = "registry.errors.json_forbidden"
+handler404 = "registry.errors.json_not_found"
+handler500 = "registry.errors.json_server_error"
