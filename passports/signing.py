@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from agent_passport.protocol import ALGORITHM, TOKEN_TYPE
@@ -102,7 +103,11 @@ def retire_signing_keys(*, now: datetime | None = None) -> list[str]:
 
 
 class _VerifyKeyCache:
-    """Per-process cache of verification keys, reloaded every few seconds or on an unknown kid."""
+    """Per-process cache of verification keys, reloaded every few seconds.
+
+    An unknown kid is looked up in the database at once, so a freshly rotated key verifies
+    immediately; a retired key drops out at the next reload.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -112,19 +117,22 @@ class _VerifyKeyCache:
     def clear(self) -> None:
         self._loaded_at = float("-inf")
 
-    def _load(self) -> None:
-        rows = SigningKey.objects.exclude(state=SigningKey.State.RETIRED).values_list(
-            "kid", "public_key"
-        )
-        self._keys = {kid: Ed25519PublicKey.from_public_bytes(bytes(pub)) for kid, pub in rows}
-        self._loaded_at = time.monotonic()
+    @staticmethod
+    def _usable() -> QuerySet[SigningKey]:
+        return SigningKey.objects.exclude(state=SigningKey.State.RETIRED)
 
     def get(self, kid: str) -> Ed25519PublicKey | None:
-        age = time.monotonic() - self._loaded_at
-        if age > _VERIFY_KEY_CACHE_SECONDS or (kid not in self._keys and age > 0.5):
+        if time.monotonic() - self._loaded_at > _VERIFY_KEY_CACHE_SECONDS:
             with self._lock:
-                self._load()
-        return self._keys.get(kid)
+                rows = self._usable().values_list("kid", "public_key")
+                self._keys = {k: Ed25519PublicKey.from_public_bytes(bytes(p)) for k, p in rows}
+                self._loaded_at = time.monotonic()
+        key = self._keys.get(kid)
+        if key is None:
+            public = self._usable().filter(kid=kid).values_list("public_key", flat=True).first()
+            if public is not None:
+                key = self._keys[kid] = Ed25519PublicKey.from_public_bytes(bytes(public))
+        return key
 
 
 _verify_key_cache = _VerifyKeyCache()

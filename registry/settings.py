@@ -152,6 +152,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Issue, verify and revoke signed passports for AI agents.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["passports.roles.IsViewer"],
+    "SERVE_AUTHENTICATION": [
+        "passports.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -1,3 +1,4 @@
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from passports.models import Agent, Passport
@@ -16,19 +17,30 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers, booleans and other non-strings instead of coercing."""
+
+    default_error_messages = {"not_a_string": "must be a string"}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
 class AgentCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=200)
-    fleet = serializers.RegexField(
-        r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    name = StrictCharField(max_length=200)
+    fleet = StrictCharField(
         max_length=100,
         required=False,
         default="",
-        error_messages={"invalid": "letters, digits, '.', '_' and '-' only"},
+        allow_blank=True,
+        validators=[
+            RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "letters, digits, '.', '_', '-' only")
+        ],
     )
-    description = serializers.CharField(
-        max_length=2000, required=False, default="", allow_blank=True
-    )
-    host = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
+    description = StrictCharField(max_length=2000, required=False, default="", allow_blank=True)
+    host = StrictCharField(max_length=255, required=False, default="", allow_blank=True)
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -43,10 +55,10 @@ class PassportIssueSerializer(StrictSerializer):
     agent = serializers.UUIDField()
     # Rules are validated by the rule engine (which names the bad rule), not here.
     scope = serializers.ListField(
-        child=serializers.CharField(trim_whitespace=False, allow_blank=True), allow_empty=False
+        child=StrictCharField(trim_whitespace=False, allow_blank=True), allow_empty=False
     )
     jurisdiction = serializers.ListField(
-        child=serializers.CharField(trim_whitespace=False, allow_blank=True), allow_empty=False
+        child=StrictCharField(trim_whitespace=False, allow_blank=True), allow_empty=False
     )
     ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
 
@@ -56,12 +68,12 @@ class PassportRenewSerializer(StrictSerializer):
 
 
 class ReasonSerializer(StrictSerializer):
-    reason = serializers.CharField(max_length=500)
+    reason = StrictCharField(max_length=500)
 
 
 class IntrospectSerializer(StrictSerializer):
     # No max_length: an oversized token is answered {"active": false, "reason": "too_large"}.
-    token = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    token = StrictCharField(trim_whitespace=False, allow_blank=True)
 
 
 class PassportSerializer(serializers.ModelSerializer):

@@ -1,0 +1,65 @@
+import pytest
+from rest_framework.test import APIClient
+
+from passports.auth import create_api_token
+from passports.models import Agent
+from passports.roles import Role, assign_role
+
+
+def make_user(django_user_model, name: str, role: Role):
+    user = django_user_model.objects.create_user(username=name, password="unused-test-password")
+    assign_role(user, role)
+    return user
+
+
+def api_client_for(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {create_api_token(user=user)}")
+    return client
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return make_user(django_user_model, "olivia-operator", Role.OPERATOR)
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    return make_user(django_user_model, "victor-viewer", Role.VIEWER)
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return make_user(django_user_model, "ada-admin", Role.ADMIN)
+
+
+@pytest.fixture
+def operator_api(operator) -> APIClient:
+    return api_client_for(operator)
+
+
+@pytest.fixture
+def viewer_api(viewer) -> APIClient:
+    return api_client_for(viewer)
+
+
+@pytest.fixture
+def agent(operator) -> Agent:
+    return Agent.objects.create(name="trainer-1", fleet="gpu-a", owner=operator, host="10.0.0.5")
+
+
+STANDARD_SCOPE = ["fs:*:/workspace/**", "tool:python:*", "!net:connect:*:22"]
+
+
+@pytest.fixture
+def issue(operator_api, agent):
+    """Issue a passport through the API; returns the 201 response body."""
+
+    def _issue(**overrides):
+        body = {"agent": str(agent.id), "scope": STANDARD_SCOPE, "jurisdiction": ["EU"]}
+        body.update(overrides)
+        response = operator_api.post("/api/v1/passports", body, format="json")
+        assert response.status_code == 201, response.content
+        return response.json()
+
+    return _issue

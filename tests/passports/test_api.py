@@ -1,0 +1,247 @@
+"""The REST API: agents, issuance, renewal, revocation, roles and error bodies."""
+
+import uuid
+
+import pytest
+from rest_framework.test import APIClient
+
+from passports.models import Agent, Passport
+
+pytestmark = pytest.mark.django_db
+
+
+def test_operator_registers_agent_and_lists_by_fleet(operator_api):
+    created = operator_api.post(
+        "/api/v1/agents",
+        {"name": "crawler", "fleet": "web", "description": "d", "host": "h1"},
+        format="json",
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert body["status"] == "active" and body["owner"] == "olivia-operator"
+    operator_api.post("/api/v1/agents", {"name": "other", "fleet": "gpu"}, format="json")
+
+    listed = operator_api.get("/api/v1/agents?fleet=web").json()["results"]
+    assert [agent["name"] for agent in listed] == ["crawler"]
+    detail = operator_api.get(f"/api/v1/agents/{body['id']}")
+    assert detail.json()["host"] == "h1"
+
+
+def test_issued_passport_carries_claims_and_is_active(issue, agent, operator_api, settings):
+    issued = issue(ttl_seconds=600)
+    claims = issued["claims"]
+    assert claims["sub"] == str(agent.id)
+    assert claims["jti"] == issued["jti"]
+    assert claims["iss"] == settings.PASSPORT_ISSUER
+    assert claims["aud"] == settings.PASSPORT_AUDIENCE
+    assert claims["exp"] - claims["iat"] == 600
+    assert claims["fleet"] == "gpu-a"
+    assert claims["rev"]["stream"].endswith(":revocations:stream")
+    passport = Passport.objects.get(jti=issued["jti"])
+    assert passport.status == "active" and passport.issued_by.username == "olivia-operator"
+
+    introspected = operator_api.post(
+        "/api/v1/passports/introspect", {"token": issued["token"]}, format="json"
+    ).json()
+    assert introspected["active"] is True
+    assert introspected["scope"] == claims["scope"]
+
+
+def test_default_ttl_applies_when_omitted(issue, settings):
+    claims = issue()["claims"]
+    assert claims["exp"] - claims["iat"] == settings.PASSPORT_DEFAULT_TTL_SECONDS
+
+
+def test_bad_rule_is_rejected_naming_the_rule(operator_api, agent):
+    response = operator_api.post(
+        "/api/v1/passports",
+        {"agent": str(agent.id), "scope": ["fs:write:/tmp", "NET CONNECT"], "jurisdiction": ["EU"]},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "NET CONNECT" in response.json()["errors"]["scope"][0]
+    assert Passport.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"scope": ["gpu:use"], "jurisdiction": ["XX"]}, "jurisdiction"),
+        ({"scope": ["gpu:use"], "jurisdiction": []}, "jurisdiction"),
+        ({"scope": [], "jurisdiction": ["EU"]}, "scope"),
+        ({"scope": "gpu:use", "jurisdiction": ["EU"]}, "scope"),
+        ({"scope": ["gpu:use"], "jurisdiction": ["EU"], "ttl_seconds": 10**9}, "ttl_seconds"),
+        ({"scope": ["gpu:use"], "jurisdiction": ["EU"], "ttl_seconds": 0}, "ttl_seconds"),
+        ({"scope": ["gpu:use"], "jurisdiction": ["EU"], "ttl_seconds": "soon"}, "ttl_seconds"),
+        ({"scope": ["gpu:use"], "jurisdiction": ["EU"], "colour": "red"}, "colour"),
+        ({"scope": ["fs:wr*te:/x"], "jurisdiction": ["EU"]}, "scope"),
+    ],
+)
+def test_bad_issuance_input_names_the_field(operator_api, agent, body, field):
+    response = operator_api.post(
+        "/api/v1/passports", {"agent": str(agent.id), **body}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+    assert Passport.objects.count() == 0
+
+
+def test_missing_fields_are_named(operator_api):
+    response = operator_api.post("/api/v1/passports", {}, format="json")
+    assert response.status_code == 400
+    assert {"agent", "scope", "jurisdiction"} <= set(response.json()["errors"])
+
+
+def test_unknown_agent_is_rejected(operator_api):
+    response = operator_api.post(
+        "/api/v1/passports",
+        {"agent": str(uuid.uuid4()), "scope": ["gpu:use"], "jurisdiction": ["EU"]},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "agent" in response.json()["errors"]
+
+
+@pytest.mark.parametrize("status", [Agent.Status.KILLED, Agent.Status.SUSPENDED])
+def test_killed_or_suspended_agent_gets_no_passport(operator_api, agent, status):
+    agent.status = status
+    agent.save()
+    response = operator_api.post(
+        "/api/v1/passports",
+        {"agent": str(agent.id), "scope": ["gpu:use"], "jurisdiction": ["EU"]},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert status in response.json()["errors"]["agent"][0]
+
+
+@pytest.mark.parametrize("payload", ["{not json", "[1, 2]", '"text"', "null"])
+def test_malformed_json_is_a_400_with_a_body(operator_api, payload):
+    response = operator_api.post("/api/v1/passports", payload, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["errors"]
+
+
+def test_renew_supersedes_the_old_passport(issue, operator_api):
+    old = issue()
+    response = operator_api.post(
+        f"/api/v1/passports/{old['jti']}/renew", {"ttl_seconds": 120}, format="json"
+    )
+    assert response.status_code == 201
+    new = response.json()
+    assert new["jti"] != old["jti"]
+    assert new["claims"]["scope"] == old["claims"]["scope"]
+    assert Passport.objects.get(jti=old["jti"]).status == "superseded"
+    assert Passport.objects.get(jti=new["jti"]).renewed_from_id == uuid.UUID(old["jti"])
+    introspect = operator_api.post(
+        "/api/v1/passports/introspect", {"token": old["token"]}, format="json"
+    ).json()
+    assert introspect == {
+        "active": False,
+        "reason": "superseded",
+        "detail": "passport is superseded",
+    }
+
+
+def test_revoke_records_reason_and_actor_and_twice_is_conflict(issue, operator_api):
+    issued = issue()
+    url = f"/api/v1/passports/{issued['jti']}/revoke"
+    response = operator_api.post(url, {"reason": "leaked in CI logs"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "revoked"
+    assert body["revoked_by"] == "olivia-operator"
+    assert body["revoked_reason"] == "leaked in CI logs"
+
+    introspect = operator_api.post(
+        "/api/v1/passports/introspect", {"token": issued["token"]}, format="json"
+    ).json()
+    assert introspect["active"] is False and introspect["reason"] == "revoked"
+    assert "leaked in CI logs" in introspect["detail"]
+
+    again = operator_api.post(url, {"reason": "again"}, format="json")
+    assert again.status_code == 409
+    assert "already revoked" in again.json()["errors"]["jti"][0]
+
+
+def test_revoke_requires_reason(issue, operator_api):
+    issued = issue()
+    response = operator_api.post(f"/api/v1/passports/{issued['jti']}/revoke", {}, format="json")
+    assert response.status_code == 400
+    assert "reason" in response.json()["errors"]
+    assert Passport.objects.get(jti=issued["jti"]).status == "active"
+
+
+def test_revoking_or_renewing_unknown_passport_is_404(operator_api):
+    response = operator_api.post(
+        f"/api/v1/passports/{uuid.uuid4()}/revoke", {"reason": "x"}, format="json"
+    )
+    assert response.status_code == 404
+    assert response.json()["detail"]
+
+
+def test_passport_list_filters(issue, operator_api, agent):
+    first, second = issue(), issue()
+    operator_api.post(f"/api/v1/passports/{first['jti']}/revoke", {"reason": "r"}, format="json")
+    revoked = operator_api.get("/api/v1/passports?status=revoked").json()["results"]
+    active = operator_api.get(f"/api/v1/passports?status=active&agent={agent.id}").json()
+    assert [p["jti"] for p in revoked] == [first["jti"]]
+    assert [p["jti"] for p in active["results"]] == [second["jti"]]
+    bad = operator_api.get("/api/v1/passports?status=dead")
+    assert bad.status_code == 400 and "status" in bad.json()["errors"]
+
+
+def test_viewer_reads_but_cannot_write(viewer_api, issue, agent):
+    issued = issue()
+    assert viewer_api.get("/api/v1/passports").status_code == 200
+    assert viewer_api.get(f"/api/v1/agents/{agent.id}").status_code == 200
+    denied = [
+        viewer_api.post("/api/v1/agents", {"name": "x"}, format="json"),
+        viewer_api.post(
+            "/api/v1/passports",
+            {"agent": str(agent.id), "scope": ["gpu:use"], "jurisdiction": ["EU"]},
+            format="json",
+        ),
+        viewer_api.post(
+            f"/api/v1/passports/{issued['jti']}/revoke", {"reason": "x"}, format="json"
+        ),
+        viewer_api.post(f"/api/v1/passports/{issued['jti']}/renew", {}, format="json"),
+    ]
+    assert [response.status_code for response in denied] == [403, 403, 403, 403]
+    assert Passport.objects.get(jti=issued["jti"]).status == "active"
+
+
+def test_anonymous_gets_only_jwks_and_healthz(db):
+    client = APIClient()
+    assert client.get("/.well-known/jwks.json").status_code == 200
+    assert client.get("/healthz").json()["status"] == "ok"
+    for url in ["/api/v1/agents", "/api/v1/passports", "/api/schema/"]:
+        assert client.get(url).status_code == 401, url
+    response = client.post("/api/v1/passports/introspect", {"token": "x"}, format="json")
+    assert response.status_code == 401
+
+
+def test_wrong_token_is_rejected(db):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token aps_not-a-real-token")
+    response = client.get("/api/v1/agents")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Invalid token."
+
+
+def test_user_without_role_is_forbidden(django_user_model):
+    from tests.conftest import api_client_for
+
+    nobody = django_user_model.objects.create_user(username="nobody", password="x-unused-1")
+    assert api_client_for(nobody).get("/api/v1/agents").status_code == 403
+
+
+def test_openapi_schema_describes_endpoints(viewer_api):
+    response = viewer_api.get("/api/schema/?format=json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert "/api/v1/passports/introspect" in paths
+    assert "/api/v1/passports/{jti}/revoke" in paths
+    docs = viewer_api.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"cdn" not in docs.content.lower()
