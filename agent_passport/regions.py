@@ -41,6 +41,8 @@ def normalize_region(code: str) -> str:
     """Return the canonical (upper-case) form of ``code`` or raise :class:`RuleError`."""
     if not isinstance(code, str):
         raise RuleError(repr(code), "a region must be a string")
+    if not code.isascii():  # str.upper() would turn e.g. "ß" into "SS" (South Sudan)
+        raise RuleError(code, "region codes are ASCII letters, digits and '-'")
     canonical = code.strip().upper()
     if canonical in GROUPINGS or canonical in COUNTRIES:
         return canonical

@@ -30,8 +30,8 @@ MAX_RULES = 256
 MAX_RULE_LENGTH = 512
 MAX_REGIONS = 64
 
-_NAME = re.compile(r"^(\*|[a-z0-9][a-z0-9_.-]*)$")
-_ACTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*")
+_ACTION_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _FORBIDDEN_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 _DECISION_CACHE_SIZE = 8192
 
@@ -83,7 +83,7 @@ def parse_rule(text: str) -> Rule:
         raise RuleError(text, "expected domain:action[:resource], e.g. tool:shell:exec")
     domain, action = parts[0], parts[1]
     for label, value in (("domain", domain), ("action", action)):
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise RuleError(
                 text,
                 f"{label} {value!r} must be '*' or lower-case letters, digits, '_', '.', '-' "
@@ -123,7 +123,7 @@ def split_action(action: str, resource: str | None = None) -> tuple[str, str, st
     Raises ValueError for a malformed action.
     """
     parts = action.split(":", 2)
-    if len(parts) < 2 or not _ACTION_NAME.match(parts[0]) or not _ACTION_NAME.match(parts[1]):
+    if len(parts) < 2 or not all(_ACTION_NAME.fullmatch(name) for name in parts[:2]):
         raise ValueError(
             f"malformed action {action!r}: expected domain:action[:resource] with lower-case names"
         )
@@ -153,6 +153,9 @@ class Policy:
     def decide(
         self, action: str, resource: str | None = None, jurisdiction: str | None = None
     ) -> Decision:
+        optional = (resource, jurisdiction)
+        if not isinstance(action, str) or not all(isinstance(v, str | None) for v in optional):
+            return Decision(False, "malformed check: action, resource and jurisdiction are text")
         key = (action, resource, jurisdiction)
         cached = self._cache.get(key)
         if cached is not None:
@@ -175,7 +178,7 @@ class Policy:
     def _decide(self, action: str, resource: str | None, jurisdiction: str | None) -> Decision:
         try:
             domain, verb, resource = split_action(action, resource)
-        except (ValueError, AttributeError) as exc:
+        except ValueError as exc:
             return Decision(False, str(exc))
         described = f"{domain}:{verb}" + (f":{resource}" if resource else "")
         allowed_by = None

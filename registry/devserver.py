@@ -82,16 +82,22 @@ def _manage(*args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, check=True)
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     os.environ["REDIS_URL"], redis_process = ensure_redis(
         os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     )
     children: list[subprocess.Popen] = [redis_process] if redis_process else []
+    address = os.environ.get("RUN_ADDRESS", "127.0.0.1:8000")
     try:
         _manage("migrate", "--noinput", "-v0")
         _manage("collectstatic", "--noinput", "-v0")
         _manage("ensure_signing_key")
-        print("\nDemo operator (admin role) — log in at http://127.0.0.1:8000/ :")
+        print(f"\nDemo operator (admin role) — sign in at http://{address}/login/ :")
         _manage("create_operator", "demo", "--role", "admin", "--reset")
         python_bin = Path(sys.executable).parent
         children.append(
@@ -118,7 +124,7 @@ def run() -> None:
                     str(python_bin / "gunicorn"),
                     "registry.wsgi",
                     "--bind",
-                    "127.0.0.1:8000",
+                    address,
                     "--workers",
                     "2",
                     "--threads",
@@ -129,7 +135,7 @@ def run() -> None:
                 cwd=BASE_DIR,
             )
         )
-        print("\nServing on http://127.0.0.1:8000 (API docs: /api/docs/). Ctrl-C stops.\n")
+        print(f"\nServing on http://{address} (API docs: /api/docs/). Ctrl-C stops.\n")
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         sys.exit("a service process exited; stopping the others")

@@ -98,6 +98,10 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
 # --- Security headers and cookies -------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Strict"

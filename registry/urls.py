@@ -1,9 +1,14 @@
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from passports.api.views import healthz, jwks_view
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="api-docs"), name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(".well-known/jwks.json", jwks_view, name="jwks"),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include("passports.api.urls")),

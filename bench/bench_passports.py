@@ -1,0 +1,883 @@
+"""Benchmark: passport issuance and introspection over HTTP vs offline verification in the SDK.
+
+What is measured, in one run:
+
+1. A real server: gunicorn ``registry.wsgi`` on a free port, against PostgreSQL (a dedicated
+   ``aps_bench`` database, created if missing) or a temporary SQLite file if PostgreSQL does not
+   answer, plus Redis. ``migrate``, ``ensure_signing_key`` and ``create_operator`` run first
+   with the same environment; the user throttle is raised so it does not distort the numbers.
+2. HTTP, with N client threads (one ``requests.Session`` each), after a warm-up:
+   issuance ``POST /api/v1/passports`` (10-rule scope) and introspection
+   ``POST /api/v1/passports/introspect`` of the issued tokens, at concurrency N and 1.
+   Requests/s, p50/p99 latency and errors (any non-2xx answer, an inactive introspection, or
+   a transport error) are reported.
+3. Offline, single thread (pinned to one core): ``agent_passport.tokens.verify_token`` with keys
+   from the server's JWKS, and ``Policy.decide`` on a 50-rule policy (cached, and unique
+   uncached resources).
+4. The ratio offline verification / online introspection (throughput and latency).
+
+The client, gunicorn, PostgreSQL and Redis share the machine's cores, so the HTTP numbers are a
+lower bound for a server on its own host. Prints a table; writes bench/results/passports.json.
+
+    .venv/bin/python bench/bench_passports.py [--quick] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+import psycopg
+import requests
+from psycopg import sql
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+from agent_passport.rules import Policy  # noqa: E402
+from agent_passport.tokens import keys_from_jwks, verify_token  # noqa: E402
+from registry.devserver import ensure_redis  # noqa: E402
+
+RESULTS_PATH = BASE_DIR / "bench" / "results" / "passports.json"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+BENCH_DB_NAME = "aps_bench"
+AUDIENCE = "agent-passport"
+
+# Chosen with --sweep on the 2-core bench host (issuance / introspection req/s at c=8):
+# gthread 2x4 was best overall; see the "gunicorn_sweep" section of the JSON after a sweep.
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 4
+SWEEP_CONFIGS: tuple[tuple[int, int], ...] = ((2, 1), (2, 4), (3, 1), (3, 2), (4, 2))
+
+ISSUE_SCOPE = [
+    "tool:shell:exec",
+    "tool:browser:*",
+    "fs:read:/srv/data/**",
+    "fs:write:/srv/out/*",
+    "!fs:write:/srv/out/secrets*",
+    "net:connect:api.example.com:443",
+    "net:connect:*.internal.example.com:443",
+    "data:read:customers/*",
+    "!data:read:customers/vip-*",
+    "gpu:use",
+]
+ISSUE_JURISDICTION = ["EU", "US-CA"]
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """User+system CPU seconds of ``pid`` and its direct children (gunicorn master + workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0.0
+        for child in [str(pid), *children]:
+            stat = Path(f"/proc/{child}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def busy_cores(seconds: float) -> float | None:
+    """Machine-wide busy CPU (in cores) over ``seconds``, from /proc/stat: background noise."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    try:
+        busy_a, total_a = sample()
+        time.sleep(seconds)
+        busy_b, total_b = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_b - total_a
+    return round((busy_b - busy_a) / total * (os.cpu_count() or 1), 2) if total else None
+
+
+# --- environment: database, redis, server ---------------------------------------------------
+
+
+@dataclass
+class Backend:
+    database_url: str
+    db_engine: str
+    db_version: str
+    redis_url: str
+    redis_process: subprocess.Popen | None = None
+
+
+def prepare_backend(database_url: str, redis_url: str, fresh: bool, workdir: Path) -> Backend:
+    """Point at a dedicated PostgreSQL database (created if missing) or fall back to SQLite."""
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=3) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0])
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB_NAME,)
+            ).fetchone()
+            if exists and fresh:
+                conn.execute(
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(BENCH_DB_NAME))
+                )
+                exists = None
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB_NAME)))
+        bench_url, engine = with_database(database_url, BENCH_DB_NAME), "postgresql"
+    except psycopg.OperationalError as exc:
+        print(f"PostgreSQL not reachable ({exc}); falling back to SQLite", file=sys.stderr)
+        bench_url, engine = f"sqlite:///{workdir / 'bench.sqlite3'}", "sqlite"
+        version = "sqlite"
+    redis_url, redis_process = ensure_redis(redis_url)
+    return Backend(bench_url, engine, version, redis_url, redis_process)
+
+
+def server_env(backend: Backend, base_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=backend.database_url,
+        REDIS_URL=backend.redis_url,
+        CACHE_KEY_PREFIX="aps-bench-cache",
+        REVOCATION_REDIS_PREFIX="aps-bench",
+        THROTTLE_USER="100000000/hour",
+        PASSPORT_ISSUER=base_url,
+        PASSPORT_AUDIENCE=AUDIENCE,
+        LOG_LEVEL="WARNING",
+        DEBUG="false",
+    )
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def setup_registry(env: dict[str, str]) -> str:
+    """Migrate, make sure a signing key exists, and return a fresh operator API token."""
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "ensure_signing_key")
+    output = manage(env, "create_operator", "benchop", "--role", "operator", "--reset")
+    for line in output.splitlines():
+        if line.startswith("token:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError(f"no 'token:' line in create_operator output:\n{output}")
+
+
+@dataclass
+class GunicornConfig:
+    workers: int
+    threads: int
+
+    @property
+    def worker_class(self) -> str:
+        return "gthread" if self.threads > 1 else "sync"
+
+    def describe(self) -> str:
+        return f"{self.worker_class} workers={self.workers} threads={self.threads}"
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+
+    def problems(self) -> list[str]:
+        """Error lines the server wrote (tracebacks, ERROR logs, worker timeouts)."""
+        markers = ("Traceback", "ERROR", "CRITICAL", "WORKER TIMEOUT", "Internal Server Error")
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [line for line in text.splitlines() if any(m in line for m in markers)]
+
+
+@contextmanager
+def running_server(
+    config: GunicornConfig, env: dict[str, str], port: int, workdir: Path
+) -> Iterator[Server]:
+    log_path = workdir / f"gunicorn-{config.workers}x{config.threads}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "registry.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(config.workers),
+                "--threads",
+                str(config.threads),
+                "--worker-class",
+                config.worker_class,
+                "--log-level",
+                "warning",
+                "--error-logfile",
+                "-",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()}")
+            try:
+                if requests.get(server.base_url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not answer /healthz:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --- HTTP load --------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpResult:
+    name: str
+    concurrency: int
+    duration_s: float
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    client_cpu_s: float
+    server_cpu_s: float | None
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+
+
+# (session, sequence number) -> error description or None if the answer was right
+RequestFn = Callable[[requests.Session, int], str | None]
+
+
+def run_load(
+    name: str,
+    request: RequestFn,
+    *,
+    token: str,
+    concurrency: int,
+    duration: float,
+    server_pid: int,
+) -> HttpResult:
+    """Run ``request`` in a closed loop on ``concurrency`` threads for ``duration`` seconds."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: Counter[str] = Counter()
+    samples: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(concurrency + 1)
+    deadline = [0.0]
+
+    def worker(slot: int) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {token}"
+        mine = latencies[slot]
+        sequence = slot
+        barrier.wait()
+        while time.perf_counter() < deadline[0]:
+            start = time.perf_counter()
+            try:
+                problem = request(session, sequence)
+            except (requests.RequestException, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            elapsed = time.perf_counter() - start
+            sequence += concurrency
+            if problem is None:
+                mine.append(elapsed)
+                continue
+            with lock:
+                errors[problem.split(":", 1)[0]] += 1
+                if len(samples) < 5:
+                    samples.append(problem[:300])
+        session.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    server_cpu_before = process_tree_cpu_seconds(server_pid)
+    client_cpu_before = time.process_time()
+    started = time.perf_counter()
+    deadline[0] = started + duration
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu_before
+    server_cpu_after = process_tree_cpu_seconds(server_pid)
+    server_cpu = (
+        None
+        if server_cpu_before is None or server_cpu_after is None
+        else server_cpu_after - server_cpu_before
+    )
+    values = sorted(v for per_thread in latencies for v in per_thread)
+    total_errors = sum(errors.values())
+    return HttpResult(
+        name=name,
+        concurrency=concurrency,
+        duration_s=round(wall, 3),
+        requests=len(values) + total_errors,
+        errors=total_errors,
+        rps=round(len(values) / wall, 1),
+        p50_ms=round(percentile(values, 50) * 1e3, 2),
+        p99_ms=round(percentile(values, 99) * 1e3, 2),
+        mean_ms=round(sum(values) / len(values) * 1e3, 2) if values else 0.0,
+        client_cpu_s=round(client_cpu, 2),
+        server_cpu_s=None if server_cpu is None else round(server_cpu, 2),
+        error_kinds=dict(errors),
+        error_samples=samples,
+    )
+
+
+def describe_bad_answer(response: requests.Response) -> str:
+    return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def issuance_request(base_url: str, agents: list[str], tokens: list[str]) -> RequestFn:
+    url = base_url + "/api/v1/passports"
+
+    def request(session: requests.Session, sequence: int) -> str | None:
+        body = {
+            "agent": agents[sequence % len(agents)],
+            "scope": ISSUE_SCOPE,
+            "jurisdiction": ISSUE_JURISDICTION,
+            "ttl_seconds": 3600,
+        }
+        response = session.post(url, json=body, timeout=30)
+        if response.status_code != 201:
+            return describe_bad_answer(response)
+        if len(tokens) < 20_000:
+            tokens.append(response.json()["token"])  # list.append is atomic under the GIL
+        return None
+
+    return request
+
+
+def introspection_request(base_url: str, tokens: list[str]) -> RequestFn:
+    url = base_url + "/api/v1/passports/introspect"
+
+    def request(session: requests.Session, sequence: int) -> str | None:
+        response = session.post(url, json={"token": tokens[sequence % len(tokens)]}, timeout=30)
+        if response.status_code != 200:
+            return describe_bad_answer(response)
+        answer = response.json()
+        if answer.get("active") is not True:
+            return f"inactive: {answer.get('reason')} {answer.get('detail')}"
+        return None
+
+    return request
+
+
+def create_agents(base_url: str, token: str, count: int) -> list[str]:
+    headers = {"Authorization": f"Token {token}"}
+    ids = []
+    for i in range(count):
+        body = {"name": f"bench-agent-{i}", "fleet": "bench", "description": "bench_passports"}
+        response = requests.post(
+            base_url + "/api/v1/agents", json=body, headers=headers, timeout=10
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"creating an agent failed: {describe_bad_answer(response)}")
+        ids.append(response.json()["id"])
+    return ids
+
+
+# --- offline (in-process) measurements -----------------------------------------------------
+
+
+@dataclass
+class OfflineResult:
+    name: str
+    operations: int
+    ops_per_s: float
+    p50_us: float
+    p99_us: float
+    note: str = ""
+
+
+def timer_overhead_ns() -> float:
+    """Median cost of one ``perf_counter_ns`` pair, as included in every per-call timing."""
+    now = time.perf_counter_ns
+    samples = []
+    for _ in range(20_000):
+        start = now()
+        samples.append(now() - start)
+    return percentile(sorted(float(v) for v in samples), 50)
+
+
+def measure(
+    name: str, operation: Callable[[int], object], seconds: float, note: str = ""
+) -> OfflineResult:
+    """Call ``operation(i)`` for ``seconds``: timed per call for percentiles, then untimed
+    in bulk for the throughput (so timer overhead does not count against sub-µs operations)."""
+    now = time.perf_counter_ns
+    timings: list[int] = []
+    end = now() + int(seconds / 2 * 1e9)
+    i = 0
+    while True:
+        start = now()
+        operation(i)
+        stop = now()
+        timings.append(stop - start)
+        i += 1
+        if stop >= end:
+            break
+    timings.sort()
+    # Bulk pass in chunks of 256 calls, continuing the sequence so "unique" stays unique.
+    done = 0
+    started = now()
+    end = started + int(seconds / 2 * 1e9)
+    while now() < end:
+        for j in range(i, i + 256):
+            operation(j)
+        i += 256
+        done += 256
+    elapsed = (now() - started) / 1e9
+    return OfflineResult(
+        name=name,
+        operations=len(timings) + done,
+        ops_per_s=round(done / elapsed, 1),
+        p50_us=round(percentile([float(t) for t in timings], 50) / 1e3, 2),
+        p99_us=round(percentile([float(t) for t in timings], 99) / 1e3, 2),
+        note=note,
+    )
+
+
+def policy_rules() -> list[str]:
+    """50 realistic rules spread over domains, with wildcards and a few denies."""
+    rules = [f"fs:read:/srv/data/team{i}/**" for i in range(12)]
+    rules += [f"fs:write:/srv/out/team{i}/*" for i in range(8)]
+    rules += [f"net:connect:svc{i}.internal.example.com:443" for i in range(10)]
+    rules += [f"tool:{name}:*" for name in ("shell", "browser", "python", "sql", "git")]
+    rules += [f"data:read:tenant{i}/*" for i in range(6)]
+    rules += [
+        "!fs:read:/srv/data/**/secrets/**",
+        "!fs:write:/srv/out/*/private*",
+        "!net:connect:*.evil.example.com:*",
+        "!data:read:tenant0/vip-*",
+        "gpu:use",
+        "proc:exec:/usr/bin/*",
+        "*:read:/public/**",
+        "!*:*:/etc/**",
+        "tool:*:sandbox",
+    ]
+    assert len(rules) == 50, len(rules)
+    return rules
+
+
+def run_offline(
+    tokens: list[str], keys: dict[str, Any], issuer: str, seconds: float
+) -> list[OfflineResult]:
+    results = [
+        measure(
+            "verify_token (SDK, offline)",
+            lambda i: verify_token(tokens[i % len(tokens)], keys, issuer=issuer, audience=AUDIENCE),
+            seconds,
+            f"{len(tokens)} distinct tokens, keys from JWKS",
+        )
+    ]
+    signed, _, signature = tokens[0].rpartition(".")
+    raw_signature = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    raw_key = keys[jwt.get_unverified_header(tokens[0])["kid"]]
+    results.append(
+        measure(
+            "  of which: raw Ed25519 verify",
+            lambda i: raw_key.verify(raw_signature, signed.encode()),
+            seconds / 2,
+            "cryptography only: the floor for any verifier",
+        )
+    )
+    policy = Policy(policy_rules(), ["EU", "US"])
+    queries = (
+        [("fs:read", f"/srv/data/team{i % 12}/q{i % 7}/file.csv", "DE") for i in range(32)]
+        + [("net:connect", f"svc{i % 10}.internal.example.com:443", "US-CA") for i in range(16)]
+        + [("tool:shell", "run", "FR"), ("data:read", "tenant3/orders", "NL")] * 8
+    )
+    for action, resource, region in queries:  # warm the decision cache
+        policy.decide(action, resource, region)
+    results.append(
+        measure(
+            "Policy.decide, 50 rules, cached",
+            lambda i: policy.decide(*queries[i % len(queries)]),
+            seconds,
+            f"{len(queries)} repeating queries",
+        )
+    )
+    fresh = Policy(policy_rules(), ["EU", "US"])
+    results.append(
+        measure(
+            "Policy.decide, 50 rules, uncached",
+            lambda i: fresh.decide("fs:read", f"/srv/data/team{i % 12}/u{i}/file.csv", "DE"),
+            seconds,
+            "unique resource per call (cache miss)",
+        )
+    )
+    return results
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    duration: float
+    warmup: float
+    sequential_duration: float
+    offline_seconds: float
+    concurrency: int
+    agents: int
+
+
+def http_phases(
+    server: Server, token: str, agent_ids: list[str], s: Settings
+) -> tuple[list[HttpResult], list[str]]:
+    tokens: list[str] = []
+    pid = server.process.pid
+    load = dict(token=token, server_pid=pid)
+    issue = issuance_request(server.base_url, agent_ids, tokens)
+    run_load("warm-up issue", issue, concurrency=s.concurrency, duration=s.warmup, **load)
+    results = [
+        run_load("issue", issue, concurrency=s.concurrency, duration=s.duration, **load),
+    ]
+    if not tokens:
+        raise RuntimeError(f"no passport was issued: {results[0].error_samples}")
+    introspect = introspection_request(server.base_url, tokens)
+    run_load("warm-up introspect", introspect, concurrency=s.concurrency, duration=s.warmup, **load)
+    results.append(
+        run_load("introspect", introspect, concurrency=s.concurrency, duration=s.duration, **load)
+    )
+    results.append(
+        run_load("introspect", introspect, concurrency=1, duration=s.sequential_duration, **load)
+    )
+    return results, tokens
+
+
+def sweep(env: dict[str, str], token: str, workdir: Path, s: Settings) -> list[dict[str, Any]]:
+    """Short issuance + introspection runs for each gunicorn config; the caller picks."""
+    rows = []
+    quick = Settings(
+        duration=min(s.duration, 6),
+        warmup=1.5,
+        sequential_duration=1,
+        offline_seconds=0,
+        concurrency=s.concurrency,
+        agents=s.agents,
+    )
+    for workers, threads in SWEEP_CONFIGS:
+        config = GunicornConfig(workers, threads)
+        with running_server(config, env, free_port(), workdir) as server:
+            agents = create_agents(server.base_url, token, quick.agents)
+            results, _ = http_phases(server, token, agents, quick)
+        row = {
+            "config": config.describe(),
+            "workers": workers,
+            "threads": threads,
+            "issue_rps": results[0].rps,
+            "introspect_rps": results[1].rps,
+            "errors": results[0].errors + results[1].errors,
+        }
+        print(
+            f"  sweep {row['config']:<32} issue {row['issue_rps']:>7} req/s   "
+            f"introspect {row['introspect_rps']:>7} req/s   errors {row['errors']}"
+        )
+        rows.append(row)
+    return rows
+
+
+def machine_info(backend: Backend, config: GunicornConfig, s: Settings) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "db_engine": backend.db_engine,
+        "db_version": backend.db_version,
+        "db_name": BENCH_DB_NAME if backend.db_engine == "postgresql" else "temporary sqlite file",
+        "redis_url": backend.redis_url,
+        "gunicorn": {
+            "workers": config.workers,
+            "threads": config.threads,
+            "worker_class": config.worker_class,
+        },
+        "client": {
+            "library": f"requests {requests.__version__}",
+            "concurrency": s.concurrency,
+            "agents": s.agents,
+            "note": "client threads share the same cores as gunicorn, PostgreSQL and Redis",
+        },
+        "settings": asdict(s),
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    info = report["machine"]
+    print()
+    print(f"Agent Passport Registry benchmark  {info['timestamp']}  commit {info['git_commit']}")
+    print(
+        f"{info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"{info['db_engine']} {info['db_version']}, gunicorn "
+        f"{info['gunicorn']['worker_class']} {info['gunicorn']['workers']} workers x "
+        f"{info['gunicorn']['threads']} threads"
+    )
+    print(
+        f"HTTP client: {info['client']['library']}, {info['client']['concurrency']} threads, "
+        f"{info['client']['agents']} agents; client, server, PostgreSQL and Redis share the "
+        f"{info['cpu_count']} cores"
+    )
+    print()
+    header = (
+        f"{'HTTP (through gunicorn)':<34}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}{'requests':>10}{'cpu cli/srv s':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in report["http"]:
+        srv = "?" if row["server_cpu_s"] is None else f"{row['server_cpu_s']:.1f}"
+        print(
+            f"{row['name']:<34}{row['concurrency']:>5}{row['rps']:>9.1f}{row['p50_ms']:>9.2f}"
+            f"{row['p99_ms']:>9.2f}{row['errors']:>8}{row['requests']:>10}"
+            f"{row['client_cpu_s']:>8.1f}/{srv:<6}"
+        )
+    print()
+    header = f"{'Offline (1 thread, 1 core)':<34}{'ops/s':>12}{'p50 µs':>9}{'p99 µs':>9}  note"
+    print(header)
+    print("-" * len(header))
+    for row in report["offline"]:
+        print(
+            f"{row['name']:<34}{row['ops_per_s']:>12,.0f}{row['p50_us']:>9.2f}"
+            f"{row['p99_us']:>9.2f}  {row['note']}"
+        )
+    print(f"(per-call timings include ~{report['timer_overhead_ns']:.0f} ns of timer overhead)")
+    print()
+    cmp = report["comparison"]
+    print("Offline SDK verification vs online introspection over HTTP")
+    print(
+        f"  throughput: {cmp['offline_verify_per_s']:,.0f}/s on 1 core vs "
+        f"{cmp['introspect_rps']:,.0f} req/s on the whole machine (c={cmp['concurrency']})  "
+        f"-> {cmp['throughput_ratio']:.1f}x"
+    )
+    print(
+        f"  latency p50: {cmp['offline_p50_us']:.1f} µs vs {cmp['introspect_p50_ms_c1']:.2f} ms "
+        f"(c=1) -> {cmp['latency_ratio_p50_c1']:.0f}x, vs {cmp['introspect_p50_ms']:.2f} ms "
+        f"(c={cmp['concurrency']}) -> {cmp['latency_ratio_p50']:.0f}x"
+    )
+    print(
+        f"  latency p99: {cmp['offline_p99_us']:.1f} µs vs {cmp['introspect_p99_ms']:.2f} ms "
+        f"(c={cmp['concurrency']}) -> {cmp['latency_ratio_p99']:.0f}x"
+    )
+    background = report["background_busy_cores"]
+    print()
+    print(
+        f"Background CPU outside the bench (busy cores, 1 s sample): before {background['before']}"
+        f", after the HTTP phases {background['after']}"
+        + (
+            "  <- other load on the machine: numbers are noisy"
+            if max(background["before"] or 0, background["after"] or 0) > 0.3
+            else ""
+        )
+    )
+    problems = report["server_problems"]
+    if problems["count"]:
+        print(f"Server log: {problems['count']} error lines, first ones:")
+        for line in problems["first"]:
+            print(f"  {line}")
+    else:
+        print("Server log: no errors or tracebacks")
+    for row in report["http"]:
+        if row["errors"]:
+            print(f"Errors in {row['name']} (c={row['concurrency']}): {row['error_kinds']}")
+            for sample in row["error_samples"]:
+                print(f"  {sample}")
+
+
+def comparison(http: list[HttpResult], offline: list[OfflineResult]) -> dict[str, Any]:
+    verify = offline[0]
+    introspect = next(r for r in http if r.name == "introspect" and r.concurrency > 1)
+    sequential = next(r for r in http if r.name == "introspect" and r.concurrency == 1)
+
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 1) if b else 0.0
+
+    return {
+        "offline_verify_per_s": verify.ops_per_s,
+        "offline_p50_us": verify.p50_us,
+        "offline_p99_us": verify.p99_us,
+        "introspect_rps": introspect.rps,
+        "concurrency": introspect.concurrency,
+        "introspect_p50_ms": introspect.p50_ms,
+        "introspect_p99_ms": introspect.p99_ms,
+        "introspect_p50_ms_c1": sequential.p50_ms,
+        "throughput_ratio": ratio(verify.ops_per_s, introspect.rps),
+        "latency_ratio_p50": ratio(introspect.p50_ms * 1e3, verify.p50_us),
+        "latency_ratio_p99": ratio(introspect.p99_ms * 1e3, verify.p99_us),
+        "latency_ratio_p50_c1": ratio(sequential.p50_ms * 1e3, verify.p50_us),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run (under ~20 s)")
+    parser.add_argument("--sweep", action="store_true", help="try several gunicorn configs first")
+    parser.add_argument("--duration", type=float, help="seconds per HTTP phase at concurrency")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--agents", type=int, default=1, help="agents the issuance requests rotate over"
+    )
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    parser.add_argument("--fresh-db", action="store_true", help="drop and recreate aps_bench")
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    s = Settings(
+        duration=args.duration or (3.0 if args.quick else 20.0),
+        warmup=1.0 if args.quick else 3.0,
+        sequential_duration=1.5 if args.quick else 8.0,
+        offline_seconds=1.0 if args.quick else 4.0,
+        concurrency=args.concurrency,
+        agents=args.agents,
+    )
+    background_before = busy_cores(1.0)
+    workdir = Path(tempfile.mkdtemp(prefix="aps-bench-"))
+    database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    backend = prepare_backend(
+        database_url, os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), args.fresh_db, workdir
+    )
+    try:
+        port = free_port()
+        env = server_env(backend, f"http://127.0.0.1:{port}")
+        print(f"preparing {backend.db_engine} database and operator…", file=sys.stderr)
+        api_token = setup_registry(env)
+        report: dict[str, Any] = {}
+        config = GunicornConfig(args.workers, args.threads)
+        if args.sweep:
+            report["gunicorn_sweep"] = rows = sweep(env, api_token, workdir, s)
+            best = max(rows, key=lambda r: r["issue_rps"] + r["introspect_rps"])
+            config = GunicornConfig(best["workers"], best["threads"])
+            print(f"  best: {config.describe()}", file=sys.stderr)
+        print(f"running gunicorn {config.describe()} on port {port}…", file=sys.stderr)
+        with running_server(config, env, port, workdir) as server:
+            agent_ids = create_agents(server.base_url, api_token, s.agents)
+            http, tokens = http_phases(server, api_token, agent_ids, s)
+            jwks = requests.get(server.base_url + "/.well-known/jwks.json", timeout=10).json()
+            problems = server.problems()
+        background_after = busy_cores(1.0)
+        print("measuring offline verification and decisions…", file=sys.stderr)
+        keys = keys_from_jwks(jwks)
+        try:
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        except (AttributeError, OSError):
+            pass
+        offline = run_offline(tokens[:2000], keys, env["PASSPORT_ISSUER"], s.offline_seconds)
+        report.update(
+            machine=machine_info(backend, config, s),
+            http=[asdict(r) for r in http],
+            offline=[asdict(r) for r in offline],
+            timer_overhead_ns=timer_overhead_ns(),
+            comparison=comparison(http, offline),
+            server_problems={"count": len(problems), "first": problems[:10]},
+            background_busy_cores={"before": background_before, "after": background_after},
+        )
+        print_report(report)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nJSON: {args.output}")
+        return 1 if problems or any(r.errors for r in http) else 0
+    finally:
+        if backend.redis_process is not None:
+            backend.redis_process.terminate()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
