@@ -48,9 +48,9 @@ def test_run_command_serves_api_with_printed_demo_token(tmp_path):
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
-                if requests.get(f"{base}/healthz", timeout=1).ok:
+                if requests.get(f"{base}/healthz", timeout=5).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         headers = {"Authorization": f"Token {token}"}
         agent = requests.post(
