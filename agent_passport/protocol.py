@@ -29,6 +29,11 @@ class RevocationChannel:
     def snapshot_key(self) -> str:
         return f"{self.prefix}:revocations:snapshot"
 
+    @property
+    def versions_key(self) -> str:
+        """Server-side bookkeeping: the last epoch applied per revocation id (idempotent pushes)."""
+        return f"{self.prefix}:revocations:versions"
+
     def as_claim(self) -> dict[str, str]:
         """The ``rev`` claim carried in every passport so an agent can find the channel."""
         return {
@@ -37,3 +42,11 @@ class RevocationChannel:
             "stream": self.stream_key,
             "snapshot": self.snapshot_key,
         }
+
+
+# Fields of the snapshot hash that are not revocation entries.
+SNAPSHOT_EPOCH_FIELD = "_epoch"
+SNAPSHOT_GENERATION_FIELD = "_generation"
+SNAPSHOT_ENTRY_PREFIX = "r:"
+STREAM_ENTRY_FIELD = "entry"
+STREAM_MAXLEN = 100_000

@@ -21,6 +21,10 @@ class Agent(models.Model):
     host = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Reported by the SDK with each batch of action events (its heartbeat).
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_seen_epoch = models.BigIntegerField(null=True, blank=True)
+    last_seen_address = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,0 +1,148 @@
+"""Revocation entries as they travel through Redis, and the agent's local revocation state.
+
+Wire format (JSON, one per stream entry and per snapshot hash field)::
+
+    {"id": 12, "epoch": 40, "kind": "revoke", "target": {"type": "agent", "value": "<uuid>"},
+     "reason": "...", "source": "api", "at": "2026-11-25T10:00:00Z"}
+    {"id": 12, "epoch": 41, "kind": "lift"}
+
+``type`` is one of ``passport`` (value = jti), ``agent`` (value = agent id), ``fleet``
+(value = fleet label) or ``all`` (value = ``*``). Epochs increase with every revoke and lift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGET_TYPES = ("passport", "agent", "fleet", "all")
+ENTRY_KINDS = ("revoke", "lift")
+
+
+class MalformedEntry(ValueError):
+    """A stream entry or snapshot field that does not follow the wire format."""
+
+
+@dataclass(frozen=True)
+class RevocationEntry:
+    id: int
+    epoch: int
+    kind: str
+    target_type: str = ""
+    target_value: str = ""
+    reason: str = ""
+    source: str = ""
+    at: str = ""
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> RevocationEntry:
+        try:
+            data = json.loads(raw)
+            kind = data["kind"]
+            entry_id, epoch = data["id"], data["epoch"]
+            if (
+                kind not in ENTRY_KINDS
+                or not isinstance(entry_id, int)
+                or not isinstance(epoch, int)
+            ):
+                raise MalformedEntry(f"bad kind, id or epoch in {raw!r}")
+            if kind == "lift":
+                return cls(id=entry_id, epoch=epoch, kind=kind)
+            target = data["target"]
+            if target["type"] not in TARGET_TYPES or not isinstance(target["value"], str):
+                raise MalformedEntry(f"bad target in {raw!r}")
+            return cls(
+                id=entry_id,
+                epoch=epoch,
+                kind=kind,
+                target_type=target["type"],
+                target_value=target["value"],
+                reason=str(data.get("reason", "")),
+                source=str(data.get("source", "")),
+                at=str(data.get("at", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, MalformedEntry):
+                raise
+            raise MalformedEntry(f"cannot parse revocation entry {raw!r:.200}: {exc}") from exc
+
+    def to_json(self) -> str:
+        if self.kind == "lift":
+            return json.dumps({"id": self.id, "epoch": self.epoch, "kind": "lift"})
+        return json.dumps(
+            {
+                "id": self.id,
+                "epoch": self.epoch,
+                "kind": "revoke",
+                "target": {"type": self.target_type, "value": self.target_value},
+                "reason": self.reason,
+                "source": self.source,
+                "at": self.at,
+            }
+        )
+
+    def describe(self) -> str:
+        who = (
+            "all agents" if self.target_type == "all" else f"{self.target_type} {self.target_value}"
+        )
+        return f"revocation #{self.id} of {who} (epoch {self.epoch}, {self.source}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class RevocationState:
+    """The set of active revocations, indexed for O(1) lookups. Immutable: swap, don't mutate."""
+
+    active: Mapping[int, RevocationEntry] = field(default_factory=dict)
+    versions: Mapping[int, int] = field(default_factory=dict)
+    epoch: int = 0
+    _index: Mapping[tuple[str, str], RevocationEntry] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        entries: Iterable[RevocationEntry],
+        epoch: int,
+        versions: Mapping[int, int] | None = None,
+    ) -> RevocationState:
+        active = {entry.id: entry for entry in entries if entry.kind == "revoke"}
+        index: dict[tuple[str, str], RevocationEntry] = {}
+        for entry in sorted(active.values(), key=lambda e: e.epoch):
+            index.setdefault((entry.target_type, entry.target_value), entry)
+        known = dict(versions or {})
+        for entry in active.values():
+            known[entry.id] = max(known.get(entry.id, 0), entry.epoch)
+        return cls(active=active, versions=known, epoch=epoch, _index=index)
+
+    def apply(self, entries: Iterable[RevocationEntry]) -> RevocationState:
+        """Apply stream entries; older or repeated entries for a revocation are ignored."""
+        active = dict(self.active)
+        versions = dict(self.versions)
+        epoch = self.epoch
+        for entry in entries:
+            epoch = max(epoch, entry.epoch)
+            if versions.get(entry.id, 0) >= entry.epoch:
+                continue
+            versions[entry.id] = entry.epoch
+            if entry.kind == "revoke":
+                active[entry.id] = entry
+            else:
+                active.pop(entry.id, None)
+        return RevocationState.build(active.values(), epoch, versions)
+
+    def blocking(self, *, jti: str, agent: str, fleet: str | None) -> RevocationEntry | None:
+        """The revocation that stops this passport, if any (most specific first)."""
+        index = self._index
+        return (
+            index.get(("passport", jti))
+            or index.get(("agent", agent))
+            or (index.get(("fleet", fleet)) if fleet else None)
+            or index.get(("all", "*"))
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "active": [json.loads(e.to_json()) for e in self.active.values()],
+        }
