@@ -14,6 +14,8 @@ from agent_passport.errors import PassportError, RuleError
 from agent_passport.protocol import RevocationChannel
 from agent_passport.rules import parse_jurisdiction, parse_scope
 from agent_passport.tokens import verify_token
+from killswitch.selectors import blocking_revocations, describe_revocation
+from killswitch.services import current_epoch
 from passports import signing
 from passports.models import Agent, Passport
 from registry.errors import RequestRejected, StateConflict
@@ -141,21 +143,6 @@ def renew_passport(
     return issued
 
 
-@transaction.atomic
-def revoke_passport(*, passport: Passport, reason: str, revoked_by: AbstractBaseUser) -> Passport:
-    passport = Passport.objects.select_for_update().get(pk=passport.pk)
-    if passport.status == Passport.Status.REVOKED:
-        raise StateConflict("jti", "passport is already revoked")
-    if not reason.strip():
-        raise RequestRejected("reason", "a reason is required")
-    passport.status = Passport.Status.REVOKED
-    passport.revoked_at = timezone.now()
-    passport.revoked_by = revoked_by
-    passport.revoked_reason = reason.strip()
-    passport.save(update_fields=["status", "revoked_at", "revoked_by", "revoked_reason"])
-    return passport
-
-
 def expire_passports(*, now: datetime | None = None) -> int:
     """Mark active passports past their expiry as expired. Returns how many changed."""
     now = now or timezone.now()
@@ -185,12 +172,37 @@ def introspect(token: str) -> dict[str, Any]:
         return _inactive("unknown_passport", "no passport with this jti was issued here")
     if str(passport.agent_id) != claims["sub"]:
         return _inactive("malformed", "the token subject does not match the passport's agent")
+    blocking = blocking_revocations(
+        agent_id=passport.agent_id, fleet=passport.agent.fleet, jti=passport.jti
+    ).first()
+    if blocking is not None:
+        return _inactive("revoked", describe_revocation(blocking))
     status = effective_status(passport)
     if status != Passport.Status.ACTIVE:
-        detail = f"passport is {status}"
-        if passport.revoked_reason:
-            detail += f": {passport.revoked_reason}"
-        return _inactive(status, detail)
+        return _inactive(status, f"passport is {status}")
     if passport.agent.status != Agent.Status.ACTIVE:
         return _inactive(f"agent_{passport.agent.status}", f"agent is {passport.agent.status}")
     return {"active": True, "token_type": "passport", **claims}
+
+
+def agent_run_status(agent: Agent) -> dict[str, Any]:
+    """Whether the agent may run right now, and every reason it may not."""
+    reasons = [
+        describe_revocation(r) for r in blocking_revocations(agent_id=agent.pk, fleet=agent.fleet)
+    ]
+    if agent.status != Agent.Status.ACTIVE and not reasons:
+        reasons.append(f"agent is {agent.status}")
+    now = timezone.now()
+    active_passports = agent.passports.filter(status=Passport.Status.ACTIVE, expires_at__gt=now)
+    if not active_passports.exists():
+        reasons.append("agent holds no active passport")
+    return {
+        "agent": str(agent.pk),
+        "status": agent.status,
+        "allowed": not reasons,
+        "reasons": reasons,
+        "active_passports": active_passports.count(),
+        "epoch": current_epoch(),
+        "last_seen_at": agent.last_seen_at,
+        "last_seen_epoch": agent.last_seen_epoch,
+    }

@@ -97,6 +97,7 @@ def run() -> None:
         _manage("migrate", "--noinput", "-v0")
         _manage("collectstatic", "--noinput", "-v0")
         _manage("ensure_signing_key")
+        _manage("reconcile_revocations")
         print(f"\nDemo operator (admin role) — sign in at http://{address}/login/ :")
         _manage("create_operator", "demo", "--role", "admin", "--reset")
         python_bin = Path(sys.executable).parent

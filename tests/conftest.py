@@ -1,9 +1,24 @@
+import uuid
+
 import pytest
+import redis
 from rest_framework.test import APIClient
 
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
+
+
+@pytest.fixture(autouse=True)
+def revocation_prefix(settings) -> str:
+    """Each test gets its own Redis key prefix, removed afterwards (the real Redis is shared)."""
+    prefix = f"aps-test-{uuid.uuid4().hex[:10]}"
+    settings.REVOCATION_REDIS_PREFIX = prefix
+    yield prefix
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
 
 
 def make_user(django_user_model, name: str, role: Role):

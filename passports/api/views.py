@@ -9,6 +9,8 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from killswitch import services as killswitch
+from killswitch.models import Revocation
 from passports import selectors, services, signing
 from passports.api.serializers import (
     AgentCreateSerializer,
@@ -53,6 +55,16 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         data.is_valid(raise_exception=True)
         agent = services.register_agent(owner=request.user, **data.validated_data)
         return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("AgentRunStatus", {"allowed": serializers.BooleanField()})
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="status")
+    def run_status(self, request: Request, pk: str) -> Response:
+        """Is the agent allowed to run right now, and if not, why not."""
+        return Response(services.agent_run_status(self.get_object()))
 
 
 class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -105,11 +117,14 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def revoke(self, request: Request, jti: str) -> Response:
         data = ReasonSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        passport = services.revoke_passport(
-            passport=self.get_object(),
+        passport = self.get_object()
+        killswitch.revoke(
+            target=killswitch.Target(Revocation.TargetType.PASSPORT, str(passport.jti)),
             reason=data.validated_data["reason"],
-            revoked_by=request.user,
+            actor=request.user,
+            source=Revocation.Source.API,
         )
+        passport.refresh_from_db()
         return Response(PassportSerializer(passport).data)
 
     @extend_schema(

@@ -161,7 +161,7 @@ def test_revoke_records_reason_and_actor_and_twice_is_conflict(issue, operator_a
 
     again = operator_api.post(url, {"reason": "again"}, format="json")
     assert again.status_code == 409
-    assert "already revoked" in again.json()["errors"]["jti"][0]
+    assert "already revoked" in again.json()["errors"]["target"][0]
 
 
 def test_revoke_requires_reason(issue, operator_api):

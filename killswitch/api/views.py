@@ -1,0 +1,59 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from killswitch import selectors, services
+from killswitch.api.serializers import LiftSerializer, RevocationSerializer, RevokeSerializer
+from killswitch.models import Revocation
+from passports.roles import ReadViewerWriteOperator
+from registry.errors import RequestRejected
+
+
+class NewestEpochFirst(CursorPagination):
+    ordering = "-epoch"
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Revocations: one passport, one agent, a fleet, or all agents."""
+
+    serializer_class = RevocationSerializer
+    permission_classes = [ReadViewerWriteOperator]
+    pagination_class = NewestEpochFirst
+    lookup_value_regex = r"[0-9]+"
+
+    def get_queryset(self):
+        params = self.request.query_params
+        active = {"true": True, "false": False, None: None, "": None}.get(params.get("active"))
+        if active is None and params.get("active") not in (None, ""):
+            raise RequestRejected("active", "must be true or false")
+        target_type = params.get("target_type")
+        if target_type and target_type not in Revocation.TargetType.values:
+            raise RequestRejected("target_type", "must be passport, agent, fleet or all")
+        return selectors.revocations(active=active, target_type=target_type)
+
+    @extend_schema(request=RevokeSerializer, responses={201: RevocationSerializer})
+    def create(self, request: Request) -> Response:
+        data = RevokeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        revocation = services.revoke(
+            target=services.parse_target(data.validated_data["target"]),
+            reason=data.validated_data["reason"],
+            actor=request.user,
+            source=Revocation.Source.API,
+        )
+        return Response(RevocationSerializer(revocation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=LiftSerializer, responses={200: RevocationSerializer})
+    @action(detail=True, methods=["post"])
+    def lift(self, request: Request, pk: str) -> Response:
+        data = LiftSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        revocation = services.lift(
+            revocation=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
+        )
+        return Response(RevocationSerializer(revocation).data)

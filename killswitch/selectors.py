@@ -1,0 +1,40 @@
+"""Which revocations stop a passport or an agent right now."""
+
+from django.db.models import Q, QuerySet
+
+from killswitch.models import Revocation
+from killswitch.services import ALL_AGENTS
+
+
+def blocking_revocations(
+    *, agent_id: str, fleet: str, jti: str | None = None
+) -> QuerySet[Revocation]:
+    """Active revocations that stop this agent (or this one passport of it), most specific first."""
+    match = Q(target_type=Revocation.TargetType.AGENT, target_value=str(agent_id)) | Q(
+        target_type=Revocation.TargetType.ALL, target_value=ALL_AGENTS
+    )
+    if fleet:
+        match |= Q(target_type=Revocation.TargetType.FLEET, target_value=fleet)
+    if jti:
+        match |= Q(target_type=Revocation.TargetType.PASSPORT, target_value=str(jti))
+    return Revocation.objects.filter(match, lifted_at__isnull=True).order_by("epoch")
+
+
+def revocations(
+    *, active: bool | None = None, target_type: str | None = None
+) -> QuerySet[Revocation]:
+    queryset = Revocation.objects.select_related("actor", "lifted_by")
+    if active is not None:
+        queryset = queryset.filter(lifted_at__isnull=active)
+    if target_type:
+        queryset = queryset.filter(target_type=target_type)
+    return queryset
+
+
+def describe_revocation(revocation: Revocation) -> str:
+    target = (
+        "all agents"
+        if revocation.target_type == Revocation.TargetType.ALL
+        else (f"{revocation.target_type} {revocation.target_value}")
+    )
+    return f"revoked: {target} (epoch {revocation.epoch}, {revocation.source}): {revocation.reason}"

@@ -1,0 +1,156 @@
+"""Revoking and reinstating: one passport, one agent, a fleet, or everything.
+
+The database is the source of truth. Each revoke and each lift takes the next epoch and, once
+committed, is pushed to Redis (see :mod:`killswitch.publisher`); if Redis is down the push is
+retried by Celery and the periodic reconciliation heals whatever is still missing.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from killswitch.models import EpochCounter, Revocation
+from passports.models import Agent, Passport
+from registry.errors import RequestRejected, StateConflict
+
+logger = logging.getLogger(__name__)
+
+ALL_AGENTS = "*"
+
+
+@dataclass(frozen=True)
+class Target:
+    type: str
+    value: str
+
+
+def next_epoch() -> int:
+    """Take the next epoch; must run inside the transaction that records the change."""
+    counter, _ = EpochCounter.objects.select_for_update().get_or_create(pk=1)
+    counter.value += 1
+    counter.save(update_fields=["value"])
+    return counter.value
+
+
+def current_epoch() -> int:
+    return EpochCounter.objects.filter(pk=1).values_list("value", flat=True).first() or 0
+
+
+def _parse_uuid(value: object, field: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError as exc:
+        raise RequestRejected("target", f"{field} must be a UUID") from exc
+
+
+def parse_target(data: object) -> Target:
+    """Parse ``{"passport": jti}``, ``{"agent": id}``, ``{"fleet": name}`` or ``{"all": true}``."""
+    if not isinstance(data, dict) or len(data) != 1:
+        raise RequestRejected(
+            "target",
+            'must be one of {"passport": jti}, {"agent": id}, {"fleet": name}, {"all": true}',
+        )
+    ((kind, value),) = data.items()
+    if kind == "passport":
+        jti = _parse_uuid(value, "passport")
+        if not Passport.objects.filter(jti=jti).exists():
+            raise RequestRejected("target", f"no passport with jti {jti}")
+        return Target(Revocation.TargetType.PASSPORT, jti)
+    if kind == "agent":
+        agent_id = _parse_uuid(value, "agent")
+        if not Agent.objects.filter(pk=agent_id).exists():
+            raise RequestRejected("target", f"no agent with id {agent_id}")
+        return Target(Revocation.TargetType.AGENT, agent_id)
+    if kind == "fleet":
+        if not isinstance(value, str) or not value:
+            raise RequestRejected("target", "fleet must be a non-empty fleet label")
+        if not Agent.objects.filter(fleet=value).exists():
+            raise RequestRejected("target", f"no agent belongs to fleet {value!r}")
+        return Target(Revocation.TargetType.FLEET, value)
+    if kind == "all":
+        if value is not True:
+            raise RequestRejected("target", 'use {"all": true} to stop every agent')
+        return Target(Revocation.TargetType.ALL, ALL_AGENTS)
+    raise RequestRejected("target", f"unknown target {kind!r}: use passport, agent, fleet or all")
+
+
+def _after_commit_push() -> None:
+    from killswitch import publisher  # imported late: publisher imports this module's models
+
+    transaction.on_commit(publisher.push_pending_or_schedule)
+
+
+def revoke(
+    *, target: Target, reason: str, actor: AbstractBaseUser | None, source: str
+) -> Revocation:
+    """Record a revocation and, after commit, push it to agents.
+
+    Raises RequestRejected (bad input) or StateConflict (already revoked).
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise RequestRejected("reason", "a reason is required")
+    if source not in Revocation.Source.values:
+        raise RequestRejected("source", f"must be one of {', '.join(Revocation.Source.values)}")
+    try:
+        with transaction.atomic():
+            epoch = next_epoch()
+            now = timezone.now()
+            if target.type == Revocation.TargetType.PASSPORT:
+                passport = Passport.objects.select_for_update().get(jti=target.value)
+                if passport.status == Passport.Status.REVOKED:
+                    raise StateConflict("target", "passport is already revoked")
+                passport.status = Passport.Status.REVOKED
+                passport.revoked_at, passport.revoked_by, passport.revoked_reason = (
+                    now,
+                    actor,
+                    reason,
+                )
+                passport.save(
+                    update_fields=["status", "revoked_at", "revoked_by", "revoked_reason"]
+                )
+            elif target.type == Revocation.TargetType.AGENT:
+                agent = Agent.objects.select_for_update().get(pk=target.value)
+                if agent.status == Agent.Status.KILLED:
+                    raise StateConflict("target", "agent is already killed")
+                agent.status = Agent.Status.KILLED
+                agent.save(update_fields=["status"])
+            revocation = Revocation.objects.create(
+                epoch=epoch,
+                target_type=target.type,
+                target_value=target.value,
+                reason=reason,
+                source=source,
+                actor=actor,
+            )
+            _after_commit_push()
+    except IntegrityError as exc:
+        raise StateConflict("target", f"{target.type} {target.value} is already revoked") from exc
+    logger.warning("revoked %s %s (epoch %s, source %s)", target.type, target.value, epoch, source)
+    return revocation
+
+
+def lift(*, revocation: Revocation, actor: AbstractBaseUser | None, reason: str = "") -> Revocation:
+    """Reinstate what a revocation stopped. Passport revocations are permanent."""
+    with transaction.atomic():
+        revocation = Revocation.objects.select_for_update().get(pk=revocation.pk)
+        if revocation.target_type == Revocation.TargetType.PASSPORT:
+            raise StateConflict("id", "a revoked passport stays revoked; issue a new passport")
+        if revocation.lifted_at is not None:
+            raise StateConflict("id", f"revocation #{revocation.pk} was already lifted")
+        revocation.lift_epoch = next_epoch()
+        revocation.lifted_at = timezone.now()
+        revocation.lifted_by = actor
+        revocation.lift_reason = (reason or "").strip()
+        revocation.save(update_fields=["lift_epoch", "lifted_at", "lifted_by", "lift_reason"])
+        if revocation.target_type == Revocation.TargetType.AGENT:
+            Agent.objects.filter(pk=revocation.target_value, status=Agent.Status.KILLED).update(
+                status=Agent.Status.ACTIVE
+            )
+        _after_commit_push()
+    logger.warning("lifted revocation #%s (epoch %s)", revocation.pk, revocation.lift_epoch)
+    return revocation
