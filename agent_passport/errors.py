@@ -9,6 +9,10 @@ class RuleError(ValueError):
         super().__init__(f"invalid rule {rule!r}: {message}")
 
 
+class GuardError(PermissionError):
+    """Base class for every reason the guard refuses an action."""
+
+
 class PassportError(Exception):
     """Base class for every reason a passport token cannot be used.
 
@@ -27,9 +31,21 @@ class PassportInvalid(PassportError):
     """The token is malformed, badly signed, signed by an unknown key or meant for someone else."""
 
 
-class PassportExpired(PassportError):
+class PassportExpired(PassportError, GuardError):
     reason = "expired"
 
 
-class PassportNotYetValid(PassportError):
+class PassportNotYetValid(PassportError, GuardError):
     reason = "not_yet_valid"
+
+
+class ScopeDenied(GuardError):
+    """The action is outside the passport's scope or jurisdiction."""
+
+
+class PassportRevoked(GuardError):
+    """The passport, its agent, its fleet or every agent has been revoked (the kill switch)."""
+
+
+class RevocationStateStale(GuardError):
+    """The guard cannot tell whether the passport is revoked, so it fails closed."""

@@ -34,6 +34,15 @@ class RevocationChannel:
         """Server-side bookkeeping: the last epoch applied per revocation id (idempotent pushes)."""
         return f"{self.prefix}:revocations:versions"
 
+    @classmethod
+    def from_claim(cls, claim: object) -> "RevocationChannel":
+        """The channel named by a passport's ``rev`` claim (the default one if absent)."""
+        stream = claim.get("stream", "") if isinstance(claim, dict) else ""
+        suffix = ":revocations:stream"
+        if isinstance(stream, str) and stream.endswith(suffix) and len(stream) > len(suffix):
+            return cls(prefix=stream[: -len(suffix)])
+        return cls()
+
     def as_claim(self) -> dict[str, str]:
         """The ``rev`` claim carried in every passport so an agent can find the channel."""
         return {

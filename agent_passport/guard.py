@@ -1,0 +1,221 @@
+"""The guard: checks every action against the passport and the live revocation state.
+
+``check`` never touches the network: it reads the parsed passport, the watcher's local state
+and the clock, then hands the outcome to the reporter's in-memory buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent_passport.errors import (
+    PassportExpired,
+    PassportNotYetValid,
+    PassportRevoked,
+    RevocationStateStale,
+    ScopeDenied,
+)
+from agent_passport.protocol import RevocationChannel
+from agent_passport.revocations import RevocationEntry, RevocationState
+from agent_passport.rules import Decision, Policy
+from agent_passport.tokens import KeyLookup, verify_token
+from agent_passport.watcher import RevocationWatcher
+
+logger = logging.getLogger(__name__)
+
+KillCallback = Callable[[RevocationEntry], None]
+
+
+class Reporter(Protocol):
+    """What the guard needs from an action reporter (see agent_passport.reporter)."""
+
+    def record(
+        self,
+        at: float,
+        action: str,
+        resource: str | None,
+        jurisdiction: str | None,
+        allowed: bool,
+        reason: str,
+    ) -> None: ...
+
+
+class Guard:
+    """Holds one verified passport and refuses any action it does not allow.
+
+    ``keys`` is a kid → public key mapping (pinned keys) or a lookup such as JWKSClient.
+    ``watcher`` may be shared by many guards; if omitted, one is started on ``redis_url``
+    with the channel named in the passport's ``rev`` claim.
+    ``max_staleness``: seconds without news from Redis after which checks raise
+    RevocationStateStale. ``fail_open=True`` turns that into a logged warning instead — only
+    for deliberate, documented exceptions.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        keys: KeyLookup | Mapping[str, Ed25519PublicKey],
+        issuer: str,
+        audience: str = "agent-passport",
+        watcher: RevocationWatcher | None = None,
+        redis_url: str | None = None,
+        max_staleness: float = 2.0,
+        fail_open: bool = False,
+        jurisdiction: str | None = None,
+        reporter: Reporter | None = None,
+        ready_timeout: float = 5.0,
+    ) -> None:
+        self.claims: dict[str, Any] = verify_token(token, keys, issuer=issuer, audience=audience)
+        self.token = token
+        self.policy = Policy.from_claims(self.claims)
+        self.jti: str = self.claims["jti"]
+        self.agent_id: str = self.claims["sub"]
+        self.fleet: str | None = self.claims.get("fleet") or None
+        self._not_before = float(self.claims["nbf"])
+        self._expires = float(self.claims["exp"])
+        self.max_staleness = max_staleness
+        self.fail_open = fail_open
+        if fail_open:
+            logger.warning(
+                "guard for agent %s runs FAIL-OPEN: if the revocation channel is lost, actions "
+                "continue unchecked against revocations",
+                self.agent_id,
+            )
+        self.jurisdiction = jurisdiction
+        self.reporter = reporter
+        self._owns_watcher = watcher is None
+        if watcher is None:
+            if redis_url is None:
+                raise ValueError("give either a shared watcher or redis_url")
+            channel = RevocationChannel.from_claim(self.claims.get("rev"))
+            watcher = RevocationWatcher(redis_url, channel=channel).start()
+        self.watcher = watcher
+        self._kill_callbacks: list[KillCallback] = []
+        self._killed = threading.Event()
+        self.kill_entry: RevocationEntry | None = None
+        self._last_open_warning = 0.0
+        watcher.add_listener(self._on_state)
+        if watcher.wait_until_ready(ready_timeout):
+            self._on_state(watcher.state)
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(
+        self, action: str, resource: str | None = None, jurisdiction: str | None = None
+    ) -> Decision:
+        """Allow the action or raise ScopeDenied, PassportRevoked, PassportExpired,
+        PassportNotYetValid or RevocationStateStale. Every outcome is reported."""
+        now = time.time()
+        region = jurisdiction if jurisdiction is not None else self.jurisdiction
+        try:
+            decision = self._decide(now, action, resource, region)
+        except Exception as exc:
+            self._report(now, action, resource, region, False, str(exc))
+            raise
+        self._report(now, action, resource, region, True, decision.reason)
+        return decision
+
+    def _decide(
+        self, now: float, action: str, resource: str | None, region: str | None
+    ) -> Decision:
+        if now >= self._expires:
+            raise PassportExpired(f"passport {self.jti} expired; ask the registry for a new one")
+        if now < self._not_before:
+            raise PassportNotYetValid(f"passport {self.jti} is not valid yet")
+        watcher = self.watcher
+        blocking = watcher.state.blocking(jti=self.jti, agent=self.agent_id, fleet=self.fleet)
+        if blocking is not None:
+            raise PassportRevoked(f"{action} refused: {blocking.describe()}")
+        staleness = time.monotonic() - watcher.last_heard
+        if staleness > self.max_staleness:
+            message = (
+                f"{action} refused: no word from the revocation channel for "
+                f"{_seconds(staleness)} (limit {self.max_staleness:g} s), so revocations "
+                "cannot be ruled out"
+            )
+            if not self.fail_open:
+                raise RevocationStateStale(message)
+            if now - self._last_open_warning > 5:
+                logger.warning("FAIL-OPEN: %s; allowing anyway", message)
+                self._last_open_warning = now
+        decision = self.policy.decide(action, resource, region)
+        if not decision.allowed:
+            raise ScopeDenied(decision.reason)
+        return decision
+
+    def _report(self, *event: Any) -> None:
+        if self.reporter is not None:
+            self.reporter.record(*event)
+
+    def requires(
+        self, action: str, resource: str | None = None, jurisdiction: str | None = None
+    ) -> _Requirement:
+        """``@guard.requires("tool:shell:exec")`` or ``with guard.requires(...):``."""
+        return _Requirement(self, action, resource, jurisdiction)
+
+    # -- kill ---------------------------------------------------------------------------------
+    def on_kill(self, callback: KillCallback) -> None:
+        """Run ``callback(entry)`` once when this passport is revoked (on the watcher thread)."""
+        self._kill_callbacks.append(callback)
+        if self.kill_entry is not None:
+            callback(self.kill_entry)
+
+    @property
+    def killed(self) -> bool:
+        return self._killed.is_set()
+
+    def wait_for_kill(self, timeout: float | None = None) -> RevocationEntry | None:
+        """Block until this passport is revoked; returns the revocation (None on timeout)."""
+        self._killed.wait(timeout)
+        return self.kill_entry
+
+    def _on_state(self, state: RevocationState) -> None:
+        blocking = state.blocking(jti=self.jti, agent=self.agent_id, fleet=self.fleet)
+        if blocking is None:
+            if self._killed.is_set():  # lifted: the agent may run again
+                self.kill_entry = None
+                self._killed.clear()
+            return
+        if self._killed.is_set():
+            return
+        self.kill_entry = blocking
+        self._killed.set()
+        logger.warning("passport %s stopped: %s", self.jti, blocking.describe())
+        for callback in list(self._kill_callbacks):
+            try:
+                callback(blocking)
+            except Exception:
+                logger.exception("kill callback failed")
+
+    def close(self) -> None:
+        if self._owns_watcher:
+            self.watcher.stop()
+
+
+class _Requirement(contextlib.ContextDecorator):
+    def __init__(
+        self, guard: Guard, action: str, resource: str | None, jurisdiction: str | None
+    ) -> None:
+        self.guard, self.action, self.resource, self.jurisdiction = (
+            guard,
+            action,
+            resource,
+            jurisdiction,
+        )
+
+    def __enter__(self) -> Decision:
+        return self.guard.check(self.action, self.resource, self.jurisdiction)
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _seconds(value: float) -> str:
+    return "ever" if value == float("inf") else f"{value:.1f} s"
