@@ -14,8 +14,9 @@ def revocation_prefix(settings) -> str:
     """Each test gets its own Redis key prefix, removed afterwards (the real Redis is shared)."""
     prefix = f"aps-test-{uuid.uuid4().hex[:10]}"
     settings.REVOCATION_REDIS_PREFIX = prefix
+    url = settings.REDIS_URL  # a test may point settings at a private Redis meanwhile
     yield prefix
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:
         client.delete(*keys)
