@@ -1,0 +1,178 @@
+"""Command line: ``python -m agent_passport verify|check|watch``.
+
+Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+from agent_passport.errors import GuardError, PassportError
+from agent_passport.guard import Guard
+from agent_passport.jwks import JWKSClient
+from agent_passport.protocol import RevocationChannel
+from agent_passport.rules import decide
+from agent_passport.tokens import keys_from_jwks, verify_token
+from agent_passport.watcher import RevocationWatcher
+
+
+class CLIError(Exception):
+    """A problem with the command's input; printed without a traceback, exit code 2."""
+
+
+def _read_token(value: str) -> str:
+    if value == "-":
+        return sys.stdin.read().strip()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_text().strip()
+        except OSError as exc:
+            raise CLIError(f"cannot read token file {value[1:]}: {exc.strerror}") from exc
+    return value.strip()
+
+
+def _keys(args: argparse.Namespace):
+    if args.jwks_file:
+        try:
+            return keys_from_jwks(json.loads(Path(args.jwks_file).read_text()))
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read JWKS file {args.jwks_file}: {exc}") from exc
+    if args.registry:
+        return JWKSClient(args.registry.rstrip("/") + "/.well-known/jwks.json")
+    raise CLIError("give --registry URL (to fetch its JWKS) or --jwks-file FILE")
+
+
+def _add_token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("token", help="the passport token, '-' for stdin, or @FILE")
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("AGENT_PASSPORT_REGISTRY"),
+        help="registry base URL (JWKS is fetched from it)",
+    )
+    parser.add_argument("--jwks-file", help="pinned JWKS document instead of fetching it")
+    parser.add_argument(
+        "--issuer",
+        default=os.environ.get("AGENT_PASSPORT_ISSUER"),
+        help="expected issuer (default: --registry)",
+    )
+    parser.add_argument("--audience", default="agent-passport")
+
+
+def _verify(args: argparse.Namespace) -> dict:
+    issuer = args.issuer or args.registry
+    if not issuer:
+        raise CLIError("give --issuer (or --registry)")
+    return verify_token(_read_token(args.token), _keys(args), issuer=issuer, audience=args.audience)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    claims = _verify(args)
+    print(json.dumps(claims, indent=2, sort_keys=True))
+    remaining = claims["exp"] - time.time()
+    print(
+        f"valid: passport {claims['jti']} for agent {claims['sub']}, expires in {remaining:.0f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.redis:
+        guard = Guard(
+            _read_token(args.token),
+            keys=_keys(args),
+            issuer=args.issuer or args.registry or "",
+            audience=args.audience,
+            redis_url=args.redis,
+            jurisdiction=args.jurisdiction,
+        )
+        try:
+            decision = guard.check(args.action, args.resource)
+        except GuardError as exc:
+            print(f"refused: {exc}")
+            return 1
+        finally:
+            guard.close()
+    else:
+        decision = decide(_verify(args), args.action, args.resource, args.jurisdiction)
+        if not decision.allowed:
+            print(f"denied: {decision.reason}")
+            return 1
+        print("(scope only: give --redis URL to check revocations too)", file=sys.stderr)
+    print(f"allowed: {decision.reason}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    watcher = RevocationWatcher(args.redis, channel=RevocationChannel(args.prefix))
+
+    def show(state) -> None:
+        print(f"epoch {state.epoch}: {len(state.active)} active revocation(s)", flush=True)
+        for entry in sorted(state.active.values(), key=lambda e: e.epoch):
+            print(f"  - {entry.describe()}", flush=True)
+
+    watcher.add_listener(show)
+    watcher.start()
+    if not watcher.wait_until_ready(args.timeout):
+        print(
+            f"no revocation snapshot at {args.redis} (prefix {args.prefix!r}) yet; waiting…",
+            file=sys.stderr,
+        )
+    else:
+        show(watcher.state)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        watcher.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent-passport", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    verify = commands.add_parser("verify", help="verify a passport offline and print its claims")
+    _add_token_options(verify)
+    verify.set_defaults(handler=cmd_verify)
+
+    check = commands.add_parser("check", help="would this action be allowed?")
+    _add_token_options(check)
+    check.add_argument("action", help="domain:action[:resource], e.g. net:connect:1.2.3.4:22")
+    check.add_argument("--resource")
+    check.add_argument("--jurisdiction", help="region where the action happens, e.g. DE")
+    check.add_argument("--redis", help="also check live revocations through this Redis")
+    check.set_defaults(handler=cmd_check)
+
+    watch = commands.add_parser("watch", help="follow revocations live")
+    watch.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    watch.add_argument("--prefix", default="aps", help="Redis key prefix of the channel")
+    watch.add_argument("--timeout", type=float, default=5.0)
+    watch.set_defaults(handler=cmd_watch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PassportError as exc:
+        print(f"invalid passport ({exc.reason}): {exc}", file=sys.stderr)
+        return 1
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"error: Redis unreachable: {exc}", file=sys.stderr)
+        return 2
