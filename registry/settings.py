@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "passports",
     "killswitch",
+    "actions",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,174 @@
+import math
+from datetime import UTC, datetime
+
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from actions.models import ActionEvent
+from actions.services import MAX_FUTURE_SKEW
+from agent_passport.reporter import (
+    MAX_ACTION_LENGTH,
+    MAX_BATCH_EVENTS,
+    MAX_HOST_LENGTH,
+    MAX_JURISDICTION_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_RESOURCE_LENGTH,
+)
+from passports.api.serializers import StrictCharField, StrictSerializer
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID given as a string (DRF's UUIDField would also take an integer)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer given as a JSON number (no strings, booleans or fractions)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(OpenApiTypes.DOUBLE)
+class UnixTimeField(serializers.Field):
+    """Seconds since 1970-01-01 UTC (a JSON number) as an aware datetime; not in the future."""
+
+    default_error_messages = {
+        "invalid": "must be a number of seconds since 1970-01-01 UTC",
+        "out_of_range": "is out of range",
+        "future": "is more than {minutes} minutes in the future",
+    }
+
+    def to_internal_value(self, data) -> datetime:
+        if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
+            self.fail("invalid")
+        if data < 0:
+            self.fail("out_of_range")
+        try:
+            when = datetime.fromtimestamp(data, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            self.fail("out_of_range")
+        if when > timezone.now() + MAX_FUTURE_SKEW:
+            self.fail("future", minutes=int(MAX_FUTURE_SKEW.total_seconds() // 60))
+        return when
+
+    def to_representation(self, value: datetime) -> float:
+        return value.timestamp()
+
+
+class ReportedActionSerializer(StrictSerializer):
+    """One event as the SDK sends it. Agent, fleet and passport are not fields: they come from
+    the passport the agent authenticated with."""
+
+    id = StrictUUIDField()
+    action = StrictCharField(max_length=MAX_ACTION_LENGTH, trim_whitespace=False)
+    resource = StrictCharField(
+        max_length=MAX_RESOURCE_LENGTH,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        default=None,
+        trim_whitespace=False,
+    )
+    jurisdiction = StrictCharField(
+        max_length=MAX_JURISDICTION_LENGTH,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        default=None,
+        trim_whitespace=False,
+    )
+    decision = serializers.ChoiceField(choices=ActionEvent.Decision.choices)
+    reason = StrictCharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+    )
+    at = UnixTimeField(source="occurred_at")
+
+    def validate_resource(self, value: str | None) -> str:
+        return value or ""
+
+    def validate_jurisdiction(self, value: str | None) -> str:
+        return value or ""
+
+
+@extend_schema_field(ReportedActionSerializer)
+class _EventItem(serializers.Field):
+    """Passes a list item through; each event is validated on its own (see ActionBatch)."""
+
+    def to_internal_value(self, data):
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+class HeartbeatSerializer(StrictSerializer):
+    epoch = StrictIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=2**63 - 1
+    )
+    host = StrictCharField(max_length=MAX_HOST_LENGTH, required=False, default="", allow_blank=True)
+    pid = StrictIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=2**31 - 1
+    )
+
+
+class ActionBatchSerializer(StrictSerializer):
+    """``{"events": [...], "heartbeat": {...}}``. A malformed event does not fail the batch:
+    ``validated_data["errors"]`` maps its index to its field errors, the others are kept."""
+
+    events = serializers.ListField(
+        child=_EventItem(allow_null=True), max_length=MAX_BATCH_EVENTS, allow_empty=True
+    )
+    heartbeat = HeartbeatSerializer(required=False, allow_null=True)
+
+    def validate(self, attrs: dict) -> dict:
+        valid, errors = [], {}
+        for index, raw in enumerate(attrs["events"]):
+            if not isinstance(raw, dict):
+                errors[str(index)] = {"event": ["must be a JSON object"]}
+                continue
+            event = ReportedActionSerializer(data=raw)
+            if event.is_valid():
+                valid.append(event.validated_data)
+            else:
+                errors[str(index)] = event.errors
+        return {"events": valid, "errors": errors, "heartbeat": attrs.get("heartbeat")}
+
+
+class IngestResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    errors = serializers.DictField(
+        child=serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
+        help_text="Rejected events by their index in the batch: {field: [message]}.",
+    )
+
+
+class ActionEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ActionEvent
+        fields = [
+            "id",
+            "passport",
+            "agent",
+            "fleet",
+            "action",
+            "resource",
+            "jurisdiction",
+            "decision",
+            "reason",
+            "occurred_at",
+            "received_at",
+        ]

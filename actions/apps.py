@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class ActionsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "actions"
+
+    def ready(self) -> None:
+        from actions import schema  # noqa: F401 (registers the OpenAPI auth extension)

@@ -1,0 +1,92 @@
+"""Agents authenticate to the action log with their own passport: ``Authorization: Bearer <token>``.
+
+Used only by ``POST /api/v1/actions``. The token must verify (signature, kid, algorithm, issuer,
+audience; expiry with an hour of leeway so spilled events can still be delivered) and name a
+passport issued here to the token's subject. Revoked, superseded and expired-within-leeway
+passports are accepted on purpose: what a killed agent did is audit evidence.
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.permissions import BasePermission
+
+from agent_passport.errors import PassportError
+from agent_passport.tokens import verify_token
+from passports import signing
+from passports.models import Passport
+
+_KEYWORD = b"bearer"
+REPORTING_LEEWAY_SECONDS = 3600
+
+
+@dataclass(frozen=True, eq=False)
+class PassportHolder:
+    """``request.user`` for an agent that authenticated with its passport (not an operator)."""
+
+    passport: Passport
+    claims: dict[str, Any]
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+
+    @property
+    def pk(self) -> str:
+        """Throttling key: one rate per agent, distinct from operator user ids."""
+        return f"agent:{self.passport.agent_id}"
+
+    def __str__(self) -> str:
+        return f"agent {self.passport.agent_id} (passport {self.passport.jti})"
+
+
+def _rejected(reason: str, detail: str) -> exceptions.AuthenticationFailed:
+    return exceptions.AuthenticationFailed({"detail": detail, "reason": reason})
+
+
+class PassportBearerAuthentication(BaseAuthentication):
+    """Authenticates an agent by its passport token; ``request.auth`` is the Passport."""
+
+    def authenticate(self, request):
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != _KEYWORD:
+            return None
+        if len(parts) != 2:
+            raise _rejected("malformed", "Authorization header must be 'Bearer <passport token>'.")
+        try:
+            token = parts[1].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise _rejected("malformed", "the token is not ASCII") from exc
+        try:
+            claims = verify_token(
+                token,
+                signing.verification_key,
+                issuer=settings.PASSPORT_ISSUER,
+                audience=settings.PASSPORT_AUDIENCE,
+                leeway=REPORTING_LEEWAY_SECONDS,
+            )
+            jti = uuid.UUID(str(claims["jti"]))
+        except PassportError as exc:
+            raise _rejected(exc.reason, str(exc)) from exc
+        except ValueError as exc:
+            raise _rejected("malformed", "the jti claim is not a UUID") from exc
+        passport = Passport.objects.select_related("agent").filter(jti=jti).first()
+        if passport is None:
+            raise _rejected("unknown_passport", "no passport with this jti was issued here")
+        if str(passport.agent_id) != claims["sub"]:
+            raise _rejected("malformed", "the token subject does not match the passport's agent")
+        return PassportHolder(passport=passport, claims=claims), passport
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="agent-passport"'
+
+
+class IsPassportHolder(BasePermission):
+    """Only an agent authenticated by its own passport (never an operator API token)."""
+
+    def has_permission(self, request, view) -> bool:
+        return isinstance(request.user, PassportHolder) and isinstance(request.auth, Passport)

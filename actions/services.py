@@ -1,0 +1,111 @@
+"""Action reporting: store the events an agent reports (once per id) and record its heartbeat."""
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypedDict
+
+from django.db import models, transaction
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
+
+from actions.models import ActionEvent
+from passports.models import Agent, Passport
+
+# An event may be timestamped this far ahead of the registry's clock (agent clock skew).
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+_IDS_PER_QUERY = 500  # stays under SQLite's bound-parameter limit
+
+
+class ReportedAction(TypedDict):
+    """One validated event, in model field names."""
+
+    id: uuid.UUID
+    action: str
+    resource: str
+    jurisdiction: str
+    decision: str
+    reason: str
+    occurred_at: datetime
+
+
+class Heartbeat(TypedDict, total=False):
+    epoch: int | None  # the last revocation epoch the agent applied
+    host: str
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+def _chunks(ids: Sequence[uuid.UUID]) -> Iterator[Sequence[uuid.UUID]]:
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        yield ids[start : start + _IDS_PER_QUERY]
+
+
+@transaction.atomic
+def ingest_actions(
+    *,
+    passport: Passport,
+    events: Sequence[ReportedAction],
+    heartbeat: Heartbeat | None,
+    remote_addr: str,
+) -> IngestResult:
+    """Store ``events`` for the passport's agent; ids already stored count as duplicates.
+
+    The agent, its fleet and the passport come from the authenticated passport, never from the
+    events. The heartbeat is recorded first: on PostgreSQL its UPDATE locks the agent's row until
+    commit, so two batches of one agent (a retry racing the original) are counted one after the
+    other; SQLite serialises all writers anyway.
+    """
+    record_heartbeat(agent_id=passport.agent_id, heartbeat=heartbeat, remote_addr=remote_addr)
+    unique: dict[uuid.UUID, ReportedAction] = {}
+    for event in events:
+        unique.setdefault(event["id"], event)  # a repeated id within the batch is a duplicate
+    ids = list(unique)
+    stored: set[uuid.UUID] = set()
+    for chunk in _chunks(ids):
+        stored.update(ActionEvent.objects.filter(id__in=chunk).values_list("id", flat=True))
+    fresh = [event_id for event_id in ids if event_id not in stored]
+    fleet = passport.agent.fleet
+    ActionEvent.objects.bulk_create(
+        [
+            ActionEvent(passport=passport, agent_id=passport.agent_id, fleet=fleet, **unique[i])
+            for i in fresh
+        ],
+        ignore_conflicts=True,  # an id stored meanwhile by another agent is skipped, not an error
+    )
+    accepted = sum(
+        ActionEvent.objects.filter(id__in=chunk, agent_id=passport.agent_id).count()
+        for chunk in _chunks(fresh)
+    )
+    return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
+
+
+def record_heartbeat(
+    *,
+    agent_id: uuid.UUID,
+    heartbeat: Heartbeat | None,
+    remote_addr: str,
+    now: datetime | None = None,
+) -> None:
+    """Mark the agent as seen now, from ``remote_addr``, in a single UPDATE.
+
+    ``last_seen_epoch`` only moves forward: a late, out-of-order post cannot lower it.
+    """
+    heartbeat = heartbeat or {}
+    host = heartbeat.get("host") or ""
+    address = f"{host} ({remote_addr})" if host and remote_addr else host or remote_addr
+    fields: dict[str, object] = {
+        "last_seen_at": now or timezone.now(),
+        "last_seen_address": address[:255],
+    }
+    epoch = heartbeat.get("epoch")
+    if epoch is not None:
+        reported = models.Value(epoch, output_field=models.BigIntegerField())
+        fields["last_seen_epoch"] = Greatest(Coalesce("last_seen_epoch", reported), reported)
+    Agent.objects.filter(pk=agent_id).update(**fields)
