@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +33,7 @@ from agent_passport.watcher import RevocationWatcher
 logger = logging.getLogger(__name__)
 
 KillCallback = Callable[[RevocationEntry], None]
+_HOST = socket.gethostname()
 
 
 class Reporter(Protocol):
@@ -91,6 +94,8 @@ class Guard:
             )
         self.jurisdiction = jurisdiction
         self.reporter = reporter
+        if reporter is not None and getattr(reporter, "heartbeat", False) is None:
+            reporter.heartbeat = self.heartbeat  # report which revocation epoch we have seen
         self._owns_watcher = watcher is None
         if watcher is None:
             if redis_url is None:
@@ -193,6 +198,10 @@ class Guard:
                 callback(blocking)
             except Exception:
                 logger.exception("kill callback failed")
+
+    def heartbeat(self) -> dict[str, Any]:
+        """What the reporter sends as this agent's heartbeat: the revocation epoch it applied."""
+        return {"epoch": self.watcher.state.epoch, "host": _HOST, "pid": os.getpid()}
 
     def close(self) -> None:
         if self._owns_watcher:

@@ -157,7 +157,7 @@ class ActionReporter:
         self.batch_size = batch_size
         self.max_buffer = max_buffer
         self.timeout = timeout
-        self._heartbeat = heartbeat
+        self.heartbeat = heartbeat
 
         self._buffer: deque[_Record] = deque()
         self._pending = 0  # events taken from the buffer whose fate is not settled yet
@@ -291,7 +291,7 @@ class ActionReporter:
             if self._safe_cycle():
                 self._failures = 0
                 delay = self.flush_interval
-                if self._heartbeat is not None:
+                if self.heartbeat is not None:
                     delay = min(delay, HEARTBEAT_INTERVAL)
             else:
                 self._failures += 1
@@ -324,7 +324,7 @@ class ActionReporter:
                 self._spill(undelivered)
             self._pending = 0
         heartbeat_due = time.monotonic() - self._last_post_at >= HEARTBEAT_INTERVAL
-        if reachable and self._heartbeat is not None and heartbeat_due:
+        if reachable and self.heartbeat is not None and heartbeat_due:
             reachable = self._post([]) is not _Outcome.RETRY
         return reachable
 
@@ -423,10 +423,10 @@ class ActionReporter:
 
     def _heartbeat_body(self) -> dict[str, Any] | None:
         """The heartbeat callable's answer, reduced to fields of the right type."""
-        if self._heartbeat is None:
+        if self.heartbeat is None:
             return None
         try:
-            raw = self._heartbeat()
+            raw = self.heartbeat()
         except Exception:  # a broken callable must not stop reporting
             self._warn("heartbeat", "the heartbeat callable failed", exc_info=True)
             return {}

@@ -16,6 +16,7 @@ from agent_passport.reporter import (
     MAX_REASON_LENGTH,
     MAX_RESOURCE_LENGTH,
 )
+from agent_passport.rules import split_action
 from passports.api.serializers import StrictCharField, StrictSerializer
 
 
@@ -101,6 +102,17 @@ class ReportedActionSerializer(StrictSerializer):
 
     def validate_jurisdiction(self, value: str | None) -> str:
         return value or ""
+
+    def validate(self, attrs: dict) -> dict:
+        """Store ``net:connect:1.2.3.4:22`` as action ``net:connect`` + resource ``1.2.3.4:22``,
+        as the rule engine reads it. A malformed action is kept verbatim (it is evidence)."""
+        if not attrs["resource"]:
+            try:
+                domain, verb, resource = split_action(attrs["action"])
+            except ValueError:
+                return attrs
+            attrs["action"], attrs["resource"] = f"{domain}:{verb}", resource
+        return attrs
 
 
 @extend_schema_field(ReportedActionSerializer)

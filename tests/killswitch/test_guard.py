@@ -253,3 +253,29 @@ def _stale(guard, max_staleness=None) -> bool:
     except RevocationStateStale:
         return True
     return False
+
+
+def test_every_check_is_reported_with_the_agent_heartbeat(
+    passport, make_guard, agent, live_server, tmp_path
+):
+    from actions.models import ActionEvent
+    from agent_passport.reporter import ActionReporter
+
+    reporter = ActionReporter(
+        f"{live_server.url}/api/v1/actions", passport["token"], spill_path=tmp_path / "spill"
+    ).start()
+    guard = make_guard(passport["token"], reporter=reporter)
+    guard.check("fs:write:/workspace/out.txt")
+    with pytest.raises(ScopeDenied):
+        guard.check("proc:exec:xmrig")
+    revocation = kill_agent(agent)
+    assert wait_until(lambda: refuses(guard))
+    assert reporter.flush(timeout=5)
+    reporter.close()
+    events = {f"{e.action}:{e.resource}": e for e in ActionEvent.objects.filter(agent=agent)}
+    assert events["fs:write:/workspace/out.txt"].decision == "allow"
+    assert events["proc:exec:xmrig"].decision == "deny"
+    assert "not in the passport's scope" in events["proc:exec:xmrig"].reason
+    assert any("crypto miner" in e.reason for e in events.values())
+    agent.refresh_from_db()
+    assert agent.last_seen_epoch == revocation.epoch  # the agent acknowledged the kill
