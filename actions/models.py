@@ -27,7 +27,12 @@ class ActionEvent(models.Model):
     decision = models.CharField(max_length=5, choices=Decision.choices)
     reason = models.CharField(max_length=MAX_REASON_LENGTH, blank=True)
     occurred_at = models.DateTimeField(help_text="When the agent checked the action (its clock).")
-    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    received_at = models.DateTimeField(db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+    # The per-agent hash chain (agent_passport.audit): position, predecessor and own hash.
+    seq = models.PositiveBigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
 
     class Meta:
         ordering = ["-received_at"]
@@ -35,8 +40,27 @@ class ActionEvent(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(decision__in=["allow", "deny"]), name="action_decision_valid"
-            )
+            ),
+            models.UniqueConstraint(fields=["agent", "seq"], name="one_event_per_chain_position"),
         ]
 
     def __str__(self) -> str:
         return f"{self.decision} {self.action} by {self.agent_id} ({self.id})"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "agent X's chain had ``count`` events ending in ``head_hash``"."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="audit_checkpoints")
+    count = models.PositiveBigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    kid = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
+
+    class Meta:
+        ordering = ["agent", "count", "created_at"]
+        indexes = [models.Index(fields=["agent", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.agent_id}#{self.count}"

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypedDict
 
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from actions import audit
 from actions.models import ActionEvent
 from passports.models import Agent, Passport
+from registry.errors import StateConflict
 
 # An event may be timestamped this far ahead of the registry's clock (agent clock skew).
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -72,18 +74,24 @@ def ingest_actions(
         stored.update(ActionEvent.objects.filter(id__in=chunk).values_list("id", flat=True))
     fresh = [event_id for event_id in ids if event_id not in stored]
     fleet = passport.agent.fleet
-    ActionEvent.objects.bulk_create(
-        [
-            ActionEvent(passport=passport, agent_id=passport.agent_id, fleet=fleet, **unique[i])
-            for i in fresh
-        ],
-        ignore_conflicts=True,  # an id stored meanwhile by another agent is skipped, not an error
-    )
-    accepted = sum(
-        ActionEvent.objects.filter(id__in=chunk, agent_id=passport.agent_id).count()
-        for chunk in _chunks(fresh)
-    )
-    return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
+    received_at = timezone.now()
+    rows = [
+        ActionEvent(
+            passport=passport,
+            agent_id=passport.agent_id,
+            fleet=fleet,
+            received_at=received_at,
+            **unique[i],
+        )
+        for i in fresh
+    ]
+    audit.chain(rows, agent_id=passport.agent_id)
+    try:
+        with transaction.atomic():
+            ActionEvent.objects.bulk_create(rows)
+    except IntegrityError as exc:  # an id stored meanwhile by another agent: let the SDK retry
+        raise StateConflict("events", "an event id was stored concurrently; retry") from exc
+    return IngestResult(accepted=len(rows), duplicates=len(events) - len(rows))
 
 
 def record_heartbeat(

@@ -161,3 +161,17 @@ def sign_claims(claims: dict[str, Any]) -> tuple[str, str]:
         claims, private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": TOKEN_TYPE}
     )
     return key.kid, token
+
+
+def sign_bytes(data: bytes) -> tuple[str, bytes]:
+    """Sign bytes (audit checkpoints) with the active key; returns ``(kid, signature)``."""
+    key = active_signing_key()
+    return key.kid, _unwrap(key.kid, key.encrypted_private_key).sign(data)
+
+
+def all_public_keys() -> dict[str, Ed25519PublicKey]:
+    """Every key ever used, retired ones included: old checkpoints stay verifiable server-side."""
+    return {
+        kid: Ed25519PublicKey.from_public_bytes(bytes(public))
+        for kid, public in SigningKey.objects.values_list("kid", "public_key")
+    }

@@ -9,6 +9,17 @@ from passports.models import Agent
 from passports.roles import Role, assign_role
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """SQLite's test flush empties tables with DELETE, which the append-only triggers refuse;
+    open their administrator escape hatch for the SQLite test database only."""
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("INSERT INTO actions_audit_maintenance VALUES ('sqlite test flush')")
+
+
 @pytest.fixture(autouse=True)
 def revocation_prefix(settings) -> str:
     """Each test gets its own Redis key prefix, removed afterwards (the real Redis is shared)."""
