@@ -1,11 +1,40 @@
 """Read queries for the action log, with validated filters."""
 
 import uuid
+from datetime import UTC, datetime
 
 from django.db.models import QuerySet
+from django.utils.dateparse import parse_datetime
 
 from actions.models import ActionEvent
+from agent_passport.errors import RuleError
+from agent_passport.rules import parse_rule
+from passports.models import Agent
 from registry.errors import RequestRejected
+
+
+def _moment(value: str, field: str) -> datetime:
+    moment = parse_datetime(value)
+    if moment is None:
+        raise RequestRejected(field, "must be an ISO 8601 date-time, e.g. 2026-11-25T10:00:00Z")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[ActionEvent]:
+    """Filter by a pattern in the scope-rule grammar (``net:*``, ``proc:exec:*miner*``)."""
+    try:
+        rule = parse_rule(pattern)
+    except RuleError as exc:
+        raise RequestRejected("action", str(exc)) from exc
+    if rule.deny:
+        raise RequestRejected("action", "a filter pattern cannot start with '!'")
+    if rule.domain != "*":
+        queryset = queryset.filter(action__startswith=f"{rule.domain}:")
+    if rule.action != "*":
+        queryset = queryset.filter(action__endswith=f":{rule.action}")
+    if rule.resource is not None:
+        queryset = queryset.filter(resource__regex=f"^(?:{rule.resource.pattern})$")
+    return queryset
 
 
 def action_events(
@@ -14,6 +43,8 @@ def action_events(
     fleet: str | None = None,
     decision: str | None = None,
     action: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> QuerySet[ActionEvent]:
     queryset = ActionEvent.objects.all()
     if agent:
@@ -28,5 +59,24 @@ def action_events(
             raise RequestRejected("decision", "must be allow or deny")
         queryset = queryset.filter(decision=decision)
     if action:
-        queryset = queryset.filter(action=action)
+        queryset = _matching_pattern(queryset, action)
+    if since:
+        queryset = queryset.filter(occurred_at__gte=_moment(since, "since"))
+    if until:
+        queryset = queryset.filter(occurred_at__lt=_moment(until, "until"))
+    return queryset
+
+
+def agents_for_export(*, agent: str | None, fleet: str | None) -> QuerySet[Agent] | None:
+    """Which agents' whole chains to export (None: everyone's)."""
+    if not agent and not fleet:
+        return None
+    queryset = Agent.objects.all()
+    if agent:
+        try:
+            queryset = queryset.filter(pk=uuid.UUID(agent))
+        except ValueError as exc:
+            raise RequestRejected("agent", "must be an agent id (UUID)") from exc
+    if fleet:
+        queryset = queryset.filter(fleet=fleet)
     return queryset

@@ -77,6 +77,9 @@ class ChainReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def summary(self) -> str:
+        return f"{self.chains} chain(s), {self.events} event(s), {self.checkpoints} checkpoint(s)"
+
 
 def verify_chain(agent: str, events: Iterable[Mapping[str, Any]]) -> tuple[int, str, str | None]:
     """Walk one agent's events in stored order. Returns ``(count, head, problem)``.

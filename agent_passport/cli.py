@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis
+import requests
 
+from agent_passport.audit import verify_log
 from agent_passport.errors import GuardError, PassportError
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
@@ -138,6 +140,44 @@ def cmd_watch(args: argparse.Namespace) -> int:
         watcher.stop()
 
 
+def cmd_verify_audit(args: argparse.Namespace) -> int:
+    events, checkpoints = [], []
+    try:
+        with open(args.export, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise CLIError(f"{args.export}:{number} is not JSON ({exc})") from exc
+                kind = record.pop("type", None) if isinstance(record, dict) else None
+                if kind == "event":
+                    events.append(record)
+                elif kind == "checkpoint":
+                    checkpoints.append(record)
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.export}: {exc.strerror}") from exc
+    keys = _keys(args)
+    if isinstance(keys, JWKSClient):
+        try:
+            keys.refresh()
+        except (requests.RequestException, ValueError) as exc:
+            raise CLIError(f"cannot fetch the registry's JWKS: {exc}") from exc
+        keys = keys.keys
+    report = verify_log(events, checkpoints, keys)
+    summary = (
+        f"{report.chains} chain(s), {report.events} event(s), {report.checkpoints} checkpoint(s)"
+    )
+    if not report.checkpoints and report.events:
+        print(f"NOT VERIFIED: no signed checkpoint in the export ({summary})")
+        return 1
+    if report.ok:
+        print(f"intact: {summary}")
+        return 0
+    for problem in report.problems:
+        print(f"TAMPERED: {problem}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-passport", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--prefix", default="aps", help="Redis key prefix of the channel")
     watch.add_argument("--timeout", type=float, default=5.0)
     watch.set_defaults(handler=cmd_watch)
+
+    verify_audit = commands.add_parser(
+        "verify-audit", help="verify an action-log export (JSONL) offline with the JWKS"
+    )
+    verify_audit.add_argument("export", help="file from GET /api/v1/actions/export")
+    verify_audit.add_argument("--registry", default=os.environ.get("AGENT_PASSPORT_REGISTRY"))
+    verify_audit.add_argument("--jwks-file")
+    verify_audit.set_defaults(handler=cmd_verify_audit)
     return parser
 
 

@@ -43,6 +43,11 @@ class JWKSClient:
         self._keys = keys_from_jwks(response.json())
         self._fetched_at = time.monotonic()
 
+    @property
+    def keys(self) -> dict[str, Ed25519PublicKey]:
+        """The keys fetched so far (call refresh() first for a complete set)."""
+        return dict(self._keys)
+
     def __call__(self, kid: str) -> Ed25519PublicKey | None:
         age = time.monotonic() - self._fetched_at
         stale = age > self.cache_seconds

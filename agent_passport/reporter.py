@@ -50,6 +50,7 @@ MAX_RESOURCE_LENGTH = 1000
 MAX_JURISDICTION_LENGTH = 20
 MAX_REASON_LENGTH = 500
 MAX_HOST_LENGTH = 200
+MAX_DETAILS_BYTES = 4096
 # Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB by default); larger batches
 # are split (1000 events with long non-ASCII resources can exceed it).
 MAX_BODY_BYTES = 2_000_000

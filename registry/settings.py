@@ -177,6 +177,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "expire-passports": {"task": "passports.tasks.expire_passports", "schedule": 60.0},
     "retire-signing-keys": {"task": "passports.tasks.retire_signing_keys", "schedule": 300.0},
+    "checkpoint-audit-chains": {
+        "task": "actions.tasks.create_checkpoints",
+        "schedule": env.float("AUDIT_CHECKPOINT_SECONDS", default=60.0),
+    },
     "reconcile-revocations": {
         "task": "killswitch.tasks.reconcile_revocations",
         "schedule": env.float("REVOCATION_RECONCILE_SECONDS", default=10.0),

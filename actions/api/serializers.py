@@ -1,3 +1,4 @@
+import json
 import math
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ from actions.services import MAX_FUTURE_SKEW
 from agent_passport.reporter import (
     MAX_ACTION_LENGTH,
     MAX_BATCH_EVENTS,
+    MAX_DETAILS_BYTES,
     MAX_HOST_LENGTH,
     MAX_JURISDICTION_LENGTH,
     MAX_REASON_LENGTH,
@@ -96,6 +98,17 @@ class ReportedActionSerializer(StrictSerializer):
         trim_whitespace=False,
     )
     at = UnixTimeField(source="occurred_at")
+    details = serializers.JSONField(required=False, default=dict)
+
+    def validate_details(self, value: object) -> dict:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be a JSON object")
+        size = len(json.dumps(value, ensure_ascii=False).encode())
+        if size > MAX_DETAILS_BYTES:
+            raise serializers.ValidationError(
+                f"is {size} bytes; at most {MAX_DETAILS_BYTES} bytes of details per event"
+            )
+        return value
 
     def validate_resource(self, value: str | None) -> str:
         return value or ""
@@ -183,4 +196,7 @@ class ActionEventSerializer(serializers.ModelSerializer):
             "reason",
             "occurred_at",
             "received_at",
+            "details",
+            "seq",
+            "hash",
         ]

@@ -1,5 +1,9 @@
 from django.urls import path
 
-from actions.api.views import ActionsView
+from actions.api.views import ActionsView, audit_status, export_actions
 
-urlpatterns = [path("actions", ActionsView.as_view(), name="actions")]
+urlpatterns = [
+    path("actions", ActionsView.as_view(), name="actions"),
+    path("actions/export", export_actions, name="actions-export"),
+    path("audit", audit_status, name="audit-status"),
+]

@@ -1,12 +1,17 @@
+import csv
+
 from django.core.exceptions import RequestDataTooBig
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.decorators import api_view, permission_classes
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from actions import selectors, services
+from actions import audit, selectors, services
 from actions.api.serializers import (
     ActionBatchSerializer,
     ActionEventSerializer,
@@ -15,6 +20,12 @@ from actions.api.serializers import (
 from actions.auth import IsPassportHolder, PassportBearerAuthentication
 from passports.roles import IsViewer
 from registry.errors import RequestRejected
+
+FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
+
+
+def _filters(request: Request) -> dict[str, str | None]:
+    return {name: request.query_params.get(name) for name in FILTERS}
 
 
 class BodyTooLarge(RequestRejected):
@@ -46,20 +57,16 @@ class ActionsView(ListAPIView):
         return [IsViewer()]
 
     def get_queryset(self):
-        params = self.request.query_params
-        return selectors.action_events(
-            agent=params.get("agent"),
-            fleet=params.get("fleet"),
-            decision=params.get("decision"),
-            action=params.get("action"),
-        )
+        return selectors.action_events(**_filters(self.request))
 
     @extend_schema(
         parameters=[
             OpenApiParameter("agent", str),
             OpenApiParameter("fleet", str),
             OpenApiParameter("decision", str, enum=["allow", "deny"]),
-            OpenApiParameter("action", str),
+            OpenApiParameter("action", str, description="pattern, e.g. net:* or proc:exec:*miner*"),
+            OpenApiParameter("since", str, description="ISO 8601, inclusive (agent time)"),
+            OpenApiParameter("until", str, description="ISO 8601, exclusive (agent time)"),
         ]
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
@@ -82,3 +89,76 @@ class ActionsView(ListAPIView):
         )
         counts = {"accepted": result.accepted, "duplicates": result.duplicates}
         return Response({**counts, "errors": batch["errors"]})
+
+
+CSV_COLUMNS = (
+    "id",
+    "agent",
+    "fleet",
+    "passport",
+    "seq",
+    "action",
+    "resource",
+    "jurisdiction",
+    "decision",
+    "reason",
+    "occurred_at",
+    "received_at",
+    "hash",
+)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv"])],
+    responses={200: OpenApiTypes.STR},
+)
+@api_view(["GET"])
+@permission_classes([IsViewer])
+def export_actions(request: Request) -> StreamingHttpResponse:
+    """JSONL: whole chains of the selected agents plus signed checkpoints (verifiable offline
+    with ``python -m agent_passport verify-audit``). CSV: the filtered events, for spreadsheets."""
+    export_format = request.query_params.get("format", "jsonl")
+    if export_format == "jsonl":
+        agents = selectors.agents_for_export(
+            agent=request.query_params.get("agent"), fleet=request.query_params.get("fleet")
+        )
+        response = StreamingHttpResponse(
+            audit.export_jsonl(agents), content_type="application/x-ndjson"
+        )
+        response["Content-Disposition"] = 'attachment; filename="actions.jsonl"'
+        return response
+    if export_format != "csv":
+        raise RequestRejected("format", "must be jsonl or csv")
+    events = selectors.action_events(**_filters(request)).order_by("received_at", "seq")
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(CSV_COLUMNS)
+        for document in map(audit.event_document, events.iterator(chunk_size=2000)):
+            yield writer.writerow([document[column] for column in CSV_COLUMNS])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="actions.csv"'
+    return response
+
+
+@extend_schema(responses={200: OpenApiTypes.OBJECT})
+@api_view(["GET"])
+@permission_classes([IsViewer])
+def audit_status(request: Request) -> Response:
+    """Recompute every chain and check it against the signed checkpoints."""
+    report = audit.verify()
+    return Response(
+        {
+            "ok": report.ok,
+            "chains": report.chains,
+            "events": report.events,
+            "checkpoints": report.checkpoints,
+            "problems": report.problems,
+        }
+    )
