@@ -151,6 +151,8 @@ REST_FRAMEWORK = {
         "user": env.str("THROTTLE_USER", default="100000/hour"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # ?format= is ours (export jsonl/csv), not DRF's renderer override.
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Passport Registry API",

@@ -237,7 +237,7 @@ def test_user_without_role_is_forbidden(django_user_model):
 
 
 def test_openapi_schema_describes_endpoints(viewer_api):
-    response = viewer_api.get("/api/schema/?format=json")
+    response = viewer_api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
     paths = response.json()["paths"]
     assert "/api/v1/passports/introspect" in paths
