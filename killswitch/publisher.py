@@ -9,6 +9,7 @@
 """
 
 import logging
+import threading
 import uuid
 
 import redis
@@ -140,16 +141,22 @@ def push_pending_or_schedule() -> None:
         push_pending()
     except redis.RedisError as exc:
         logger.error("revocation push failed (%s); scheduling a retry", exc.__class__.__name__)
-        from killswitch.tasks import push_revocations
+        # In the background: with the broker on the same dead Redis, enqueueing can block for
+        # seconds, and the operator's kill request must answer at once.
+        threading.Thread(target=_schedule_retry, name="schedule-push-retry", daemon=True).start()
 
-        try:
-            push_revocations.apply_async(retry=False)
-        except Exception as broker_error:  # the broker is usually this same Redis
-            logger.error(
-                "could not schedule the retry either (%s); the periodic reconciliation will "
-                "push it when Redis is back",
-                broker_error.__class__.__name__,
-            )
+
+def _schedule_retry() -> None:
+    from killswitch.tasks import push_revocations
+
+    try:
+        push_revocations.apply_async(retry=False)
+    except Exception as broker_error:  # the broker is usually this same Redis
+        logger.error(
+            "could not schedule the retry either (%s); the periodic reconciliation will push "
+            "it when Redis is back",
+            broker_error.__class__.__name__,
+        )
 
 
 def _desired_snapshot() -> tuple[dict[str, str], dict[str, str], int]:

@@ -143,8 +143,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "registry.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "registry.throttling.AnonThrottle",
+        "registry.throttling.UserThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("THROTTLE_ANON", default="120/minute"),
@@ -154,6 +154,8 @@ REST_FRAMEWORK = {
     # ?format= is ours (export jsonl/csv), not DRF's renderer override.
     "URL_FORMAT_OVERRIDE": None,
 }
+# Action-log batches (up to 1,000 events each) per agent.
+ACTIONS_RATE_LIMIT = env.str("ACTIONS_RATE_LIMIT", default="600/minute")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Passport Registry API",
     "DESCRIPTION": "Issue, verify and revoke signed passports for AI agents.",

@@ -20,6 +20,7 @@ from actions.api.serializers import (
 from actions.auth import IsPassportHolder, PassportBearerAuthentication
 from passports.roles import IsViewer
 from registry.errors import RequestRejected
+from registry.throttling import PerAgentIngestThrottle
 
 FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
 
@@ -50,6 +51,11 @@ class ActionsView(ListAPIView):
         if getattr(self.request, "method", None) == "POST":
             return [PassportBearerAuthentication()]
         return super().get_authenticators()
+
+    def get_throttles(self):
+        if self.request.method == "POST":
+            return [PerAgentIngestThrottle()]
+        return super().get_throttles()
 
     def get_permissions(self):
         if self.request.method == "POST":

@@ -279,3 +279,14 @@ def test_oversized_details_are_a_per_event_error(issue):
     body = client.post("/api/v1/actions", {"events": events}, format="json").json()
     assert body["accepted"] == 1 and "details" in body["errors"]["0"]
     assert ActionEvent.objects.get().details == {"pid": 42}
+
+
+def test_ingestion_is_rate_limited_per_agent(issue, settings, operator, django_user_model):
+    settings.ACTIONS_RATE_LIMIT = "2/minute"
+    token = issue()["token"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    codes = [
+        client.post("/api/v1/actions", {"events": []}, format="json").status_code for _ in range(3)
+    ]
+    assert codes == [200, 200, 429]

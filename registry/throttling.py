@@ -1,0 +1,47 @@
+"""Rate limits kept in Redis (Django's cache), which never take the API down with them.
+
+If Redis is unreachable the limit is skipped (and logged) rather than answering 500: the kill
+switch must keep working during exactly the outage it is built for.
+"""
+
+import logging
+import time
+
+from django.conf import settings
+from rest_framework.request import Request
+from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
+
+logger = logging.getLogger(__name__)
+_last_warning = 0.0
+
+
+class RedisTolerantMixin:
+    def allow_request(self, request: Request, view) -> bool:
+        global _last_warning
+        try:
+            return super().allow_request(request, view)
+        except Exception as exc:  # any cache backend failure (redis.ConnectionError, timeouts…)
+            if time.monotonic() - _last_warning > 10:
+                logger.warning("rate limiting skipped: cache unavailable (%s)", type(exc).__name__)
+                _last_warning = time.monotonic()
+            return True
+
+
+class AnonThrottle(RedisTolerantMixin, AnonRateThrottle):
+    pass
+
+
+class UserThrottle(RedisTolerantMixin, UserRateThrottle):
+    pass
+
+
+class PerAgentIngestThrottle(RedisTolerantMixin, SimpleRateThrottle):
+    """Action-log batches per agent (the passport's agent), shared across processes."""
+
+    scope = "actions"
+
+    def get_rate(self) -> str:
+        return settings.ACTIONS_RATE_LIMIT
+
+    def get_cache_key(self, request: Request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
