@@ -1,0 +1,472 @@
+"""Shared pieces for benchmarks that run the real service: database, Redis, gunicorn, Celery.
+
+Every child process is started in a session of its own (``start_new_session=True``) and stopped
+through its own process group (its pid), so gunicorn's and Celery's worker processes go with it
+and nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+import requests
+from psycopg import sql
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+ERROR_MARKERS = ("Traceback", "ERROR", "CRITICAL", "WORKER TIMEOUT", "Internal Server Error")
+
+# Every child process started through this module, so a last-resort cleanup can find them all.
+CHILDREN: list[subprocess.Popen] = []
+
+
+# --- small helpers (same as bench_passports.py's; kept here so this module stands alone) ----
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def busy_cores(seconds: float) -> float | None:
+    """Machine-wide busy CPU (in cores) over ``seconds``, from /proc/stat: background noise."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    try:
+        busy_a, total_a = sample()
+        time.sleep(seconds)
+        busy_b, total_b = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_b - total_a
+    return round((busy_b - busy_a) / total * (os.cpu_count() or 1), 2) if total else None
+
+
+def timer_overhead_ns() -> float:
+    """Median cost of one ``perf_counter_ns`` pair, as included in every per-call timing."""
+    now = time.perf_counter_ns
+    samples = []
+    for _ in range(20_000):
+        start = now()
+        samples.append(now() - start)
+    return percentile(sorted(float(v) for v in samples), 50)
+
+
+def policy_rules() -> list[str]:
+    """50 realistic rules spread over domains, with wildcards and a few denies (the same set
+    as bench_passports.py)."""
+    rules = [f"fs:read:/srv/data/team{i}/**" for i in range(12)]
+    rules += [f"fs:write:/srv/out/team{i}/*" for i in range(8)]
+    rules += [f"net:connect:svc{i}.internal.example.com:443" for i in range(10)]
+    rules += [f"tool:{name}:*" for name in ("shell", "browser", "python", "sql", "git")]
+    rules += [f"data:read:tenant{i}/*" for i in range(6)]
+    rules += [
+        "!fs:read:/srv/data/**/secrets/**",
+        "!fs:write:/srv/out/*/private*",
+        "!net:connect:*.evil.example.com:*",
+        "!data:read:tenant0/vip-*",
+        "gpu:use",
+        "proc:exec:/usr/bin/*",
+        "*:read:/public/**",
+        "!*:*:/etc/**",
+        "tool:*:sandbox",
+    ]
+    assert len(rules) == 50, len(rules)
+    return rules
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+@dataclass
+class Database:
+    url: str
+    engine: str
+    version: str
+    name: str
+
+
+def prepare_database(admin_url: str, name: str, fresh: bool, workdir: Path) -> Database:
+    """A dedicated PostgreSQL database ``name`` (created if missing), else a temporary SQLite."""
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0])
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if exists and fresh:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+                exists = None
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return Database(with_database(admin_url, name), "postgresql", version, name)
+    except psycopg.OperationalError as exc:
+        print(f"PostgreSQL not reachable ({exc}); falling back to SQLite", file=sys.stderr)
+        path = workdir / "bench.sqlite3"
+        return Database(f"sqlite:///{path}", "sqlite", "sqlite", str(path))
+
+
+# --- redis ------------------------------------------------------------------------------------
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme or "redis", parts.netloc, f"/{db}", parts.query, ""))
+
+
+def empty_redis_db(url: str) -> int:
+    """The highest database index (15..1) holding no keys: a private Celery broker queue."""
+    for db in range(15, 0, -1):
+        try:
+            client = redis.Redis.from_url(redis_url_with_db(url, db), socket_timeout=2)
+            if client.dbsize() == 0:
+                return db
+        except redis.ResponseError:  # databases < 16 on this server
+            continue
+    raise RuntimeError(f"no empty Redis database on {url} for a private Celery broker")
+
+
+def delete_keys(url: str, patterns: Iterable[str]) -> int:
+    """Delete the keys matching ``patterns`` (SCAN + UNLINK); returns how many."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    deleted = 0
+    for pattern in patterns:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    return deleted
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(
+            redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5).ping()
+        )
+    except (redis.RedisError, OSError):
+        return False
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port (no persistence); can be killed and restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.server = server
+        self.port = free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> float:
+        """Start (empty) and return time.time() at which it first answered PING."""
+        self.process = subprocess.Popen(
+            [
+                self.server,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        CHILDREN.append(self.process)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if redis_answers(self.url):
+                return time.time()
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.005)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> float:
+        """SIGKILL (a crash: no goodbye to clients); returns time.time() once it is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+        return time.time()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def setup_registry(env: dict[str, str], operator: str = "benchks") -> str:
+    """Migrate, make sure a signing key exists, and return a fresh operator API token."""
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "ensure_signing_key")
+    output = manage(env, "create_operator", operator, "--role", "operator", "--reset")
+    for line in output.splitlines():
+        if line.startswith("token:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError(f"no 'token:' line in create_operator output:\n{output}")
+
+
+def start_logged(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            args,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    CHILDREN.append(process)
+    return process
+
+
+def stop_all_children(timeout: float = 15.0) -> int:
+    """Last resort (e.g. after Ctrl-C interrupted a normal stop): SIGTERM the process group of
+    every child we started that is still running, then SIGKILL what is left. Returns how many."""
+    alive = [p for p in CHILDREN if p.poll() is None]
+    for process in alive:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for process in alive:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in CHILDREN:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group (pool children)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if process.poll() is None:
+            process.wait()
+    CHILDREN.clear()
+    return len(alive)
+
+
+def stop_group(process: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    """SIGTERM the process group we created for ``process``; SIGKILL it after ``timeout``."""
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # leftovers (pool children) of the same group
+    except (ProcessLookupError, PermissionError):
+        pass
+    if process.poll() is None:
+        process.wait()
+
+
+def problems_in(path: Path, since: int = 0, until: int | None = None) -> list[str]:
+    """Error lines in ``path`` between byte offsets ``since`` and ``until``."""
+    data = path.read_bytes() if path.exists() else b""
+    text = data[since:until].decode(errors="replace")
+    return [line for line in text.splitlines() if any(m in line for m in ERROR_MARKERS)]
+
+
+@dataclass
+class Service:
+    """gunicorn (web) and a Celery worker with beat, sharing one environment."""
+
+    env: dict[str, str]
+    base_url: str
+    logs: dict[str, Path] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, workdir: Path, tag: str, *, workers: int = 2, threads: int = 4) -> Service:
+        port = urlsplit(self.base_url).port
+        bin_dir = Path(sys.executable).parent
+        self.logs = {
+            "web": workdir / f"{tag}-gunicorn.log",
+            "celery": workdir / f"{tag}-celery.log",
+        }
+        self.processes["celery"] = start_logged(
+            [
+                str(bin_dir / "celery"),
+                "-A",
+                "registry",
+                "worker",
+                "--beat",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "1",
+                "--schedule",
+                str(workdir / f"{tag}-celerybeat"),
+                "--hostname",
+                f"bench-{tag}-{os.getpid()}@%h",
+            ],
+            self.env,
+            self.logs["celery"],
+        )
+        self.processes["web"] = start_logged(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "registry.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--worker-class",
+                "gthread" if threads > 1 else "sync",
+                "--log-level",
+                "warning",
+                "--error-logfile",
+                "-",
+            ],
+            self.env,
+            self.logs["web"],
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until /healthz answers and the Celery worker logged that it is ready."""
+        deadline = time.monotonic() + timeout
+        web_ok = celery_ok = False
+        while not (web_ok and celery_ok):
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited:\n{self.logs[name].read_text()[-4000:]}")
+            if not web_ok:
+                try:
+                    response = requests.get(self.base_url + "/healthz", timeout=1)
+                    web_ok = response.status_code == 200
+                except requests.RequestException:
+                    pass
+            if not celery_ok:
+                celery_ok = " ready." in self.logs["celery"].read_text(errors="replace")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"service not ready after {timeout:.0f} s (web {web_ok}, celery {celery_ok})"
+                )
+            time.sleep(0.1)
+
+    def log_offsets(self) -> dict[str, int]:
+        return {name: path.stat().st_size for name, path in self.logs.items() if path.exists()}
+
+    def problems(
+        self, since: dict[str, int] | None = None, until: dict[str, int] | None = None
+    ) -> dict[str, list[str]]:
+        """Error lines per log, optionally only after ``since`` / before ``until`` offsets."""
+        return {
+            name: problems_in(
+                path, (since or {}).get(name, 0), None if until is None else until.get(name)
+            )
+            for name, path in self.logs.items()
+        }
+
+    def stop(self) -> None:
+        for name in ("web", "celery"):
+            stop_group(self.processes.pop(name, None))
+
+
+# --- API client ---------------------------------------------------------------------------
+
+
+class Api:
+    """A thin ``requests`` client for the registry's API with an operator token."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def post(self, path: str, body: dict, expect: int, session: requests.Session | None = None):
+        response = (session or self.session).post(self.base_url + path, json=body, timeout=30)
+        if response.status_code != expect:
+            raise RuntimeError(
+                f"POST {path} answered {response.status_code}: {response.text[:300]}"
+            )
+        return response.json()
+
+    def get(self, path: str, params: dict | None = None) -> dict:
+        response = self.session.get(self.base_url + path, params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {self.token}"
+        return session
