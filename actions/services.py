@@ -1,5 +1,6 @@
 """Action reporting: store the events an agent reports (once per id) and record its heartbeat."""
 
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,8 +13,11 @@ from django.utils import timezone
 
 from actions import audit
 from actions.models import ActionEvent
+from killswitch import rules
 from passports.models import Agent, Passport
 from registry.errors import StateConflict
+
+logger = logging.getLogger(__name__)
 
 # An event may be timestamped this far ahead of the registry's clock (agent clock skew).
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -91,7 +95,18 @@ def ingest_actions(
             ActionEvent.objects.bulk_create(rows)
     except IntegrityError as exc:  # an id stored meanwhile by another agent: let the SDK retry
         raise StateConflict("events", "an event id was stored concurrently; retry") from exc
+    if rows:  # the kill rules see the batch once it is committed
+        agent = passport.agent
+        transaction.on_commit(lambda: _evaluate_rules(agent, rows), robust=True)
     return IngestResult(accepted=len(rows), duplicates=len(events) - len(rows))
+
+
+def _evaluate_rules(agent: Agent, rows: list[ActionEvent]) -> None:
+    """Run the automatic kill rules; a failure is logged and never fails ingestion."""
+    try:
+        rules.evaluate_events(agent=agent, events=rows)
+    except Exception:
+        logger.exception("kill rules failed for a batch of agent %s", agent.pk)
 
 
 def record_heartbeat(

@@ -80,3 +80,79 @@ class Revocation(models.Model):
     @property
     def current_epoch(self) -> int:
         return self.lift_epoch or self.epoch
+
+
+class KillRule(models.Model):
+    """A standing instruction to kill an agent automatically (see :mod:`killswitch.rules`)."""
+
+    class Kind(models.TextChoices):
+        DENY_PATTERN = "deny_pattern"  # a deny of an action matching ``pattern``
+        DENY_RATE = "deny_rate"  # more than ``threshold`` denies within ``window_seconds``
+        SIGNAL = "signal"  # an external signal of ``category`` matched to the agent
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # A scope-rule pattern (agent_passport.rules grammar) that denied actions must match;
+    # required for deny_pattern, optional for deny_rate (then only matching denies count).
+    pattern = models.CharField(max_length=512, blank=True)
+    threshold = models.PositiveIntegerField(null=True, blank=True)
+    window_seconds = models.PositiveIntegerField(null=True, blank=True)
+    category = models.CharField(max_length=30, blank=True)
+    enabled = models.BooleanField(default=True)
+    dry_run = models.BooleanField(default=False)
+    webhook_url = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="kill_rules"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind="deny_pattern") & ~Q(pattern=""))
+                | (Q(kind="deny_rate") & Q(threshold__gte=1) & Q(window_seconds__gte=1))
+                | (Q(kind="signal") & ~Q(category="")),
+                name="kill_rule_kind_has_its_fields",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"kill rule {self.name!r} ({self.kind})"
+
+
+class RuleMatch(models.Model):
+    """A rule fired for an agent: the operators' notification, and the cause of a revocation."""
+
+    rule = models.ForeignKey(KillRule, on_delete=models.PROTECT, related_name="matches")
+    agent = models.ForeignKey(
+        "passports.Agent", on_delete=models.PROTECT, related_name="rule_matches"
+    )
+    matched_at = models.DateTimeField(db_index=True)
+    dry_run = models.BooleanField()
+    trigger = models.TextField()
+    event_ids = models.JSONField(default=list, blank=True)
+    # When the newest event or the signal that triggered it occurred (deny_rate counts from here).
+    trigger_at = models.DateTimeField(null=True, blank=True)
+    signal = models.ForeignKey(
+        "signals.Signal",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rule_matches",
+    )
+    revocation = models.ForeignKey(
+        Revocation, null=True, blank=True, on_delete=models.PROTECT, related_name="rule_matches"
+    )
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["rule", "agent", "-id"]),
+            models.Index(fields=["agent", "matched_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"match #{self.pk} of rule {self.rule_id} for {self.agent_id}"

@@ -85,10 +85,17 @@ def _after_commit_push() -> None:
 
 
 def revoke(
-    *, target: Target, reason: str, actor: AbstractBaseUser | None, source: str
+    *,
+    target: Target,
+    reason: str,
+    actor: AbstractBaseUser | None,
+    source: str,
+    suspend: bool = False,
 ) -> Revocation:
     """Record a revocation and, after commit, push it to agents.
 
+    ``suspend`` (agent targets only) records the agent as suspended rather than killed: both
+    stop it at once; the difference is what operators intend (investigate vs. retire).
     Raises RequestRejected (bad input) or StateConflict (already revoked).
     """
     reason = (reason or "").strip()
@@ -115,9 +122,9 @@ def revoke(
                 )
             elif target.type == Revocation.TargetType.AGENT:
                 agent = Agent.objects.select_for_update().get(pk=target.value)
-                if agent.status == Agent.Status.KILLED:
-                    raise StateConflict("target", "agent is already killed")
-                agent.status = Agent.Status.KILLED
+                if agent.status != Agent.Status.ACTIVE:
+                    raise StateConflict("target", f"agent is already {agent.status}")
+                agent.status = Agent.Status.SUSPENDED if suspend else Agent.Status.KILLED
                 agent.save(update_fields=["status"])
             revocation = Revocation.objects.create(
                 epoch=epoch,
@@ -148,9 +155,9 @@ def lift(*, revocation: Revocation, actor: AbstractBaseUser | None, reason: str 
         revocation.lift_reason = (reason or "").strip()
         revocation.save(update_fields=["lift_epoch", "lifted_at", "lifted_by", "lift_reason"])
         if revocation.target_type == Revocation.TargetType.AGENT:
-            Agent.objects.filter(pk=revocation.target_value, status=Agent.Status.KILLED).update(
+            Agent.objects.filter(pk=revocation.target_value).exclude(
                 status=Agent.Status.ACTIVE
-            )
+            ).update(status=Agent.Status.ACTIVE)
         _after_commit_push()
     logger.warning("lifted revocation #%s (epoch %s)", revocation.pk, revocation.lift_epoch)
     return revocation

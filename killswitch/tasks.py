@@ -1,9 +1,12 @@
-"""Celery wrappers: retrying pushes and the periodic reconciliation. Both are idempotent."""
+"""Celery wrappers: retrying pushes, the periodic reconciliation and kill-rule webhooks.
+
+All are idempotent."""
 
 import redis
+import requests
 from celery import shared_task
 
-from killswitch import publisher
+from killswitch import notifications, publisher
 
 
 @shared_task(
@@ -21,3 +24,16 @@ def push_revocations() -> int:
 def reconcile_revocations() -> bool:
     publisher.push_pending()
     return publisher.reconcile()
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=(requests.RequestException,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
+def notify_webhook(match_id: int) -> bool:
+    """POST a kill-rule match to its rule's webhook; retried on network errors and 5xx."""
+    return notifications.deliver_webhook(match_id=match_id)

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "passports",
     "killswitch",
     "actions",
+    "signals",
 ]
 
 MIDDLEWARE = [
@@ -126,6 +127,8 @@ PASSPORT_MAX_TTL_SECONDS = env.int("PASSPORT_MAX_TTL_SECONDS", default=86400)
 KEY_ENCRYPTION_KEY = env.str("KEY_ENCRYPTION_KEY", default="insecure-dev-only-key-encryption-key")
 JWKS_CACHE_SECONDS = env.int("JWKS_CACHE_SECONDS", default=300)
 REVOCATION_REDIS_PREFIX = env.str("REVOCATION_REDIS_PREFIX", default="aps")
+# How long one kill-rule webhook POST may take (connect and read) before it is retried.
+KILL_RULE_WEBHOOK_TIMEOUT_SECONDS = env.float("KILL_RULE_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
 
 if PRODUCTION:
     for name, value in (("SECRET_KEY", SECRET_KEY), ("KEY_ENCRYPTION_KEY", KEY_ENCRYPTION_KEY)):

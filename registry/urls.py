@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/v1/", include("passports.api.urls")),
     path("api/v1/", include("actions.api.urls")),
     path("api/v1/", include("killswitch.api.urls")),
+    path("api/v1/", include("signals.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

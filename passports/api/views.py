@@ -25,6 +25,8 @@ from passports.api.serializers import (
 from passports.models import Agent
 from passports.roles import IsViewer, ReadViewerWriteOperator
 from registry.errors import RequestRejected
+from signals.api.serializers import TimelineQuerySerializer
+from signals.selectors import agent_timeline
 
 UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
 
@@ -65,6 +67,25 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def run_status(self, request: Request, pk: str) -> Response:
         """Is the agent allowed to run right now, and if not, why not."""
         return Response(services.agent_run_status(self.get_object()))
+
+    @extend_schema(
+        parameters=[TimelineQuerySerializer],
+        responses={
+            200: inline_serializer(
+                "AgentTimeline",
+                {
+                    "truncated": serializers.BooleanField(),
+                    "items": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        },
+    )
+    @action(detail=True, methods=["get"])
+    def timeline(self, request: Request, pk: str) -> Response:
+        """Actions, signals, revocations, lifts and rule matches of the agent, in time order."""
+        query = TimelineQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(agent_timeline(agent=self.get_object(), **query.validated_data))
 
 
 class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

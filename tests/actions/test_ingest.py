@@ -330,9 +330,7 @@ def test_agents_cannot_read_the_log_and_viewers_cannot_post(agent_api, viewer_ap
 
 
 def test_schema_describes_the_actions_endpoint(viewer_api):
-    schema = viewer_api.get(
-        "/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
-    ).json()
+    schema = viewer_api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     assert {"get", "post"} <= set(schema["paths"]["/api/v1/actions"])
     assert "passportBearer" in schema["components"]["securitySchemes"]
 

@@ -212,8 +212,9 @@ def test_pushes_are_idempotent(operator_api, agent, settings, revocation_prefix)
 def test_concurrent_revocations_get_unique_increasing_epochs(operator, settings, revocation_prefix):
     from concurrent.futures import ThreadPoolExecutor
 
-    from killswitch import services
+    from killswitch import publisher, services
 
+    publisher.reconcile()  # a running service has written the snapshot before any kill
     agents = [Agent.objects.create(name=f"a{i}", fleet="f", owner=operator) for i in range(24)]
 
     def revoke(agent):

@@ -1,0 +1,194 @@
+"""Read queries: signals with validated filters, and an agent's merged timeline."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from actions.models import ActionEvent
+from killswitch.models import Revocation, RuleMatch
+from killswitch.notifications import outcome
+from killswitch.services import ALL_AGENTS
+from passports.models import Agent, Passport
+from registry.errors import RequestRejected
+from signals.models import Signal
+
+# Items of one instant, cause first: what the agent did, what was seen, the rule, the kill.
+_TYPE_ORDER = {"action": 0, "signal": 1, "rule_match": 2, "revocation": 3, "lift": 4}
+
+
+def signals(*, agent: str | None = None, category: str | None = None) -> QuerySet[Signal]:
+    queryset = Signal.objects.select_related("reported_by")
+    if agent:
+        try:
+            queryset = queryset.filter(agent_id=uuid.UUID(agent))
+        except ValueError as exc:
+            raise RequestRejected("agent", "must be an agent id (UUID)") from exc
+    if category:
+        if category not in Signal.Category.values:
+            raise RequestRejected("category", f"must be one of {', '.join(Signal.Category.values)}")
+        queryset = queryset.filter(category=category)
+    return queryset
+
+
+def revocations_affecting(agent: Agent) -> Q:
+    """Revocations that stop (or stopped) this agent: of it, its fleet, everything, or one of its
+    passports (only a revoked passport can have a passport revocation)."""
+    match = Q(target_type=Revocation.TargetType.AGENT, target_value=str(agent.pk)) | Q(
+        target_type=Revocation.TargetType.ALL, target_value=ALL_AGENTS
+    )
+    if agent.fleet:
+        match |= Q(target_type=Revocation.TargetType.FLEET, target_value=agent.fleet)
+    revoked = agent.passports.filter(status=Passport.Status.REVOKED).values_list("jti", flat=True)
+    if jtis := [str(jti) for jti in revoked]:
+        match |= Q(target_type=Revocation.TargetType.PASSPORT, target_value__in=jtis)
+    return match
+
+
+def _target(revocation: Revocation) -> dict[str, Any]:
+    if revocation.target_type == Revocation.TargetType.ALL:
+        return {"all": True}
+    return {revocation.target_type: revocation.target_value}
+
+
+def _action_item(event: ActionEvent) -> dict[str, Any]:
+    return {
+        "type": "action",
+        "at": event.occurred_at,
+        "id": str(event.id),
+        "seq": event.seq,
+        "action": event.action,
+        "resource": event.resource,
+        "jurisdiction": event.jurisdiction,
+        "decision": event.decision,
+        "reason": event.reason,
+        "passport": str(event.passport_id),
+        "highlight": event.decision == ActionEvent.Decision.DENY,
+    }
+
+
+def _signal_item(signal: Signal) -> dict[str, Any]:
+    return {
+        "type": "signal",
+        "at": signal.occurred_at,
+        "id": signal.pk,
+        "category": signal.category,
+        "source_host": signal.source_host,
+        "source_ip": signal.source_ip,
+        "destination": signal.destination,
+        "received_at": signal.received_at,
+        "highlight": True,
+    }
+
+
+def _revocation_item(revocation: Revocation) -> dict[str, Any]:
+    return {
+        "type": "revocation",
+        "at": revocation.created_at,
+        "id": revocation.pk,
+        "epoch": revocation.epoch,
+        "target": _target(revocation),
+        "reason": revocation.reason,
+        "source": revocation.source,
+        "actor": revocation.actor.username if revocation.actor else None,
+        "highlight": False,
+    }
+
+
+def _lift_item(revocation: Revocation) -> dict[str, Any]:
+    return {
+        "type": "lift",
+        "at": revocation.lifted_at,
+        "id": revocation.pk,
+        "epoch": revocation.lift_epoch,
+        "target": _target(revocation),
+        "reason": revocation.lift_reason,
+        "actor": revocation.lifted_by.username if revocation.lifted_by else None,
+        "highlight": False,
+    }
+
+
+def _rule_match_item(match: RuleMatch) -> dict[str, Any]:
+    return {
+        "type": "rule_match",
+        "at": match.matched_at,
+        "id": match.pk,
+        "rule": {"id": match.rule_id, "name": match.rule.name, "kind": match.rule.kind},
+        "dry_run": match.dry_run,
+        "outcome": outcome(match),
+        "trigger": match.trigger,
+        "event_ids": match.event_ids,
+        "signal": match.signal_id,
+        "revocation": match.revocation_id,
+        "highlight": False,
+    }
+
+
+def _newest(
+    queryset: QuerySet, field: str, since: datetime | None, until: datetime | None, limit: int
+) -> list:
+    """The newest ``limit + 1`` rows in the window (one more than shown, to detect truncation)."""
+    if since is not None:
+        queryset = queryset.filter(**{f"{field}__gte": since})
+    if until is not None:
+        queryset = queryset.filter(**{f"{field}__lt": until})
+    tiebreak = "-seq" if queryset.model is ActionEvent else "-pk"
+    return list(queryset.order_by(f"-{field}", tiebreak)[: limit + 1])
+
+
+def agent_timeline(
+    *,
+    agent: Agent,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 200,
+) -> dict[str, Any]:
+    """The agent's action events, matched signals, revocations and lifts that affect it, and rule
+    matches, oldest first: the newest ``limit`` items with ``since <= at < until``.
+
+    Events and signals are placed at ``occurred_at`` (the reporter's clock), revocations at
+    ``created_at``, lifts at ``lifted_at``, rule matches at ``matched_at``. ``truncated`` says
+    that older items were left out (ask again with ``until`` = the first item's ``at``).
+    """
+    affecting = Revocation.objects.filter(revocations_affecting(agent))
+    sources: list[tuple[list, Any]] = [
+        (
+            _newest(agent.action_events.all(), "occurred_at", since, until, limit),
+            _action_item,
+        ),
+        (_newest(agent.signals.all(), "occurred_at", since, until, limit), _signal_item),
+        (
+            _newest(affecting.select_related("actor"), "created_at", since, until, limit),
+            _revocation_item,
+        ),
+        (
+            _newest(
+                affecting.filter(lifted_at__isnull=False).select_related("lifted_by"),
+                "lifted_at",
+                since,
+                until,
+                limit,
+            ),
+            _lift_item,
+        ),
+        (
+            _newest(agent.rule_matches.select_related("rule"), "matched_at", since, until, limit),
+            _rule_match_item,
+        ),
+    ]
+    items = [to_item(row) for rows, to_item in sources for row in rows]
+    items.sort(key=_chronological)
+    truncated = len(items) > limit  # each source gave up to limit + 1 rows
+    return {
+        "agent": str(agent.pk),
+        "since": since,
+        "until": until,
+        "limit": limit,
+        "truncated": truncated,
+        "items": items[-limit:],
+    }
+
+
+def _chronological(item: dict[str, Any]) -> tuple[datetime, int, int]:
+    return item["at"], _TYPE_ORDER[item["type"]], item.get("seq", item["id"])
