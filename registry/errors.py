@@ -2,7 +2,8 @@
 
 import logging
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -49,17 +50,36 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
     return response
 
 
-def json_not_found(request: HttpRequest, exception: Exception) -> JsonResponse:
-    return JsonResponse({"detail": "Not found."}, status=404)
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith(("/api/", "/.well-known/")) or request.path.endswith(".json")
 
 
-def json_server_error(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"detail": "Internal error."}, status=500)
+def _error(request: HttpRequest, status_code: int, detail: str) -> HttpResponse:
+    """JSON for the API, a page for the console; never a stack trace."""
+    if _wants_json(request):
+        return JsonResponse({"detail": detail}, status=status_code)
+    template = {403: "403.html", 404: "404.html"}.get(status_code)
+    if template:
+        return render(request, template, {"detail": detail}, status=status_code)
+    return HttpResponse(detail, status=status_code, content_type="text/plain")
 
 
-def json_bad_request(request: HttpRequest, exception: Exception) -> JsonResponse:
-    return JsonResponse({"detail": "Bad request."}, status=400)
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error(request, 404, "Not found.")
 
 
-def json_forbidden(request: HttpRequest, exception: Exception) -> JsonResponse:
-    return JsonResponse({"detail": "Forbidden."}, status=403)
+def forbidden(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error(request, 403, "Forbidden.")
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error(request, 400, "Bad request.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return _error(request, 500, "Internal error.")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A forged or stale form: 403, without Django's debug explanation."""
+    return _error(request, 403, "Forbidden (CSRF check failed). Reload the page and try again.")

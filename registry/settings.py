@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "killswitch",
     "actions",
     "signals",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -55,6 +56,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.access.role_context",
             ],
         },
     },
@@ -101,8 +103,10 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "home"
+LOGIN_REDIRECT_URL = "console:dashboard"
 LOGOUT_REDIRECT_URL = "login"
+
+CSRF_FAILURE_VIEW = "registry.errors.csrf_failure"
 
 # --- Security headers and cookies -------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -137,7 +141,11 @@ if PRODUCTION:
 
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["passports.auth.ApiTokenAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "passports.auth.ApiTokenAuthentication",
+        # The console's session reaches read endpoints such as exports; DRF enforces CSRF on it.
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["passports.roles.IsViewer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

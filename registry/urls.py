@@ -1,13 +1,16 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from console.access import ThrottledAuthenticationForm
 from passports.api.views import healthz, jwks_view
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="api-docs"), name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(authentication_form=ThrottledAuthenticationForm),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(".well-known/jwks.json", jwks_view, name="jwks"),
     path("healthz", healthz, name="healthz"),
@@ -17,9 +20,10 @@ urlpatterns = [
     path("api/v1/", include("signals.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("console.urls")),
 ]
 
-handler400 = "registry.errors.json_bad_request"
-handler403 = "registry.errors.json_forbidden"
-handler404 = "registry.errors.json_not_found"
-handler500 = "registry.errors.json_server_error"
+handler400 = "registry.errors.bad_request"
+handler403 = "registry.errors.forbidden"
+handler404 = "registry.errors.not_found"
+handler500 = "registry.errors.server_error"

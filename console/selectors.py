@@ -1,0 +1,80 @@
+"""Read models for the console: dashboard figures and kill acknowledgements."""
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from actions.models import ActionEvent
+from killswitch.models import Revocation
+from killswitch.services import current_epoch
+from passports.models import Agent, Passport
+
+RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
+EXPIRING_WITHIN = timedelta(hours=1)
+
+
+def dashboard() -> dict[str, Any]:
+    now = timezone.now()
+    hour_ago = now - timedelta(hours=1)
+    agents = dict(Agent.objects.values_list("status").annotate(n=Count("pk")))
+    live = Passport.objects.filter(status=Passport.Status.ACTIVE, expires_at__gt=now)
+    actions = ActionEvent.objects.filter(occurred_at__gte=hour_ago).aggregate(
+        total=Count("pk"), denied=Count("pk", filter=Q(decision=ActionEvent.Decision.DENY))
+    )
+    return {
+        "agents": {status: agents.get(status, 0) for status in Agent.Status.values},
+        "running": Agent.objects.filter(last_seen_at__gte=now - RUNNING_WITHIN).count(),
+        "passports_active": live.count(),
+        "passports_expiring": live.filter(expires_at__lte=now + EXPIRING_WITHIN).count(),
+        "actions_last_hour": actions["total"],
+        "denies_last_hour": actions["denied"],
+        "automatic_kills_24h": Revocation.objects.filter(
+            source=Revocation.Source.RULE, created_at__gte=now - timedelta(days=1)
+        ).count(),
+        "epoch": current_epoch(),
+    }
+
+
+def recent_revocations(limit: int = 10) -> list[Revocation]:
+    return list(Revocation.objects.select_related("actor", "lifted_by").order_by("-epoch")[:limit])
+
+
+def targeted_agents(revocation: Revocation):
+    """The agents a revocation stops."""
+    agents = Agent.objects.all()
+    if revocation.target_type == Revocation.TargetType.AGENT:
+        return agents.filter(pk=revocation.target_value)
+    if revocation.target_type == Revocation.TargetType.FLEET:
+        return agents.filter(fleet=revocation.target_value)
+    if revocation.target_type == Revocation.TargetType.PASSPORT:
+        return agents.filter(passports__jti=revocation.target_value)
+    return agents
+
+
+def acknowledgements(revocation: Revocation) -> dict[str, Any]:
+    """Which running agents have applied this revocation's epoch (from SDK heartbeats)."""
+    now = timezone.now()
+    running = targeted_agents(revocation).filter(last_seen_at__gte=now - RUNNING_WITHIN)
+    rows = []
+    for agent in running.order_by("name"):
+        acknowledged = (agent.last_seen_epoch or 0) >= revocation.epoch
+        rows.append(
+            {
+                "id": str(agent.pk),
+                "name": agent.name,
+                "fleet": agent.fleet,
+                "epoch_seen": agent.last_seen_epoch,
+                "last_seen": agent.last_seen_at.isoformat(),
+                "acknowledged": acknowledged,
+            }
+        )
+    return {
+        "revocation": revocation.pk,
+        "epoch": revocation.epoch,
+        "active": revocation.is_active,
+        "running": len(rows),
+        "acknowledged": sum(row["acknowledged"] for row in rows),
+        "agents": rows,
+    }

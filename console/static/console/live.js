@@ -1,0 +1,95 @@
+// Live parts of the console: poll a JSON endpoint and hand the answer to a renderer.
+// No framework and no CDN: the console works offline.
+(function () {
+  "use strict";
+  function text(value) { return value === null || value === undefined ? "" : String(value); }
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    (children || []).forEach(function (c) { node.append(c instanceof Node ? c : document.createTextNode(text(c))); });
+    return node;
+  }
+  var renderers = {
+    dashboard: function (root, data) {
+      Object.keys(data.stats).forEach(function (key) {
+        var value = data.stats[key];
+        if (typeof value === "object") {
+          Object.keys(value).forEach(function (sub) { set(root, key + "." + sub, value[sub]); });
+        } else { set(root, key, value); }
+      });
+      var body = root.querySelector("[data-revocations]");
+      if (!body) return;
+      body.replaceChildren.apply(body, data.revocations.map(function (r) {
+        var link = el("a", {href: "/revocations/" + r.id + "/"}, ["#" + r.id]);
+        return el("tr", {class: r.active ? "kill" : ""}, [
+          el("td", {}, [link]), el("td", {}, [r.epoch]), el("td", {}, [r.target]),
+          el("td", {}, [r.source]), el("td", {}, [r.reason]),
+          el("td", {}, [el("span", {class: "badge " + (r.active ? "killed" : "ok")}, [r.active ? "active" : "lifted"])])
+        ]);
+      }));
+    },
+    acks: function (root, data) {
+      set(root, "running", data.running);
+      set(root, "acknowledged", data.acknowledged);
+      var body = root.querySelector("[data-acks]");
+      body.replaceChildren.apply(body, data.agents.map(function (a) {
+        return el("tr", {}, [
+          el("td", {}, [a.name]), el("td", {}, [a.fleet]), el("td", {}, [a.epoch_seen]),
+          el("td", {}, [el("span", {class: "badge " + (a.acknowledged ? "ok" : "pending")},
+                           [a.acknowledged ? "acknowledged" : "waiting"])]),
+          el("td", {class: "muted"}, [a.last_seen])
+        ]);
+      }));
+    },
+    agent: function (root, data) {
+      set(root, "status", data.status);
+      set(root, "allowed", data.allowed ? "yes" : "no — " + data.reasons.join("; "));
+      set(root, "last_seen_at", data.last_seen_at || "never");
+      set(root, "last_seen_epoch", data.last_seen_epoch === null ? "—" : data.last_seen_epoch);
+      set(root, "last_seen_address", data.last_seen_address || "—");
+      var body = root.querySelector("[data-timeline]");
+      if (!body) return;
+      body.replaceChildren.apply(body, data.timeline.slice().reverse().map(timelineRow));
+    }
+  };
+  function timelineRow(item) {
+    var what = item.type === "action" ? item.action + (item.resource ? ":" + item.resource : "")
+      : item.type === "signal" ? item.category + " from " + text(item.source_ip || item.source_host) + " → " + text(item.destination)
+      : (item.rule ? item.rule.name + ": " : "") + text(item.reason || item.trigger || "");
+    var detail = item.type === "action" ? item.decision + " — " + text(item.reason) : text(item.source || item.outcome || "");
+    var cls = (item.highlight ? "hl " : "") + (item.type === "action" ? item.decision : item.type)
+      + (item.type === "revocation" ? " kill" : "");
+    return el("tr", {class: cls}, [el("td", {class: "mono"}, [item.at]), el("td", {}, [item.type]),
+      el("td", {class: "mono"}, [what]), el("td", {}, [detail])]);
+  }
+  function set(root, key, value) {
+    root.querySelectorAll('[data-field="' + key + '"]').forEach(function (n) { n.textContent = text(value); });
+  }
+  function start(root) {
+    var url = root.getAttribute("data-live"), kind = root.getAttribute("data-render");
+    var every = parseInt(root.getAttribute("data-every") || "1000", 10);
+    function tick() {
+      fetch(url, {headers: {"Accept": "application/json"}, credentials: "same-origin"})
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) { if (data) { renderers[kind](root, data); root.setAttribute("data-updated", Date.now()); } })
+        .catch(function () {})
+        .finally(function () { setTimeout(tick, every); });
+    }
+    tick();
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-live]").forEach(start);
+    document.querySelectorAll("[data-copy]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var source = document.getElementById(button.getAttribute("data-copy"));
+        navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+          button.textContent = "Copied";
+        }, function () {
+          var range = document.createRange(); range.selectNodeContents(source);
+          var sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(range);
+          button.textContent = "Selected — press Ctrl+C";
+        });
+      });
+    });
+  });
+})();
