@@ -1,6 +1,6 @@
 """Read models for the console: dashboard figures and kill acknowledgements."""
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from django.db.models import Count, Q
@@ -10,6 +10,7 @@ from actions.models import ActionEvent
 from killswitch.models import Revocation
 from killswitch.services import current_epoch
 from passports.models import Agent, Passport
+from signals.selectors import agent_timeline
 
 RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
 EXPIRING_WITHIN = timedelta(hours=1)
@@ -78,3 +79,39 @@ def acknowledgements(revocation: Revocation) -> dict[str, Any]:
         "acknowledged": sum(row["acknowledged"] for row in rows),
         "agents": rows,
     }
+
+
+def _describe(item: dict[str, Any]) -> tuple[str, str]:
+    """What happened and its decision/detail, as one line each."""
+    kind = item["type"]
+    if kind == "action":
+        resource = f":{item['resource']}" if item["resource"] else ""
+        return f"{item['action']}{resource}", f"{item['decision']} — {item['reason']}"
+    if kind == "signal":
+        source = item["source_ip"] or item["source_host"]
+        return f"{item['category']} from {source} → {item['destination']}", "external signal"
+    if kind == "rule_match":
+        return f"rule {item['rule']['name']}: {item['trigger']}", item["outcome"]
+    return item["reason"] or "", f"{kind} (epoch {item['epoch']})"
+
+
+def timeline_rows(agent: Agent, limit: int = 100) -> list[dict[str, Any]]:
+    """The agent's timeline, newest first, ready to display (the page and its live updates)."""
+    rows = []
+    for item in reversed(agent_timeline(agent=agent, limit=limit)["items"]):
+        what, detail = _describe(item)
+        css = [item["decision"] if item["type"] == "action" else item["type"]]
+        if item.get("highlight"):
+            css.append("hl")
+        if item["type"] == "revocation":
+            css.append("kill")
+        rows.append(
+            {
+                "at": item["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                "type": item["type"],
+                "what": what,
+                "detail": detail,
+                "css": " ".join(css),
+            }
+        )
+    return rows

@@ -22,13 +22,6 @@ from passports import signing
 from passports.models import Agent, Passport, SigningKey
 from passports.roles import Role, has_role
 from registry.errors import RequestRejected
-from signals.selectors import agent_timeline
-
-
-def _json_safe(items: list[dict]) -> list[dict]:
-    return [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in i.items()} for i in items
-    ]
 
 
 @requires(Role.VIEWER)
@@ -119,7 +112,7 @@ def agent_detail(request: HttpRequest, agent_id) -> HttpResponse:
             "passports": [(p, passports.effective_status(p)) for p in passports_held],
             "run_status": status,
             "active_revocation": active_revocation,
-            "timeline": agent_timeline(agent=agent, limit=100),
+            "timeline": selectors.timeline_rows(agent),
         },
     )
 
@@ -129,7 +122,6 @@ def agent_detail(request: HttpRequest, agent_id) -> HttpResponse:
 @never_cache
 def agent_live(request: HttpRequest, agent_id) -> JsonResponse:
     agent = get_object_or_404(Agent, pk=agent_id)
-    timeline = agent_timeline(agent=agent, limit=100)
     status = passports.agent_run_status(agent)
     return JsonResponse(
         {
@@ -139,7 +131,7 @@ def agent_live(request: HttpRequest, agent_id) -> JsonResponse:
             "last_seen_at": agent.last_seen_at.isoformat() if agent.last_seen_at else None,
             "last_seen_epoch": agent.last_seen_epoch,
             "last_seen_address": agent.last_seen_address,
-            "timeline": _json_safe(timeline["items"]),
+            "timeline": selectors.timeline_rows(agent),
         }
     )
 

@@ -49,18 +49,12 @@
       set(root, "last_seen_address", data.last_seen_address || "—");
       var body = root.querySelector("[data-timeline]");
       if (!body) return;
-      body.replaceChildren.apply(body, data.timeline.slice().reverse().map(timelineRow));
+      body.replaceChildren.apply(body, data.timeline.map(timelineRow));
     }
   };
-  function timelineRow(item) {
-    var what = item.type === "action" ? item.action + (item.resource ? ":" + item.resource : "")
-      : item.type === "signal" ? item.category + " from " + text(item.source_ip || item.source_host) + " → " + text(item.destination)
-      : (item.rule ? item.rule.name + ": " : "") + text(item.reason || item.trigger || "");
-    var detail = item.type === "action" ? item.decision + " — " + text(item.reason) : text(item.source || item.outcome || "");
-    var cls = (item.highlight ? "hl " : "") + (item.type === "action" ? item.decision : item.type)
-      + (item.type === "revocation" ? " kill" : "");
-    return el("tr", {class: cls}, [el("td", {class: "mono"}, [item.at]), el("td", {}, [item.type]),
-      el("td", {class: "mono"}, [what]), el("td", {}, [detail])]);
+  function timelineRow(row) {
+    return el("tr", {class: row.css}, [el("td", {class: "mono"}, [row.at]), el("td", {}, [row.type]),
+      el("td", {class: "mono"}, [row.what]), el("td", {}, [row.detail])]);
   }
   function set(root, key, value) {
     root.querySelectorAll('[data-field="' + key + '"]').forEach(function (n) { n.textContent = text(value); });
