@@ -182,6 +182,9 @@ class Guard:
         return self.kill_entry
 
     def _on_state(self, state: RevocationState) -> None:
+        acknowledge = getattr(self.reporter, "heartbeat_now", None)
+        if acknowledge is not None:
+            acknowledge()  # tell the registry which epoch we now apply
         blocking = state.blocking(jti=self.jti, agent=self.agent_id, fleet=self.fleet)
         if blocking is None:
             if self._killed.is_set():  # lifted: the agent may run again

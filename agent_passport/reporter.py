@@ -210,6 +210,12 @@ class ActionReporter:
         self._failures = 0
         self._wake.set()
 
+    def heartbeat_now(self) -> None:
+        """Send the heartbeat at once (e.g. right after a revocation was applied, so the
+        console sees the acknowledgement within a second). Never blocks."""
+        self._last_post_at = -math.inf
+        self._wake.set()
+
     # --- counters -----------------------------------------------------------------------------
 
     @property

@@ -268,8 +268,13 @@ def test_every_check_is_reported_with_the_agent_heartbeat(
     guard.check("fs:write:/workspace/out.txt")
     with pytest.raises(ScopeDenied):
         guard.check("proc:exec:xmrig")
+    assert reporter.flush(timeout=5)
     revocation = kill_agent(agent)
-    assert wait_until(lambda: refuses(guard))
+    assert guard.wait_for_kill(timeout=1.0) is not None
+    # The guard sends its heartbeat as soon as it applies the kill (no check needed): the
+    # acknowledgement the console shows. The idle heartbeat alone would take up to 2 s.
+    assert wait_until(lambda: _epoch_seen(agent) == revocation.epoch, timeout=1.0)
+    assert refuses(guard)
     assert reporter.flush(timeout=5)
     reporter.close()
     events = {f"{e.action}:{e.resource}": e for e in ActionEvent.objects.filter(agent=agent)}
@@ -279,3 +284,8 @@ def test_every_check_is_reported_with_the_agent_heartbeat(
     assert any("crypto miner" in e.reason for e in events.values())
     agent.refresh_from_db()
     assert agent.last_seen_epoch == revocation.epoch  # the agent acknowledged the kill
+
+
+def _epoch_seen(agent):
+    agent.refresh_from_db()
+    return agent.last_seen_epoch
