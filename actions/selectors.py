@@ -1,6 +1,5 @@
 """Read queries for the action log, with validated filters."""
 
-import uuid
 from datetime import UTC, datetime
 
 from django.db.models import QuerySet
@@ -10,6 +9,7 @@ from actions.models import ActionEvent
 from agent_passport.errors import RuleError
 from agent_passport.rules import parse_rule
 from passports.models import Agent
+from passports.selectors import agent_id
 from registry.errors import RequestRejected
 
 
@@ -48,10 +48,7 @@ def action_events(
 ) -> QuerySet[ActionEvent]:
     queryset = ActionEvent.objects.all()
     if agent:
-        try:
-            queryset = queryset.filter(agent_id=uuid.UUID(agent))
-        except ValueError as exc:
-            raise RequestRejected("agent", "must be an agent id (UUID)") from exc
+        queryset = queryset.filter(agent_id=agent_id(agent))
     if fleet:
         queryset = queryset.filter(fleet=fleet)
     if decision:
@@ -73,10 +70,7 @@ def agents_for_export(*, agent: str | None, fleet: str | None) -> QuerySet[Agent
         return None
     queryset = Agent.objects.all()
     if agent:
-        try:
-            queryset = queryset.filter(pk=uuid.UUID(agent))
-        except ValueError as exc:
-            raise RequestRejected("agent", "must be an agent id (UUID)") from exc
+        queryset = queryset.filter(pk=agent_id(agent))
     if fleet:
         queryset = queryset.filter(fleet=fleet)
     return queryset

@@ -46,6 +46,9 @@ class Decision:
         return self.allowed
 
 
+_MALFORMED = Decision(False, "malformed check: action, resource and jurisdiction are text")
+
+
 @dataclass(frozen=True)
 class Rule:
     text: str
@@ -153,13 +156,17 @@ class Policy:
     def decide(
         self, action: str, resource: str | None = None, jurisdiction: str | None = None
     ) -> Decision:
-        optional = (resource, jurisdiction)
-        if not isinstance(action, str) or not all(isinstance(v, str | None) for v in optional):
-            return Decision(False, "malformed check: action, resource and jurisdiction are text")
         key = (action, resource, jurisdiction)
-        cached = self._cache.get(key)
+        try:
+            cached = self._cache.get(key)
+        except TypeError:  # an unhashable argument (a list, a dict): certainly malformed
+            return _MALFORMED
         if cached is not None:
             return cached
+        if type(action) is not str or any(
+            value is not None and type(value) is not str for value in (resource, jurisdiction)
+        ):
+            return _MALFORMED  # checked only on a cache miss: the hot path stays a dict lookup
         decision = self._decide(action, resource, jurisdiction)
         if len(self._cache) >= _DECISION_CACHE_SIZE:
             self._cache.clear()

@@ -15,7 +15,6 @@ kill reaches every running copy through Redis at once.
 """
 
 import logging
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from agent_passport.rules import Rule, parse_rule, split_action
 from killswitch import notifications, services
 from killswitch.models import KillRule, Revocation, RuleMatch
 from passports.models import Agent
+from passports.selectors import agent_id
 from registry.errors import RequestRejected, StateConflict
 from signals.models import Signal
 
@@ -370,10 +370,7 @@ def rule_matches(
             raise RequestRejected("rule", "must be a rule id (an integer)")
         queryset = queryset.filter(rule_id=int(rule))
     if agent:
-        try:
-            queryset = queryset.filter(agent_id=uuid.UUID(agent))
-        except ValueError as exc:
-            raise RequestRejected("agent", "must be an agent id (UUID)") from exc
+        queryset = queryset.filter(agent_id=agent_id(agent))
     if dry_run:
         if dry_run not in ("true", "false"):
             raise RequestRejected("dry_run", "must be true or false")

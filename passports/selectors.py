@@ -1,5 +1,7 @@
 """Read queries for agents and passports, with validated filters."""
 
+import uuid
+
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -13,6 +15,14 @@ def _choice(value: str | None, choices: list[str], field: str) -> str | None:
     if value not in choices:
         raise RequestRejected(field, f"must be one of {', '.join(choices)}")
     return value
+
+
+def agent_id(value: str, field: str = "agent") -> uuid.UUID:
+    """An agent id from a query parameter, or a 400 naming the parameter."""
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise RequestRejected(field, "must be an agent id (UUID)") from exc
 
 
 def agents(*, fleet: str | None = None, status: str | None = None) -> QuerySet[Agent]:

@@ -159,7 +159,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("THROTTLE_ANON", default="120/minute"),
-        "user": env.str("THROTTLE_USER", default="100000/hour"),
+        # DRF keeps one timestamp per request in the window: keep windows short and small.
+        "user": env.str("THROTTLE_USER", default="2000/minute"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # ?format= is ours (export jsonl/csv), not DRF's renderer override.

@@ -1,6 +1,5 @@
 """Read queries: signals with validated filters, and an agent's merged timeline."""
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ from killswitch.models import Revocation, RuleMatch
 from killswitch.notifications import outcome
 from killswitch.services import ALL_AGENTS
 from passports.models import Agent, Passport
+from passports.selectors import agent_id
 from registry.errors import RequestRejected
 from signals.models import Signal
 
@@ -21,10 +21,7 @@ _TYPE_ORDER = {"action": 0, "signal": 1, "rule_match": 2, "revocation": 3, "lift
 def signals(*, agent: str | None = None, category: str | None = None) -> QuerySet[Signal]:
     queryset = Signal.objects.select_related("reported_by")
     if agent:
-        try:
-            queryset = queryset.filter(agent_id=uuid.UUID(agent))
-        except ValueError as exc:
-            raise RequestRejected("agent", "must be an agent id (UUID)") from exc
+        queryset = queryset.filter(agent_id=agent_id(agent))
     if category:
         if category not in Signal.Category.values:
             raise RequestRejected("category", f"must be one of {', '.join(Signal.Category.values)}")
