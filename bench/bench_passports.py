@@ -5,12 +5,14 @@ What is measured, in one run:
 1. A real server: gunicorn ``registry.wsgi`` on a free port, against PostgreSQL (a dedicated
    ``aps_bench`` database, created if missing) or a temporary SQLite file if PostgreSQL does not
    answer, plus Redis. ``migrate``, ``ensure_signing_key`` and ``create_operator`` run first
-   with the same environment; the user throttle is raised so it does not distort the numbers.
+   with the same environment; the user throttle is set so it never limits (see THROTTLE_USER).
 2. HTTP, with N client threads (one ``requests.Session`` each), after a warm-up:
-   issuance ``POST /api/v1/passports`` (10-rule scope) and introspection
+   issuance ``POST /api/v1/passports`` (10-rule scope) for one agent (issuance locks the
+   agent's row, so this serializes) and spread over N agents, then introspection
    ``POST /api/v1/passports/introspect`` of the issued tokens, at concurrency N and 1.
    Requests/s, p50/p99 latency and errors (any non-2xx answer, an inactive introspection, or
-   a transport error) are reported.
+   a transport error) are reported, with the CPU used by client, gunicorn and PostgreSQL
+   and by everything else on the machine (to show when other load made the numbers noisy).
 3. Offline, single thread (pinned to one core): ``agent_passport.tokens.verify_token`` with keys
    from the server's JWKS, and ``Policy.decide`` on a 50-rule policy (cached, and unique
    uncached resources).
@@ -48,6 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 import psycopg
+import redis
 import requests
 from psycopg import sql
 
@@ -62,12 +65,19 @@ RESULTS_PATH = BASE_DIR / "bench" / "results" / "passports.json"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BENCH_DB_NAME = "aps_bench"
+CACHE_PREFIX = "aps-bench-cache"
+# DRF's throttle keeps every request of the window in one cached list, read and rewritten on
+# each request, so a huge per-hour rate makes every request slower as the list grows (≈4 ms of
+# CPU at 100k entries). A one-second window never limits and keeps that list short.
+THROTTLE_USER = "100000000/second"
+NOISY_CORES = 0.3  # busy cores outside the bench above which the report warns
 AUDIENCE = "agent-passport"
 
-# Chosen with --sweep on the 2-core bench host (issuance / introspection req/s at c=8):
-# gthread 2x4 was best overall; see the "gunicorn_sweep" section of the JSON after a sweep.
-DEFAULT_WORKERS = 2
-DEFAULT_THREADS = 4
+# Chosen with --sweep and A/B runs on the 2-core bench host (c=8): gthread 3x2 was as fast as
+# 2x4 and 4x2 for introspection and 5-35% faster for issuance; sync 2x1 and 3x1 trailed. Other
+# sessions' load made those runs noisy; --sweep records a fresh comparison in the JSON.
+DEFAULT_WORKERS = 3
+DEFAULT_THREADS = 2
 SWEEP_CONFIGS: tuple[tuple[int, int], ...] = ((2, 1), (2, 4), (3, 1), (3, 2), (4, 2))
 
 ISSUE_SCOPE = [
@@ -107,37 +117,83 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def process_tree_cpu_seconds(pid: int) -> float | None:
-    """User+system CPU seconds of ``pid`` and its direct children (gunicorn master + workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _process_cpu(pid: str) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (all cores, steal included)."""
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total = 0.0
-        for child in [str(pid), *children]:
-            stat = Path(f"/proc/{child}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
-    except (OSError, ValueError, IndexError):
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
         return None
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds so far: client process, gunicorn master+workers, the bench database's
+    PostgreSQL backends (by process title), and the whole machine."""
+
+    client: float
+    gunicorn: dict[str, float]
+    postgres: dict[str, float]
+    machine: float | None
+
+    @classmethod
+    def take(cls, server_pid: int) -> CpuSnapshot:
+        gunicorn: dict[str, float] = {}
+        postgres: dict[str, float] = {}
+        try:
+            children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+            for pid in [str(server_pid), *children]:
+                gunicorn[pid] = _process_cpu(pid)
+        except OSError:
+            pass
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                title = (proc / "cmdline").read_bytes()
+                if title.startswith(b"postgres: ") and f" {BENCH_DB_NAME} ".encode() in title:
+                    postgres[proc.name] = _process_cpu(proc.name)
+            except OSError:
+                continue  # the process ended meanwhile
+        return cls(time.process_time(), gunicorn, postgres, machine_cpu_seconds())
+
+    def since(self, before: CpuSnapshot) -> dict[str, float | None]:
+        def grown(now: dict[str, float], then: dict[str, float]) -> float | None:
+            return sum(cpu - then.get(pid, 0.0) for pid, cpu in now.items()) if now else None
+
+        machine = None
+        if self.machine is not None and before.machine is not None:
+            machine = self.machine - before.machine
+        return {
+            "client": self.client - before.client,
+            "gunicorn": grown(self.gunicorn, before.gunicorn),
+            "postgres": grown(self.postgres, before.postgres),
+            "machine": machine,
+        }
 
 
 def busy_cores(seconds: float) -> float | None:
-    """Machine-wide busy CPU (in cores) over ``seconds``, from /proc/stat: background noise."""
+    """Machine-wide busy cores over ``seconds`` while the bench is idle: background load."""
+    before = machine_cpu_seconds()
+    time.sleep(seconds)
+    after = machine_cpu_seconds()
+    return None if before is None or after is None else round((after - before) / seconds, 2)
 
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values[:8]) - idle, sum(values[:8])
 
-    try:
-        busy_a, total_a = sample()
-        time.sleep(seconds)
-        busy_b, total_b = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total_b - total_a
-    return round((busy_b - busy_a) / total * (os.cpu_count() or 1), 2) if total else None
+def wait_until_quiet(limit: float) -> float | None:
+    """Sample background load, waiting up to ``limit`` seconds for it to drop; return the last."""
+    deadline = time.monotonic() + limit
+    while True:
+        load = busy_cores(0.5)
+        if load is None or load <= NOISY_CORES or time.monotonic() >= deadline:
+            return load
+        print(f"waiting for the machine to be quiet ({load} busy cores)…", file=sys.stderr)
 
 
 # --- environment: database, redis, server ---------------------------------------------------
@@ -152,21 +208,23 @@ class Backend:
     redis_process: subprocess.Popen | None = None
 
 
+def ensure_database(admin_url: str, *, fresh: bool) -> str:
+    """Create the bench database if missing (dropping it first if ``fresh``); return version."""
+    name = sql.Identifier(BENCH_DB_NAME)
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
+        version = str(conn.execute("SHOW server_version").fetchone()[0])
+        if fresh:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        query = "SELECT 1 FROM pg_database WHERE datname = %s"
+        if conn.execute(query, (BENCH_DB_NAME,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    return version
+
+
 def prepare_backend(database_url: str, redis_url: str, fresh: bool, workdir: Path) -> Backend:
     """Point at a dedicated PostgreSQL database (created if missing) or fall back to SQLite."""
     try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=3) as conn:
-            version = str(conn.execute("SHOW server_version").fetchone()[0])
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB_NAME,)
-            ).fetchone()
-            if exists and fresh:
-                conn.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(BENCH_DB_NAME))
-                )
-                exists = None
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB_NAME)))
+        version = ensure_database(database_url, fresh=fresh)
         bench_url, engine = with_database(database_url, BENCH_DB_NAME), "postgresql"
     except psycopg.OperationalError as exc:
         print(f"PostgreSQL not reachable ({exc}); falling back to SQLite", file=sys.stderr)
@@ -176,14 +234,29 @@ def prepare_backend(database_url: str, redis_url: str, fresh: bool, workdir: Pat
     return Backend(bench_url, engine, version, redis_url, redis_process)
 
 
+SERVER_ENV_OVERRIDES = (
+    "CACHE_KEY_PREFIX",
+    "REVOCATION_REDIS_PREFIX",
+    "THROTTLE_USER",
+    "DB_CONN_MAX_AGE",
+    "PASSPORT_ISSUER",
+    "PASSPORT_AUDIENCE",
+    "LOG_LEVEL",
+    "DEBUG",
+)
+
+
 def server_env(backend: Backend, base_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=backend.database_url,
         REDIS_URL=backend.redis_url,
-        CACHE_KEY_PREFIX="aps-bench-cache",
+        CACHE_KEY_PREFIX=CACHE_PREFIX,
         REVOCATION_REDIS_PREFIX="aps-bench",
-        THROTTLE_USER="100000000/hour",
+        THROTTLE_USER=THROTTLE_USER,
+        # Keep each worker thread's PostgreSQL connection for the whole run (instead of the
+        # default 60 s), so the per-phase CPU accounting of its backend process is complete.
+        DB_CONN_MAX_AGE="3600",
         PASSPORT_ISSUER=base_url,
         PASSPORT_AUDIENCE=AUDIENCE,
         LOG_LEVEL="WARNING",
@@ -207,7 +280,13 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 
 def setup_registry(env: dict[str, str]) -> str:
-    """Migrate, make sure a signing key exists, and return a fresh operator API token."""
+    """Migrate, make sure a signing key exists, and return a fresh operator API token.
+
+    Also clears the bench's cache keys (throttle histories left by earlier runs)."""
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    stale = list(client.scan_iter(f"{CACHE_PREFIX}:*"))
+    if stale:
+        client.delete(*stale)
     manage(env, "migrate", "--noinput", "-v0")
     manage(env, "ensure_signing_key")
     output = manage(env, "create_operator", "benchop", "--role", "operator", "--reset")
@@ -272,6 +351,7 @@ def running_server(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the bench, which stops the server
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
@@ -312,8 +392,7 @@ class HttpResult:
     p50_ms: float
     p99_ms: float
     mean_ms: float
-    client_cpu_s: float
-    server_cpu_s: float | None
+    cpu_cores: dict[str, float | None]
     error_kinds: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
 
@@ -365,21 +444,17 @@ def run_load(
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
     for thread in threads:
         thread.start()
-    server_cpu_before = process_tree_cpu_seconds(server_pid)
-    client_cpu_before = time.process_time()
+    cpu_before = CpuSnapshot.take(server_pid)
     started = time.perf_counter()
     deadline[0] = started + duration
     barrier.wait()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    client_cpu = time.process_time() - client_cpu_before
-    server_cpu_after = process_tree_cpu_seconds(server_pid)
-    server_cpu = (
-        None
-        if server_cpu_before is None or server_cpu_after is None
-        else server_cpu_after - server_cpu_before
-    )
+    cpu = CpuSnapshot.take(server_pid).since(cpu_before)
+    known = [cpu["client"], cpu["gunicorn"], cpu["postgres"]]
+    if cpu["machine"] is not None:
+        cpu["other"] = max(0.0, cpu["machine"] - sum(v or 0.0 for v in known))
     values = sorted(v for per_thread in latencies for v in per_thread)
     total_errors = sum(errors.values())
     return HttpResult(
@@ -392,8 +467,7 @@ def run_load(
         p50_ms=round(percentile(values, 50) * 1e3, 2),
         p99_ms=round(percentile(values, 99) * 1e3, 2),
         mean_ms=round(sum(values) / len(values) * 1e3, 2) if values else 0.0,
-        client_cpu_s=round(client_cpu, 2),
-        server_cpu_s=None if server_cpu is None else round(server_cpu, 2),
+        cpu_cores={k: None if v is None else round(v / wall, 2) for k, v in cpu.items()},
         error_kinds=dict(errors),
         error_samples=samples,
     )
@@ -601,18 +675,25 @@ class Settings:
 def http_phases(
     server: Server, token: str, agent_ids: list[str], s: Settings
 ) -> tuple[list[HttpResult], list[str]]:
+    """Warm-up, issuance for one agent (and for several, if there are), then introspection of
+    the issued tokens at full concurrency and sequentially. Returns the results and tokens."""
     tokens: list[str] = []
-    pid = server.process.pid
-    load = dict(token=token, server_pid=pid)
-    issue = issuance_request(server.base_url, agent_ids, tokens)
-    run_load("warm-up issue", issue, concurrency=s.concurrency, duration=s.warmup, **load)
+    load: dict[str, Any] = {"token": token, "server_pid": server.process.pid}
+    issue = issuance_request(server.base_url, agent_ids[:1], tokens)
+    run_load("warm-up", issue, concurrency=s.concurrency, duration=s.warmup, **load)
     results = [
-        run_load("issue", issue, concurrency=s.concurrency, duration=s.duration, **load),
+        run_load("issue, 1 agent", issue, concurrency=s.concurrency, duration=s.duration, **load)
     ]
+    if len(agent_ids) > 1:
+        spread = issuance_request(server.base_url, agent_ids, tokens)
+        name = f"issue, {len(agent_ids)} agents"
+        results.append(
+            run_load(name, spread, concurrency=s.concurrency, duration=s.duration, **load)
+        )
     if not tokens:
         raise RuntimeError(f"no passport was issued: {results[0].error_samples}")
     introspect = introspection_request(server.base_url, tokens)
-    run_load("warm-up introspect", introspect, concurrency=s.concurrency, duration=s.warmup, **load)
+    run_load("warm-up", introspect, concurrency=s.concurrency, duration=s.warmup, **load)
     results.append(
         run_load("introspect", introspect, concurrency=s.concurrency, duration=s.duration, **load)
     )
@@ -637,22 +718,28 @@ def sweep(env: dict[str, str], token: str, workdir: Path, s: Settings) -> list[d
     for workers, threads in [*SWEEP_CONFIGS, *reversed(SWEEP_CONFIGS)]:
         config = GunicornConfig(workers, threads)
         with running_server(config, env, free_port(), workdir) as server:
-            agents = create_agents(server.base_url, token, quick.agents)
+            agents = create_agents(server.base_url, token, 1)
             results, _ = http_phases(server, token, agents, quick)
-        issue, introspect = results[0], results[1]
+            problems = len(server.problems())
+        issue = results[0]
+        introspect = next(r for r in results if r.name == "introspect")
+        other = max(r.cpu_cores.get("other") or 0.0 for r in results)
         print(
             f"  sweep {config.describe():<32} issue {issue.rps:>7} req/s   "
-            f"introspect {introspect.rps:>7} req/s   errors {issue.errors + introspect.errors}",
+            f"introspect {introspect.rps:>7} req/s   errors {issue.errors + introspect.errors}"
+            f"   server log errors {problems}   other load {other:.2f} cores",
             file=sys.stderr,
         )
         row = best.setdefault(
             (workers, threads),
             {"config": config.describe(), "workers": workers, "threads": threads, "runs": []},
         )
-        row["runs"].append({"issue_rps": issue.rps, "introspect_rps": introspect.rps})
+        row["runs"].append(
+            {"issue_rps": issue.rps, "introspect_rps": introspect.rps, "other_cores": other}
+        )
         row["issue_rps"] = max(run["issue_rps"] for run in row["runs"])
         row["introspect_rps"] = max(run["introspect_rps"] for run in row["runs"])
-        row["errors"] = row.get("errors", 0) + issue.errors + introspect.errors
+        row["errors"] = row.get("errors", 0) + issue.errors + introspect.errors + problems
     return list(best.values())
 
 
@@ -691,11 +778,19 @@ def machine_info(backend: Backend, config: GunicornConfig, s: Settings) -> dict[
         "client": {
             "library": f"requests {requests.__version__}",
             "concurrency": s.concurrency,
-            "agents": s.agents,
+            "agents_second_issue_phase": s.agents,
             "note": "client threads share the same cores as gunicorn, PostgreSQL and Redis",
         },
         "settings": asdict(s),
     }
+
+
+def cores_used(row: dict[str, Any]) -> str:
+    cores = row["cpu_cores"]
+    return "".join(
+        f"{'?' if cores.get(k) is None else format(cores[k], '.2f'):>9}"
+        for k in ("client", "gunicorn", "postgres", "other")
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -709,24 +804,25 @@ def print_report(report: dict[str, Any]) -> None:
         f"{info['gunicorn']['threads']} threads"
     )
     print(
-        f"HTTP client: {info['client']['library']}, {info['client']['concurrency']} threads, "
-        f"{info['client']['agents']} agents; client, server, PostgreSQL and Redis share the "
-        f"{info['cpu_count']} cores"
+        f"HTTP client: {info['client']['library']}, {info['client']['concurrency']} threads; "
+        f"client, server, PostgreSQL and Redis share the {info['cpu_count']} cores"
     )
     print()
     header = (
-        f"{'HTTP (through gunicorn)':<34}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'errors':>8}{'requests':>10}{'cpu cli/srv s':>15}"
+        f"{'HTTP (through gunicorn)':<24}{'conc':>5}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'errors':>7}{'requests':>9}{'client':>9}{'gunicorn':>9}{'postgres':>9}{'other':>9}"
     )
     print(header)
     print("-" * len(header))
     for row in report["http"]:
-        srv = "?" if row["server_cpu_s"] is None else f"{row['server_cpu_s']:.1f}"
         print(
-            f"{row['name']:<34}{row['concurrency']:>5}{row['rps']:>9.1f}{row['p50_ms']:>9.2f}"
-            f"{row['p99_ms']:>9.2f}{row['errors']:>8}{row['requests']:>10}"
-            f"{row['client_cpu_s']:>8.1f}/{srv:<6}"
+            f"{row['name']:<24}{row['concurrency']:>5}{row['rps']:>8.1f}{row['p50_ms']:>8.2f}"
+            f"{row['p99_ms']:>8.2f}{row['errors']:>7}{row['requests']:>9}{cores_used(row)}"
         )
+    print(
+        "(client..other: CPU cores in use during the phase; 'other' is the rest of the machine:"
+        " Redis and anything not part of the bench)"
+    )
     print()
     header = f"{'Offline (1 thread, 1 core)':<34}{'ops/s':>12}{'p50 µs':>9}{'p99 µs':>9}  note"
     print(header)
@@ -763,16 +859,21 @@ def print_report(report: dict[str, Any]) -> None:
                 f"introspect {row['introspect_rps']:>7.1f} req/s   errors {row['errors']}"
             )
     background = report["background_busy_cores"]
+    during = max((row["cpu_cores"].get("other") or 0.0) for row in report["http"])
+    samples = [background["before"], background["after_http"], during]
+    noisy = max(v or 0.0 for v in samples) > NOISY_CORES
+    noisy_offline = (background["during_offline"] or 0.0) > NOISY_CORES
     print()
     print(
-        f"Background CPU outside the bench (busy cores, 1 s sample): before {background['before']}"
-        f", after the HTTP phases {background['after']}"
-        + (
-            "  <- other load on the machine: numbers are noisy"
-            if max(background["before"] or 0, background["after"] or 0) > 0.3
-            else ""
-        )
+        f"Load outside the bench (busy cores): {background['before']} before, up to "
+        f"{during:.2f} during the HTTP phases, {background['after_http']} after them, "
+        f"{background['during_offline']} during the offline ones"
     )
+    if noisy or noisy_offline:
+        which = " and ".join(
+            name for name, flag in (("HTTP", noisy), ("offline", noisy_offline)) if flag
+        )
+        print(f"  <- the machine was not quiet: {which} numbers are noisy")
     problems = report["server_problems"]
     if problems["count"]:
         print(f"Server log: {problems['count']} error lines, first ones:")
@@ -818,26 +919,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per HTTP phase at concurrency")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
-        "--agents", type=int, default=1, help="agents the issuance requests rotate over"
+        "--agents",
+        type=int,
+        help="agents for the second issuance phase (default: one per client thread; 1 skips it)",
     )
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--fresh-db", action="store_true", help="drop and recreate aps_bench")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="SECONDS",
+        help="first wait up to this long for other load on the machine to stop "
+        "(default 20, or 0 with --quick)",
+    )
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
     s = Settings(
-        duration=args.duration or (3.0 if args.quick else 20.0),
+        duration=args.duration or (2.5 if args.quick else 18.0),
         warmup=1.0 if args.quick else 3.0,
-        sequential_duration=1.5 if args.quick else 8.0,
-        offline_seconds=1.0 if args.quick else 4.0,
+        sequential_duration=1.0 if args.quick else 8.0,
+        offline_seconds=0.6 if args.quick else 4.0,
         concurrency=args.concurrency,
-        agents=args.agents,
+        agents=args.agents or args.concurrency,
     )
-    background_before = busy_cores(1.0)
+    wait = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else 20.0)
+    background_before = wait_until_quiet(wait)
     workdir = Path(tempfile.mkdtemp(prefix="aps-bench-"))
     database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     backend = prepare_backend(
@@ -847,7 +958,15 @@ def main() -> int:
         port = free_port()
         env = server_env(backend, f"http://127.0.0.1:{port}")
         print(f"preparing {backend.db_engine} database and operator…", file=sys.stderr)
-        api_token = setup_registry(env)
+        try:
+            api_token = setup_registry(env)
+        except RuntimeError as exc:
+            if backend.db_engine != "postgresql":
+                raise
+            # Migrations edited in place leave an old bench schema behind: start it afresh.
+            print(f"{exc}\nrecreating the {BENCH_DB_NAME} database…", file=sys.stderr)
+            ensure_database(database_url, fresh=True)
+            api_token = setup_registry(env)
         report: dict[str, Any] = {}
         config = GunicornConfig(args.workers, args.threads)
         if args.sweep:
@@ -861,22 +980,37 @@ def main() -> int:
             http, tokens = http_phases(server, api_token, agent_ids, s)
             jwks = requests.get(server.base_url + "/.well-known/jwks.json", timeout=10).json()
             problems = server.problems()
-        background_after = busy_cores(1.0)
+        background_after = busy_cores(0.5)
         print("measuring offline verification and decisions…", file=sys.stderr)
         keys = keys_from_jwks(jwks)
         try:
             os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         except (AttributeError, OSError):
             pass
+        machine_before, own_before, started = (
+            machine_cpu_seconds(),
+            time.process_time(),
+            time.perf_counter(),
+        )
         offline = run_offline(tokens[:2000], keys, env["PASSPORT_ISSUER"], s.offline_seconds)
+        machine_after, own = machine_cpu_seconds(), time.process_time() - own_before
+        background_offline = None
+        if machine_before is not None and machine_after is not None:
+            foreign = max(0.0, machine_after - machine_before - own)
+            background_offline = round(foreign / (time.perf_counter() - started), 2)
         report.update(
             machine=machine_info(backend, config, s),
+            server_env={name: env[name] for name in SERVER_ENV_OVERRIDES},
             http=[asdict(r) for r in http],
             offline=[asdict(r) for r in offline],
             timer_overhead_ns=timer_overhead_ns(),
             comparison=comparison(http, offline),
             server_problems={"count": len(problems), "first": problems[:10]},
-            background_busy_cores={"before": background_before, "after": background_after},
+            background_busy_cores={
+                "before": background_before,
+                "after_http": background_after,
+                "during_offline": background_offline,
+            },
         )
         print_report(report)
         args.output.parent.mkdir(parents=True, exist_ok=True)
