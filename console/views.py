@@ -27,10 +27,15 @@ from registry.errors import RequestRejected
 @requires(Role.VIEWER)
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
+    revocations = selectors.recent_revocations()
+    labels = killswitch_target_labels(revocations)
     return render(
         request,
         "console/dashboard.html",
-        {"stats": selectors.dashboard(), "revocations": selectors.recent_revocations()},
+        {
+            "stats": selectors.dashboard(),
+            "revocations": [(r, labels[r.pk]) for r in revocations],
+        },
     )
 
 
@@ -38,25 +43,42 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @never_cache
 def dashboard_live(request: HttpRequest) -> JsonResponse:
+    recent = selectors.recent_revocations()
+    labels = killswitch_target_labels(recent)
     revocations = [
         {
             "id": r.pk,
             "epoch": r.epoch,
-            "target": killswitch_target_label(r),
+            "target": labels[r.pk],
             "reason": r.reason,
             "source": r.source,
             "active": r.is_active,
             "at": r.created_at.isoformat(),
         }
-        for r in selectors.recent_revocations()
+        for r in recent
     ]
     return JsonResponse({"stats": selectors.dashboard(), "revocations": revocations})
 
 
+def killswitch_target_labels(revocations: list[Revocation]) -> dict[int, str]:
+    """What each revocation stopped, for people: agents by name (one query for all)."""
+    agent = Revocation.TargetType.AGENT
+    agent_ids = [r.target_value for r in revocations if r.target_type == agent]
+    names = {
+        str(pk): name
+        for pk, name in Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name")
+    }
+    labels = {}
+    for r in revocations:
+        if r.target_type == Revocation.TargetType.ALL:
+            labels[r.pk] = "all agents"
+        else:
+            labels[r.pk] = f"{r.target_type} {names.get(r.target_value, r.target_value)}"
+    return labels
+
+
 def killswitch_target_label(revocation: Revocation) -> str:
-    if revocation.target_type == Revocation.TargetType.ALL:
-        return "all agents"
-    return f"{revocation.target_type} {revocation.target_value}"
+    return killswitch_target_labels([revocation])[revocation.pk]
 
 
 @requires(Role.VIEWER)
@@ -224,6 +246,9 @@ def revocation_detail(request: HttpRequest, revocation_id: int) -> HttpResponse:
         {
             "revocation": revocation,
             "label": killswitch_target_label(revocation),
+            "target_agent": Agent.objects.filter(pk=revocation.target_value).first()
+            if revocation.target_type == Revocation.TargetType.AGENT
+            else None,
             "acks": selectors.acknowledgements(revocation),
         },
     )
@@ -263,7 +288,7 @@ def action_log(request: HttpRequest) -> HttpResponse:
         events = action_selectors.action_events(**filters).select_related("agent")
     except RequestRejected as exc:
         error, events = f"{exc.field}: {exc.message}", action_selectors.action_events()
-    page = Paginator(events.order_by("-received_at"), 100).get_page(request.GET.get("page"))
+    page = Paginator(events.order_by("-occurred_at", "-seq"), 100).get_page(request.GET.get("page"))
     report = audit.verify() if request.GET.get("verify") else None
     query = request.GET.copy()
     query.pop("page", None)

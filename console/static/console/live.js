@@ -53,7 +53,7 @@
     }
   };
   function timelineRow(row) {
-    return el("tr", {class: row.css}, [el("td", {class: "mono"}, [row.at]), el("td", {}, [row.type]),
+    return el("tr", {class: row.css}, [el("td", {class: "mono nowrap"}, [row.at]), el("td", {}, [row.type]),
       el("td", {class: "mono"}, [row.what]), el("td", {}, [row.detail])]);
   }
   function set(root, key, value) {
