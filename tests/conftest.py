@@ -22,9 +22,12 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 @pytest.fixture(autouse=True)
 def revocation_prefix(settings) -> str:
-    """Each test gets its own Redis key prefix, removed afterwards (the real Redis is shared)."""
+    """Each test gets its own Redis key prefix (revocation channel and cache), removed
+    afterwards: the real Redis is shared."""
     prefix = f"aps-test-{uuid.uuid4().hex[:10]}"
     settings.REVOCATION_REDIS_PREFIX = prefix
+    # Rate-limit and sign-in-throttle counters are per test too (they live in the same Redis).
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": prefix}}
     url = settings.REDIS_URL  # a test may point settings at a private Redis meanwhile
     yield prefix
     client = redis.Redis.from_url(url)
