@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from actions.models import ActionEvent, AuditCheckpoint
@@ -79,7 +79,7 @@ def checkpoint_document(checkpoint: AuditCheckpoint) -> dict[str, Any]:
 def create_checkpoints(*, everyone: bool = False) -> int:
     """Sign a checkpoint for every chain that grew since its last one (all chains if
     ``everyone``, e.g. after a key rotation). Returns how many were signed."""
-    heads = ActionEvent.objects.values("agent_id").annotate(count=Count("id"), top=Max("seq"))
+    heads = ActionEvent.objects.values("agent_id").annotate(top=Max("seq"))
     latest = {
         row["agent_id"]: row["last"]
         for row in AuditCheckpoint.objects.values("agent_id").annotate(last=Max("count"))
@@ -116,8 +116,22 @@ def _checkpoints(agents: QuerySet[Agent] | None = None) -> Iterable[dict[str, An
 
 
 def verify() -> ChainReport:
-    """Recompute every chain and check it against every signed checkpoint."""
-    return verify_log(_events_in_chain_order(), _checkpoints(), signing.all_public_keys())
+    """Recompute every chain and check it against every signed checkpoint.
+
+    One chain at a time, so memory is bounded by the longest chain, not the whole log.
+    """
+    keys = signing.all_public_keys()
+    total = ChainReport()
+    agents = set(ActionEvent.objects.values_list("agent_id", flat=True).distinct())
+    agents |= set(AuditCheckpoint.objects.values_list("agent_id", flat=True).distinct())
+    for agent in sorted(agents, key=str):
+        chain_agents = Agent.objects.filter(pk=agent)
+        report = verify_log(_events_in_chain_order(chain_agents), _checkpoints(chain_agents), keys)
+        total.chains += report.chains
+        total.events += report.events
+        total.checkpoints += report.checkpoints
+        total.problems += report.problems
+    return total
 
 
 def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
