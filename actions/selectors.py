@@ -20,7 +20,7 @@ def _moment(value: str, field: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[ActionEvent]:
+def matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[ActionEvent]:
     """Filter by a pattern in the scope-rule grammar (``net:*``, ``proc:exec:*miner*``)."""
     try:
         rule = parse_rule(pattern)
@@ -56,7 +56,7 @@ def action_events(
             raise RequestRejected("decision", "must be allow or deny")
         queryset = queryset.filter(decision=decision)
     if action:
-        queryset = _matching_pattern(queryset, action)
+        queryset = matching_pattern(queryset, action)
     if since:
         queryset = queryset.filter(occurred_at__gte=_moment(since, "since"))
     if until:

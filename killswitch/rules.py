@@ -28,6 +28,7 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from actions.models import ActionEvent
+from actions.selectors import matching_pattern
 from agent_passport.errors import RuleError
 from agent_passport.rules import Rule, parse_rule, split_action
 from killswitch import notifications, services
@@ -238,6 +239,8 @@ def _rate_trigger(rule: KillRule, agent: Agent, denies: Sequence[ActionEvent]) -
     )["last"]
     if counted_until is not None:  # denies a previous match counted do not count again
         rows = rows.filter(occurred_at__gt=counted_until)
+    if rule.pattern:  # let the database skip the denies the pattern does not cover
+        rows = matching_pattern(rows, rule.pattern)
     in_window: deque[tuple[Any, datetime, str, str]] = deque()
     fresh_in_window = 0
     ordered = rows.order_by("occurred_at", "seq").values_list(
