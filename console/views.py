@@ -14,6 +14,7 @@ from actions import selectors as action_selectors
 from console import selectors
 from console.access import requires
 from console.forms import CONFIRM_ALL_WORD, IssuePassportForm, KillForm, LiftForm, RegisterAgentForm
+from killswitch import rules as kill_rules
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation, RuleMatch
 from passports import selectors as passport_selectors
@@ -328,8 +329,10 @@ def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     field = request.POST.get("field")
     if field not in ("enabled", "dry_run"):
         raise Http404("unknown setting")
-    setattr(rule, field, not getattr(rule, field))
-    rule.save(update_fields=[field])
+    changes = {field: not getattr(rule, field)}
+    if not kill_rules.may_change(request.user, changes):
+        raise PermissionDenied("only an admin may enable or arm a rule")
+    rule = kill_rules.update_rule(rule=rule, changes=changes)
     state = "on" if getattr(rule, field) else "off"
     messages.success(request, f"Rule {rule.name}: {field.replace('_', '-')} is now {state}.")
     return redirect("console:rules")

@@ -34,6 +34,7 @@ from agent_passport.rules import Rule, parse_rule, split_action
 from killswitch import notifications, services
 from killswitch.models import KillRule, Revocation, RuleMatch
 from passports.models import Agent
+from passports.roles import Role, has_role
 from passports.selectors import agent_id
 from registry.errors import RequestRejected, StateConflict
 from signals.models import Signal
@@ -164,6 +165,16 @@ def update_rule(*, rule: KillRule, changes: dict[str, Any]) -> KillRule:
     rule.save()
     logger.warning("kill rule %r changed (%s): %s", rule.name, sorted(changes), _summary(rule))
     return rule
+
+
+# The only changes an operator (not an admin) may make: ones that stop a rule from killing.
+DEFUSING_CHANGES = {"enabled": False, "dry_run": True}
+
+
+def may_change(user: AbstractBaseUser, changes: dict[str, Any]) -> bool:
+    """Admins change anything; an operator may only disable a rule or put it in dry run."""
+    defusing = all(DEFUSING_CHANGES.get(name, object()) == value for name, value in changes.items())
+    return has_role(user, Role.ADMIN) or (defusing and has_role(user, Role.OPERATOR))
 
 
 def _summary(rule: KillRule) -> str:

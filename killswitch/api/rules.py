@@ -22,8 +22,6 @@ from passports.api.serializers import StrictCharField, StrictSerializer
 from passports.roles import Role, has_role
 
 KIND_ERROR = '"{input}" is not a kind of rule; use one of ' + ", ".join(KillRule.Kind.values)
-# The only changes an operator (not an admin) may make: ones that stop a rule from killing.
-DEFUSING_CHANGES = {"enabled": False, "dry_run": True}
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -174,8 +172,7 @@ class KillRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         data = KillRuleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         changes = data.validated_data
-        defusing = all(DEFUSING_CHANGES.get(name, object()) == v for name, v in changes.items())
-        if not (defusing or has_role(request.user, Role.ADMIN)):
+        if not rules.may_change(request.user, dict(changes)):
             raise PermissionDenied(
                 "Operators may only disable a rule or switch it to dry run; "
                 "other changes need the admin role."

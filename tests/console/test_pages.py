@@ -136,3 +136,35 @@ def test_security_headers(signed_in):
     assert response["X-Frame-Options"] == "DENY"
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "same-origin"
+
+
+def test_admin_rotates_keys_and_operator_cannot(admin_user, signed_in):
+    from passports import signing
+    from passports.models import SigningKey
+
+    old = signing.active_signing_key().kid
+    assert signed_in.post("/keys/").status_code == 403
+    admin = Client()
+    admin.force_login(admin_user)
+    page = admin.get("/keys/").content.decode()
+    assert old in page and "encrypted" not in page.lower()
+    response = admin.post("/keys/", follow=True)
+    assert response.status_code == 200
+    new = SigningKey.objects.get(state="active").kid
+    assert new != old and f"New active key {new}" in response.content.decode()
+
+
+def test_operator_toggles_a_rule_into_dry_run(signed_in, admin_user):
+    from killswitch.models import KillRule
+
+    rule = KillRule.objects.create(
+        name="miners", kind="deny_pattern", pattern="proc:exec:*miner*", created_by=admin_user
+    )
+    signed_in.post(f"/rules/{rule.pk}/toggle", {"field": "dry_run"})
+    rule.refresh_from_db()
+    assert rule.dry_run is True
+    # Arming it again is an admin's decision, as in the API.
+    assert signed_in.post(f"/rules/{rule.pk}/toggle", {"field": "dry_run"}).status_code == 403
+    rule.refresh_from_db()
+    assert rule.dry_run is True
+    assert signed_in.post(f"/rules/{rule.pk}/toggle", {"field": "name"}).status_code == 404
