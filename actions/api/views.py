@@ -7,7 +7,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -20,6 +19,7 @@ from actions.api.serializers import (
 from actions.auth import IsPassportHolder, PassportBearerAuthentication
 from passports.roles import IsViewer
 from registry.errors import RequestRejected
+from registry.pagination import ordered_by
 from registry.throttling import PerAgentIngestThrottle
 
 FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
@@ -33,10 +33,7 @@ class BodyTooLarge(RequestRejected):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 
-class NewestReceivedFirst(CursorPagination):
-    ordering = "-received_at"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
+NewestReceivedFirst = ordered_by("-received_at")
 
 
 class ActionsView(ListAPIView):

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +19,7 @@ from killswitch import notifications, rules
 from killswitch.models import KillRule, RuleMatch
 from passports.api.serializers import StrictCharField, StrictSerializer
 from passports.roles import Role, has_role
+from registry.pagination import ordered_by
 
 KIND_ERROR = '"{input}" is not a kind of rule; use one of ' + ", ".join(KillRule.Kind.values)
 
@@ -141,14 +141,8 @@ class RulePermission(BasePermission):
         return has_role(request.user, Role.ADMIN)
 
 
-class OldestFirst(CursorPagination):
-    ordering = "id"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
-class NewestFirst(OldestFirst):
-    ordering = "-id"
+OldestFirst = ordered_by("id")
+NewestFirst = ordered_by("-id")
 
 
 class KillRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -1,7 +1,6 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -10,12 +9,9 @@ from killswitch.api.serializers import LiftSerializer, RevocationSerializer, Rev
 from killswitch.models import Revocation
 from passports.roles import ReadViewerWriteOperator
 from registry.errors import RequestRejected
+from registry.pagination import ordered_by
 
-
-class NewestEpochFirst(CursorPagination):
-    ordering = "-epoch"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
+NewestEpochFirst = ordered_by("-epoch")
 
 
 class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

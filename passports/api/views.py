@@ -5,7 +5,6 @@ from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -25,20 +24,15 @@ from passports.api.serializers import (
 from passports.models import Agent
 from passports.roles import IsViewer, ReadViewerWriteOperator
 from registry.errors import RequestRejected
+from registry.pagination import ordered_by
 from signals.api.serializers import TimelineQuerySerializer
 from signals.selectors import agent_timeline
 
 UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
 
 
-class NewestFirst(CursorPagination):
-    ordering = "-created_at"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
-class NewestIssuedFirst(NewestFirst):
-    ordering = "-issued_at"
+NewestFirst = ordered_by("-created_at")
+NewestIssuedFirst = ordered_by("-issued_at")
 
 
 class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -1,19 +1,15 @@
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from passports.roles import ReadViewerWriteOperator
+from registry.pagination import ordered_by
 from signals import selectors, services
 from signals.api.serializers import SignalReportSerializer, SignalSerializer
 from signals.models import Signal
 
-
-class NewestFirst(CursorPagination):
-    ordering = "-id"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
+NewestFirst = ordered_by("-id")
 
 
 class SignalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
