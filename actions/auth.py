@@ -10,15 +10,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
 from agent_passport.errors import PassportError
-from agent_passport.tokens import verify_token
-from passports import signing
 from passports.models import Passport
+from passports.services import verify_passport_token
 
 _KEYWORD = b"bearer"
 REPORTING_LEEWAY_SECONDS = 3600
@@ -62,13 +60,7 @@ class PassportBearerAuthentication(BaseAuthentication):
         except UnicodeDecodeError as exc:
             raise _rejected("malformed", "the token is not ASCII") from exc
         try:
-            claims = verify_token(
-                token,
-                signing.verification_key,
-                issuer=settings.PASSPORT_ISSUER,
-                audience=settings.PASSPORT_AUDIENCE,
-                leeway=REPORTING_LEEWAY_SECONDS,
-            )
+            claims = verify_passport_token(token, leeway=REPORTING_LEEWAY_SECONDS)
             jti = uuid.UUID(str(claims["jti"]))
         except PassportError as exc:
             raise _rejected(exc.reason, str(exc)) from exc
