@@ -8,15 +8,18 @@ and nothing else on the machine is touched.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -34,7 +37,7 @@ ERROR_MARKERS = ("Traceback", "ERROR", "CRITICAL", "WORKER TIMEOUT", "Internal S
 CHILDREN: list[subprocess.Popen] = []
 
 
-# --- small helpers (same as bench_passports.py's; kept here so this module stands alone) ----
+# --- small helpers ----------------------------------------------------------------------------
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -74,6 +77,67 @@ def busy_cores(seconds: float) -> float | None:
     return round((busy_b - busy_a) / total * (os.cpu_count() or 1), 2) if total else None
 
 
+def wait_until_quiet(
+    limit: float,
+    threshold: float,
+    sample_s: float = 1.0,
+    sample: Callable[[float], float | None] = busy_cores,
+) -> float | None:
+    """Busy cores outside the bench, sampled for ``sample_s`` s, waiting up to ``limit`` s for
+    them to drop to ``threshold`` (other benchmarks or test runs share the machine); returns
+    the last sample."""
+    deadline = time.monotonic() + limit
+    while True:
+        load = sample(sample_s)
+        if load is None or load <= threshold or time.monotonic() >= deadline:
+            return load
+        print(f"waiting for the machine to be quiet ({load} busy cores)…", file=sys.stderr)
+
+
+def process_cpu(pid: str) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (all cores, steal included)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def machine_basics() -> dict[str, Any]:
+    """Time, CPU, Python, platform and git commit: the first entries of every report's
+    ``machine`` section."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+    }
+
+
 def timer_overhead_ns() -> float:
     """Median cost of one ``perf_counter_ns`` pair, as included in every per-call timing."""
     now = time.perf_counter_ns
@@ -85,8 +149,7 @@ def timer_overhead_ns() -> float:
 
 
 def policy_rules() -> list[str]:
-    """50 realistic rules spread over domains, with wildcards and a few denies (the same set
-    as bench_passports.py)."""
+    """50 realistic rules spread over domains, with wildcards and a few denies."""
     rules = [f"fs:read:/srv/data/team{i}/**" for i in range(12)]
     rules += [f"fs:write:/srv/out/team{i}/*" for i in range(8)]
     rules += [f"net:connect:svc{i}.internal.example.com:443" for i in range(10)]
@@ -138,6 +201,13 @@ def prepare_database(admin_url: str, name: str, fresh: bool, workdir: Path) -> D
         return Database(f"sqlite:///{path}", "sqlite", "sqlite", str(path))
 
 
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 # --- redis ------------------------------------------------------------------------------------
 
 
@@ -181,6 +251,13 @@ def redis_answers(url: str) -> bool:
         )
     except (redis.RedisError, OSError):
         return False
+
+
+def redis_version(url: str) -> str:
+    try:
+        return redis.Redis.from_url(url).info("server")["redis_version"]
+    except redis.RedisError:
+        return "?"
 
 
 class PrivateRedis:
@@ -341,6 +418,81 @@ def problems_in(path: Path, since: int = 0, until: int | None = None) -> list[st
     return [line for line in text.splitlines() if any(m in line for m in ERROR_MARKERS)]
 
 
+def gunicorn_command(port: int, workers: int, threads: int, worker_class: str) -> list[str]:
+    """The command line of gunicorn serving ``registry.wsgi`` on 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "registry.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--worker-class",
+        worker_class,
+        "--log-level",
+        "warning",
+        "--error-logfile",
+        "-",
+    ]
+
+
+def wait_healthy(
+    process: subprocess.Popen, base_url: str, log_path: Path, timeout: float = 60.0
+) -> None:
+    """Until gunicorn answers ``/healthz`` with 200; raises if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()[-4000:]}")
+        try:
+            if requests.get(base_url + "/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gunicorn did not answer /healthz:\n{log_path.read_text()}")
+        time.sleep(0.1)
+
+
+# --- cleanup at the end of a run --------------------------------------------------------------
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop the bench like Ctrl-C does (its cleanup then runs)."""
+    raise KeyboardInterrupt
+
+
+def shield_cleanup() -> None:
+    """Cleanup must finish even if Ctrl-C is pressed again or arrived during a normal stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_leftovers() -> None:
+    if leftovers := stop_all_children():
+        print(f"stopped {leftovers} leftover child process(es)", file=sys.stderr)
+
+
+def clean_redis_keys(targets: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """Delete the run's keys (``(redis url, patterns)`` pairs) and say how many went."""
+    try:
+        deleted = sum(delete_keys(url, patterns) for url, patterns in targets)
+        print(f"cleaned up {deleted} Redis keys", file=sys.stderr)
+    except redis.RedisError as exc:
+        print(f"could not clean up Redis keys: {exc}", file=sys.stderr)
+
+
+def remove_workdir(workdir: Path, keep: bool) -> None:
+    if keep:
+        print(f"logs kept in {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @dataclass
 class Service:
     """gunicorn (web) and a Celery worker with beat, sharing one environment."""
@@ -377,24 +529,7 @@ class Service:
             self.logs["celery"],
         )
         self.processes["web"] = start_logged(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "registry.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--threads",
-                str(threads),
-                "--worker-class",
-                "gthread" if threads > 1 else "sync",
-                "--log-level",
-                "warning",
-                "--error-logfile",
-                "-",
-            ],
+            gunicorn_command(port, workers, threads, "gthread" if threads > 1 else "sync"),
             self.env,
             self.logs["web"],
         )

@@ -42,11 +42,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -58,12 +56,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 import requests
 from psycopg import sql
 
@@ -74,16 +70,26 @@ if str(BASE_DIR) not in sys.path:
 from agent_passport.reporter import MAX_BATCH_EVENTS, ActionReporter  # noqa: E402
 from bench._server import (  # noqa: E402
     Api,
-    busy_cores,
-    delete_keys,
+    clean_redis_keys,
+    drop_database,
     free_port,
+    gunicorn_command,
+    machine_basics,
+    machine_cpu_seconds,
     percentile,
     problems_in,
+    process_cpu,
+    redis_version,
+    remove_workdir,
     setup_registry,
+    shield_cleanup,
     start_logged,
-    stop_all_children,
     stop_group,
+    stop_leftovers,
+    stop_on_sigterm,
     timer_overhead_ns,
+    wait_healthy,
+    wait_until_quiet,
     with_database,
 )
 from registry.devserver import ensure_redis  # noqa: E402
@@ -197,31 +203,6 @@ def batch_body(rng: random.Random, count: int, heartbeat: dict[str, Any]) -> byt
 # --- CPU accounting from /proc ----------------------------------------------------------------
 
 
-def _process_cpu(pid: str) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until_quiet(limit: float, threshold: float = NOISY_CORES) -> float | None:
-    """Busy cores outside the bench, sampled for 1 s, waiting up to ``limit`` s for them to drop
-    to ``threshold`` (other benchmarks or test runs share the machine); returns the last."""
-    deadline = time.monotonic() + limit
-    while True:
-        load = busy_cores(1.0)
-        if load is None or load <= threshold or time.monotonic() >= deadline:
-            return load
-        print(f"waiting for the machine to be quiet ({load} busy cores)…", file=sys.stderr)
-
-
-def _machine_cpu_seconds() -> float | None:
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class CpuSnapshot:
     """CPU seconds so far of: this (client) process, gunicorn (master + workers), PostgreSQL
@@ -239,7 +220,7 @@ class CpuSnapshot:
             try:
                 path = Path(f"/proc/{server_pid}/task/{server_pid}/children")
                 for pid in [str(server_pid), *path.read_text().split()]:
-                    groups["gunicorn"][pid] = _process_cpu(pid)
+                    groups["gunicorn"][pid] = process_cpu(pid)
             except OSError:
                 pass
         for proc in Path("/proc").iterdir():
@@ -251,12 +232,12 @@ class CpuSnapshot:
                     # our database's backends, and the writers (WAL, checkpoints) without a
                     # client address; other databases' backends are not ours
                     if f" {DB_NAME} ".encode() in title or b"(" not in title:
-                        groups["postgres"][proc.name] = _process_cpu(proc.name)
+                        groups["postgres"][proc.name] = process_cpu(proc.name)
                 elif title.startswith(b"redis-server"):
-                    groups["redis"][proc.name] = _process_cpu(proc.name)
+                    groups["redis"][proc.name] = process_cpu(proc.name)
             except OSError:
                 continue  # ended meanwhile
-        return cls(time.monotonic(), time.process_time(), groups, _machine_cpu_seconds())
+        return cls(time.monotonic(), time.process_time(), groups, machine_cpu_seconds())
 
     def cores_since(self, before: CpuSnapshot) -> dict[str, float | None]:
         elapsed = self.at - before.at
@@ -280,20 +261,12 @@ class CpuSnapshot:
 
 def create_database(admin_url: str) -> tuple[str, str]:
     """A fresh ``aps_bench_actions`` (dropped first if an earlier run left it); (url, version)."""
+    name = sql.Identifier(DB_NAME)
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
         version = str(conn.execute("SHOW server_version").fetchone()[0])
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
     return with_database(admin_url, DB_NAME), version
-
-
-def drop_database(admin_url: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME))
-        )
 
 
 def postgres_settings(url: str) -> dict[str, str]:
@@ -368,39 +341,11 @@ class Server:
 def gunicorn(config: GunicornConfig, env: dict[str, str], workdir: Path) -> Iterator[Server]:
     port = free_port()
     log_path = workdir / f"gunicorn-{config.name.replace(':', '-')}.log"
-    args = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "registry.wsgi",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(config.workers),
-        "--worker-class",
-        config.worker_class,
-        "--threads",
-        str(config.threads),
-        "--log-level",
-        "warning",
-        "--error-logfile",
-        "-",
-    ]
+    args = gunicorn_command(port, config.workers, config.threads, config.worker_class)
     process = start_logged(args, env, log_path)
     server = Server(config, process, f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(server.base_url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer /healthz:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        wait_healthy(process, server.base_url, log_path, timeout=60)
         yield server
     finally:
         stop_group(process)
@@ -561,7 +506,7 @@ def run_load(
     count the batches answered inside the window [warm-up end, warm-up end + window]; CPU is
     sampled at the window's edges. Batches answered during the warm-up or after the window are
     stored too (and counted in ``total``)."""
-    background = wait_until_quiet(quiet_wait_s) if quiet_wait_s > 0 else None
+    background = wait_until_quiet(quiet_wait_s, NOISY_CORES) if quiet_wait_s > 0 else None
     result = LoadResult(label, batch_events, len(agents), warmup_s, window_s)
     lock = threading.Lock()
     stop = threading.Event()
@@ -823,36 +768,12 @@ def verify_chains(env: dict[str, str], database_url: str, accepted: int) -> dict
 
 
 def machine_info(pg_version: str, pg_settings: dict[str, str], redis_url: str) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=BASE_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    try:
-        redis_version = redis.Redis.from_url(redis_url).info("server")["redis_version"]
-    except redis.RedisError:
-        redis_version = "?"
     return {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": commit,
+        **machine_basics(),
         "postgres_version": pg_version,
         "postgres_settings": pg_settings,
         "db_name": DB_NAME,
-        "redis_version": redis_version,
+        "redis_version": redis_version(redis_url),
     }
 
 
@@ -1011,13 +932,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     configs = [
         GunicornConfig.parse(c)
         for c in (args.configs or (DEFAULT_CONFIG if args.quick else SWEEP_CONFIGS)).split(",")
@@ -1038,7 +955,7 @@ def main() -> int:
     failed = False
     report: dict[str, Any] = {}
     try:
-        background = wait_until_quiet(10.0 if args.quick else 30.0)
+        background = wait_until_quiet(10.0 if args.quick else 30.0, NOISY_CORES)
         print("SDK: ActionReporter.record() x 1,000,000…", file=sys.stderr)
         report["sdk_record"] = measure_record(record_calls, workdir)
         database_url, pg_version = create_database(admin_url)
@@ -1180,26 +1097,17 @@ def main() -> int:
         failed = True
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if leftovers := stop_all_children():
-            print(f"stopped {leftovers} leftover child process(es)", file=sys.stderr)
-        try:
-            deleted = delete_keys(machine_redis, [f"{tag}:*", f"{cache_prefix}:*"])
-            print(f"cleaned up {deleted} Redis keys", file=sys.stderr)
-        except redis.RedisError as exc:
-            print(f"could not clean up Redis keys: {exc}", file=sys.stderr)
+        shield_cleanup()
+        stop_leftovers()
+        clean_redis_keys([(machine_redis, [f"{tag}:*", f"{cache_prefix}:*"])])
         if database_created and not args.keep_db:
             try:
-                drop_database(admin_url)
+                drop_database(admin_url, DB_NAME)
             except psycopg.Error as exc:
                 print(f"could not drop {DB_NAME}: {exc}", file=sys.stderr)
         if redis_process is not None:
             redis_process.terminate()
-        if args.keep_logs or failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep_logs or failed)
 
 
 if __name__ == "__main__":

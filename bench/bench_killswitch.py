@@ -31,11 +31,8 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import platform
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +42,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -69,16 +65,21 @@ from bench._server import (  # noqa: E402
     PrivateRedis,
     Service,
     busy_cores,
-    delete_keys,
+    clean_redis_keys,
     empty_redis_db,
     free_port,
+    machine_basics,
     manage,
     percentile,
     policy_rules,
     prepare_database,
     redis_url_with_db,
+    redis_version,
+    remove_workdir,
     setup_registry,
-    stop_all_children,
+    shield_cleanup,
+    stop_leftovers,
+    stop_on_sigterm,
     timer_overhead_ns,
 )
 from registry.devserver import ensure_redis  # noqa: E402
@@ -1086,36 +1087,12 @@ def run_outage(
 
 
 def machine_info(db: Database, redis_url: str) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=BASE_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    try:
-        redis_version = redis.Redis.from_url(redis_url).info("server")["redis_version"]
-    except redis.RedisError:
-        redis_version = "?"
     return {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": commit,
+        **machine_basics(),
         "db_engine": db.engine,
         "db_version": db.version,
         "db_name": db.name,
-        "redis_version": redis_version,
+        "redis_version": redis_version(redis_url),
     }
 
 
@@ -1321,13 +1298,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     parts = [args.only] if args.only else ["propagation", "check", "outage"]
     guards = args.guards or (200 if args.quick else 1000)
     agents = max(1, guards // args.per_agent)
@@ -1495,28 +1468,17 @@ def main() -> int:
         failed = True
         raise
     finally:
-        # Cleanup must finish even if Ctrl-C is pressed again or arrived during a normal stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        shield_cleanup()
         if service is not None:
             service.stop()
-        if leftovers := stop_all_children():
-            print(f"stopped {leftovers} leftover child process(es)", file=sys.stderr)
-        try:
-            deleted = delete_keys(machine_redis, [f"{prefix}:*", f"{cache_prefix}:*"])
-            if broker_url is not None:
-                deleted += delete_keys(
-                    broker_url, ["_kombu*", "celery*", "unacked*", "*reply.celery.pidbox*"]
-                )
-            print(f"cleaned up {deleted} Redis keys", file=sys.stderr)
-        except redis.RedisError as exc:
-            print(f"could not clean up Redis keys: {exc}", file=sys.stderr)
+        stop_leftovers()
+        keys = [(machine_redis, [f"{prefix}:*", f"{cache_prefix}:*"])]
+        if broker_url is not None:
+            keys.append((broker_url, ["_kombu*", "celery*", "unacked*", "*reply.celery.pidbox*"]))
+        clean_redis_keys(keys)
         if redis_process is not None:
             redis_process.terminate()
-        if args.keep_logs or failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep_logs or failed)
 
 
 if __name__ == "__main__":

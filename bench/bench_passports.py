@@ -30,10 +30,7 @@ import argparse
 import base64
 import json
 import os
-import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,22 +40,36 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import jwt
-import psycopg
-import redis
 import requests
-from psycopg import sql
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
 
 from agent_passport.rules import Policy  # noqa: E402
 from agent_passport.tokens import keys_from_jwks, verify_token  # noqa: E402
+from bench._server import (  # noqa: E402
+    delete_keys,
+    free_port,
+    gunicorn_command,
+    machine_basics,
+    machine_cpu_seconds,
+    percentile,
+    policy_rules,
+    prepare_database,
+    problems_in,
+    process_cpu,
+    start_logged,
+    stop_group,
+    timer_overhead_ns,
+    wait_healthy,
+    wait_until_quiet,
+)
+from bench._server import setup_registry as setup_operator  # noqa: E402
 from registry.devserver import ensure_redis  # noqa: E402
 
 RESULTS_PATH = BASE_DIR / "bench" / "results" / "passports.json"
@@ -98,40 +109,6 @@ ISSUE_JURISDICTION = ["EU", "US-CA"]
 # --- small helpers --------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[index]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def _process_cpu(pid: str) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (all cores, steal included)."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-
-
 @dataclass
 class CpuSnapshot:
     """CPU seconds so far: client process, gunicorn master+workers, the bench database's
@@ -149,7 +126,7 @@ class CpuSnapshot:
         try:
             children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
             for pid in [str(server_pid), *children]:
-                gunicorn[pid] = _process_cpu(pid)
+                gunicorn[pid] = process_cpu(pid)
         except OSError:
             pass
         for proc in Path("/proc").iterdir():
@@ -158,7 +135,7 @@ class CpuSnapshot:
             try:
                 title = (proc / "cmdline").read_bytes()
                 if title.startswith(b"postgres: ") and f" {BENCH_DB_NAME} ".encode() in title:
-                    postgres[proc.name] = _process_cpu(proc.name)
+                    postgres[proc.name] = process_cpu(proc.name)
             except OSError:
                 continue  # the process ended meanwhile
         return cls(time.process_time(), gunicorn, postgres, machine_cpu_seconds())
@@ -186,16 +163,6 @@ def busy_cores(seconds: float) -> float | None:
     return None if before is None or after is None else round((after - before) / seconds, 2)
 
 
-def wait_until_quiet(limit: float) -> float | None:
-    """Sample background load, waiting up to ``limit`` seconds for it to drop; return the last."""
-    deadline = time.monotonic() + limit
-    while True:
-        load = busy_cores(0.5)
-        if load is None or load <= NOISY_CORES or time.monotonic() >= deadline:
-            return load
-        print(f"waiting for the machine to be quiet ({load} busy cores)…", file=sys.stderr)
-
-
 # --- environment: database, redis, server ---------------------------------------------------
 
 
@@ -208,30 +175,11 @@ class Backend:
     redis_process: subprocess.Popen | None = None
 
 
-def ensure_database(admin_url: str, *, fresh: bool) -> str:
-    """Create the bench database if missing (dropping it first if ``fresh``); return version."""
-    name = sql.Identifier(BENCH_DB_NAME)
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
-        version = str(conn.execute("SHOW server_version").fetchone()[0])
-        if fresh:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        query = "SELECT 1 FROM pg_database WHERE datname = %s"
-        if conn.execute(query, (BENCH_DB_NAME,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
-    return version
-
-
 def prepare_backend(database_url: str, redis_url: str, fresh: bool, workdir: Path) -> Backend:
     """Point at a dedicated PostgreSQL database (created if missing) or fall back to SQLite."""
-    try:
-        version = ensure_database(database_url, fresh=fresh)
-        bench_url, engine = with_database(database_url, BENCH_DB_NAME), "postgresql"
-    except psycopg.OperationalError as exc:
-        print(f"PostgreSQL not reachable ({exc}); falling back to SQLite", file=sys.stderr)
-        bench_url, engine = f"sqlite:///{workdir / 'bench.sqlite3'}", "sqlite"
-        version = "sqlite"
+    db = prepare_database(database_url, BENCH_DB_NAME, fresh, workdir)
     redis_url, redis_process = ensure_redis(redis_url)
-    return Backend(bench_url, engine, version, redis_url, redis_process)
+    return Backend(db.url, db.engine, db.version, redis_url, redis_process)
 
 
 SERVER_ENV_OVERRIDES = (
@@ -265,35 +213,12 @@ def server_env(backend: Backend, base_url: str) -> dict[str, str]:
     return env
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
 def setup_registry(env: dict[str, str]) -> str:
     """Migrate, make sure a signing key exists, and return a fresh operator API token.
 
     Also clears the bench's cache keys (throttle histories left by earlier runs)."""
-    client = redis.Redis.from_url(env["REDIS_URL"])
-    stale = list(client.scan_iter(f"{CACHE_PREFIX}:*"))
-    if stale:
-        client.delete(*stale)
-    manage(env, "migrate", "--noinput", "-v0")
-    manage(env, "ensure_signing_key")
-    output = manage(env, "create_operator", "benchop", "--role", "operator", "--reset")
-    for line in output.splitlines():
-        if line.startswith("token:"):
-            return line.split(":", 1)[1].strip()
-    raise RuntimeError(f"no 'token:' line in create_operator output:\n{output}")
+    delete_keys(env["REDIS_URL"], [f"{CACHE_PREFIX}:*"])
+    return setup_operator(env, operator="benchop")
 
 
 @dataclass
@@ -317,9 +242,7 @@ class Server:
 
     def problems(self) -> list[str]:
         """Error lines the server wrote (tracebacks, ERROR logs, worker timeouts)."""
-        markers = ("Traceback", "ERROR", "CRITICAL", "WORKER TIMEOUT", "Internal Server Error")
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [line for line in text.splitlines() if any(m in line for m in markers)]
+        return problems_in(self.log_path)
 
 
 @contextmanager
@@ -327,55 +250,15 @@ def running_server(
     config: GunicornConfig, env: dict[str, str], port: int, workdir: Path
 ) -> Iterator[Server]:
     log_path = workdir / f"gunicorn-{config.workers}x{config.threads}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "registry.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(config.workers),
-                "--threads",
-                str(config.threads),
-                "--worker-class",
-                config.worker_class,
-                "--log-level",
-                "warning",
-                "--error-logfile",
-                "-",
-            ],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches only the bench, which stops the server
-        )
+    args = gunicorn_command(port, config.workers, config.threads, config.worker_class)
+    # a session of its own: Ctrl-C reaches only the bench, which stops the server
+    process = start_logged(args, env, log_path)
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()}")
-            try:
-                if requests.get(server.base_url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer /healthz:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        wait_healthy(process, server.base_url, log_path, timeout=30)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_group(process)
 
 
 # --- HTTP load --------------------------------------------------------------------------------
@@ -539,16 +422,6 @@ class OfflineResult:
     note: str = ""
 
 
-def timer_overhead_ns() -> float:
-    """Median cost of one ``perf_counter_ns`` pair, as included in every per-call timing."""
-    now = time.perf_counter_ns
-    samples = []
-    for _ in range(20_000):
-        start = now()
-        samples.append(now() - start)
-    return percentile(sorted(float(v) for v in samples), 50)
-
-
 def measure(
     name: str, operation: Callable[[int], object], seconds: float, note: str = ""
 ) -> OfflineResult:
@@ -585,28 +458,6 @@ def measure(
         p99_us=round(percentile([float(t) for t in timings], 99) / 1e3, 2),
         note=note,
     )
-
-
-def policy_rules() -> list[str]:
-    """50 realistic rules spread over domains, with wildcards and a few denies."""
-    rules = [f"fs:read:/srv/data/team{i}/**" for i in range(12)]
-    rules += [f"fs:write:/srv/out/team{i}/*" for i in range(8)]
-    rules += [f"net:connect:svc{i}.internal.example.com:443" for i in range(10)]
-    rules += [f"tool:{name}:*" for name in ("shell", "browser", "python", "sql", "git")]
-    rules += [f"data:read:tenant{i}/*" for i in range(6)]
-    rules += [
-        "!fs:read:/srv/data/**/secrets/**",
-        "!fs:write:/srv/out/*/private*",
-        "!net:connect:*.evil.example.com:*",
-        "!data:read:tenant0/vip-*",
-        "gpu:use",
-        "proc:exec:/usr/bin/*",
-        "*:read:/public/**",
-        "!*:*:/etc/**",
-        "tool:*:sandbox",
-    ]
-    assert len(rules) == 50, len(rules)
-    return rules
 
 
 def run_offline(
@@ -744,28 +595,8 @@ def sweep(env: dict[str, str], token: str, workdir: Path, s: Settings) -> list[d
 
 
 def machine_info(backend: Backend, config: GunicornConfig, s: Settings) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=BASE_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     return {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": commit,
+        **machine_basics(),
         "db_engine": backend.db_engine,
         "db_version": backend.db_version,
         "db_name": BENCH_DB_NAME if backend.db_engine == "postgresql" else "temporary sqlite file",
@@ -948,7 +779,7 @@ def main() -> int:
         agents=args.agents or args.concurrency,
     )
     wait = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else 20.0)
-    background_before = wait_until_quiet(wait)
+    background_before = wait_until_quiet(wait, NOISY_CORES, 0.5, busy_cores)
     workdir = Path(tempfile.mkdtemp(prefix="aps-bench-"))
     database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     backend = prepare_backend(
@@ -965,7 +796,7 @@ def main() -> int:
                 raise
             # Migrations edited in place leave an old bench schema behind: start it afresh.
             print(f"{exc}\nrecreating the {BENCH_DB_NAME} database…", file=sys.stderr)
-            ensure_database(database_url, fresh=True)
+            prepare_database(database_url, BENCH_DB_NAME, True, workdir)
             api_token = setup_registry(env)
         report: dict[str, Any] = {}
         config = GunicornConfig(args.workers, args.threads)
