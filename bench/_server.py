@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
+from registry.devserver import free_port, start_redis_server  # noqa: E402
+
 ERROR_MARKERS = ("Traceback", "ERROR", "CRITICAL", "WORKER TIMEOUT", "Internal Server Error")
 
 # Every child process started through this module, so a last-resort cleanup can find them all.
@@ -46,12 +47,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return 0.0
     index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
     return sorted_values[index]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def with_database(url: str, name: str) -> str:
@@ -244,15 +239,6 @@ def delete_keys(url: str, patterns: Iterable[str]) -> int:
     return deleted
 
 
-def redis_answers(url: str) -> bool:
-    try:
-        return bool(
-            redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5).ping()
-        )
-    except (redis.RedisError, OSError):
-        return False
-
-
 def redis_version(url: str) -> str:
     try:
         return redis.Redis.from_url(url).info("server")["redis_version"]
@@ -264,10 +250,6 @@ class PrivateRedis:
     """A redis-server of our own on a free port (no persistence); can be killed and restarted."""
 
     def __init__(self, workdir: Path) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.server = server
         self.port = free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -276,33 +258,15 @@ class PrivateRedis:
 
     def start(self, timeout: float = 10.0) -> float:
         """Start (empty) and return time.time() at which it first answered PING."""
-        self.process = subprocess.Popen(
-            [
-                self.server,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
+        self.process = start_redis_server(
+            self.port,
+            self.dir,
+            timeout=timeout,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         CHILDREN.append(self.process)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if redis_answers(self.url):
-                return time.time()
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.005)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        return time.time()
 
     def kill(self) -> float:
         """SIGKILL (a crash: no goodbye to clients); returns time.time() once it is gone."""

@@ -23,32 +23,32 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        return bool(client.ping())
     except (redis.RedisError, OSError, ValueError):
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def ensure_redis(url: str) -> tuple[str, subprocess.Popen | None]:
-    """Return a Redis URL that answers, and the process we started for it (if any)."""
-    if _redis_answers(url):
-        return url, None
+def start_redis_server(
+    port: int, workdir: str | os.PathLike[str], *, timeout: float = 10.0, **popen_options
+) -> subprocess.Popen:
+    """Start an empty, non-persistent redis-server on 127.0.0.1:``port`` and wait for PING.
+
+    Raises RuntimeError if it is not installed or does not answer within ``timeout``.
+    """
     server = shutil.which("redis-server")
     if server is None:
-        sys.exit(
-            f"No Redis answers at {url} and redis-server is not installed.\n"
-            "Install it (Debian/Ubuntu: apt-get install redis-server) or set REDIS_URL "
-            "to a running Redis, then run this command again."
+        raise RuntimeError(
+            "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
         )
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="aps-redis-")
     process = subprocess.Popen(
         [
             server,
@@ -61,21 +61,39 @@ def ensure_redis(url: str) -> tuple[str, subprocess.Popen | None]:
             "--appendonly",
             "no",
             "--dir",
-            workdir,
+            str(workdir),
         ],
         stdout=subprocess.DEVNULL,
+        **popen_options,
     )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if redis_answers(url, timeout=0.2):
+            return process
+        time.sleep(0.005)
+    process.kill()
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def ensure_redis(url: str) -> tuple[str, subprocess.Popen | None]:
+    """Return a Redis URL that answers, and the process we started for it (if any)."""
+    if redis_answers(url):
+        return url, None
+    port = free_port()
+    try:
+        process = start_redis_server(port, tempfile.mkdtemp(prefix="aps-redis-"))
+    except RuntimeError as exc:
+        sys.exit(
+            f"No Redis answers at {url} and none could be started here ({exc}).\n"
+            "Set REDIS_URL to a running Redis, then run this command again."
+        )
     parts = urlsplit(url)
     local_url = urlunsplit(
         (parts.scheme or "redis", f"127.0.0.1:{port}", parts.path or "/0", "", "")
     )
-    for _ in range(50):
-        if _redis_answers(local_url):
-            print(f"No Redis answered at {url}; started redis-server at {local_url}")
-            return local_url, process
-        time.sleep(0.1)
-    process.terminate()
-    sys.exit(f"redis-server did not start on port {port}")
+    print(f"No Redis answered at {url}; started redis-server at {local_url}")
+    return local_url, process
 
 
 def _manage(*args: str) -> None:

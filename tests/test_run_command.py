@@ -11,13 +11,9 @@ from pathlib import Path
 
 import requests
 
+from registry.devserver import free_port
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_run_command_serves_api_with_printed_demo_token(tmp_path):

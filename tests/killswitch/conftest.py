@@ -1,55 +1,29 @@
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
-import redis
 
 from agent_passport.protocol import RevocationChannel
 from agent_passport.tokens import keys_from_jwks
 from agent_passport.watcher import RevocationWatcher
 from killswitch import publisher
 from passports import signing
+from registry.devserver import free_port, start_redis_server
 
 
 class RedisProcess:
     """A private redis-server that a test may stop, restart and flush."""
 
     def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="aps-test-redis-")
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server"),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.process = start_redis_server(self.port, self.dir)
 
     def stop(self) -> None:
         if self.process is not None:
