@@ -21,6 +21,11 @@ TARGET_TYPES = ("passport", "agent", "fleet", "all")
 ENTRY_KINDS = ("revoke", "lift")
 
 
+def describe_target(target_type: str, target_value: str) -> str:
+    """What a revocation stops, for people: ``all agents`` or e.g. ``fleet gpu-a``."""
+    return "all agents" if target_type == "all" else f"{target_type} {target_value}"
+
+
 class MalformedEntry(ValueError):
     """A stream entry or snapshot field that does not follow the wire format."""
 
@@ -84,9 +89,7 @@ class RevocationEntry:
         )
 
     def describe(self) -> str:
-        who = (
-            "all agents" if self.target_type == "all" else f"{self.target_type} {self.target_value}"
-        )
+        who = describe_target(self.target_type, self.target_value)
         return f"revocation #{self.id} of {who} (epoch {self.epoch}, {self.source}): {self.reason}"
 
 

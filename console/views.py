@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from actions import audit
 from actions import selectors as action_selectors
+from agent_passport.revocations import describe_target
 from console import selectors
 from console.access import requires
 from console.forms import CONFIRM_ALL_WORD, IssuePassportForm, KillForm, LiftForm, RegisterAgentForm
@@ -69,13 +70,10 @@ def killswitch_target_labels(revocations: list[Revocation]) -> dict[int, str]:
         str(pk): name
         for pk, name in Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name")
     }
-    labels = {}
-    for r in revocations:
-        if r.target_type == Revocation.TargetType.ALL:
-            labels[r.pk] = "all agents"
-        else:
-            labels[r.pk] = f"{r.target_type} {names.get(r.target_value, r.target_value)}"
-    return labels
+    return {
+        r.pk: describe_target(r.target_type, names.get(r.target_value, r.target_value))
+        for r in revocations
+    }
 
 
 def killswitch_target_label(revocation: Revocation) -> str:

@@ -2,6 +2,7 @@
 
 from django.db.models import Q, QuerySet
 
+from agent_passport.revocations import describe_target
 from killswitch.models import Revocation
 from killswitch.services import ALL_AGENTS
 
@@ -32,9 +33,5 @@ def revocations(
 
 
 def describe_revocation(revocation: Revocation) -> str:
-    target = (
-        "all agents"
-        if revocation.target_type == Revocation.TargetType.ALL
-        else (f"{revocation.target_type} {revocation.target_value}")
-    )
+    target = describe_target(revocation.target_type, revocation.target_value)
     return f"revoked: {target} (epoch {revocation.epoch}, {revocation.source}): {revocation.reason}"
