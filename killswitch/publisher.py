@@ -24,11 +24,11 @@ from agent_passport.protocol import (
     SNAPSHOT_GENERATION_FIELD,
     STREAM_ENTRY_FIELD,
     STREAM_MAXLEN,
-    RevocationChannel,
 )
 from agent_passport.revocations import RevocationEntry
 from killswitch.models import EpochCounter, Revocation
 from killswitch.services import current_epoch
+from passports.services import revocation_channel
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ def redis_client() -> redis.Redis:
     return _clients[url]
 
 
-def channel() -> RevocationChannel:
-    return RevocationChannel(prefix=settings.REVOCATION_REDIS_PREFIX)
-
-
 def entry_for(revocation: Revocation) -> RevocationEntry:
     """The entry describing a revocation's current state (a lift once it has been lifted)."""
     if revocation.lift_epoch:
@@ -108,7 +104,7 @@ def push_pending() -> int:
     pending = _pending()
     if not pending:
         return 0
-    keys = channel()
+    keys = revocation_channel()
     script = redis_client().register_script(_PUBLISH)
     snapshot_missing = False
     for revocation in pending:
@@ -175,7 +171,7 @@ def reconcile() -> bool:
     Holds the epoch-counter lock, so no revoke or lift commits meanwhile, and WATCHes the
     snapshot, so a publish of an earlier commit racing with us makes us start over.
     """
-    keys = channel()
+    keys = revocation_channel()
     client = redis_client()
     for _ in range(10):
         with transaction.atomic(), client.pipeline() as pipe:
