@@ -1,13 +1,18 @@
-"""Read models for the console: dashboard figures and kill acknowledgements."""
+"""Read models for the console: dashboard figures, kill acknowledgements, timeline rows."""
 
-from datetime import UTC, timedelta
+import uuid
+from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from actions import selectors as action_selectors
 from actions.models import ActionEvent
+from agent_passport.revocations import describe_target
+from console.times import moment
 from killswitch.models import Revocation
+from killswitch.selectors import runnable_agents
 from killswitch.services import current_epoch
 from passports.models import Agent, Passport
 from signals.selectors import agent_timeline
@@ -20,12 +25,20 @@ def dashboard() -> dict[str, Any]:
     now = timezone.now()
     hour_ago = now - timedelta(hours=1)
     agents = dict(Agent.objects.values_list("status").annotate(n=Count("pk")))
-    live = Passport.objects.filter(status=Passport.Status.ACTIVE, expires_at__gt=now)
+    runnable = runnable_agents()
+    live = Passport.objects.filter(
+        status=Passport.Status.ACTIVE, expires_at__gt=now, agent__in=runnable
+    )
     actions = ActionEvent.objects.filter(occurred_at__gte=hour_ago).aggregate(
         total=Count("pk"), denied=Count("pk", filter=Q(decision=ActionEvent.Decision.DENY))
     )
     return {
-        "agents": {status: agents.get(status, 0) for status in Agent.Status.values},
+        "agents": {
+            **{status: agents.get(status, 0) for status in Agent.Status.values},
+            # Active agents a fleet or global kill stops are "stopped", not "active".
+            "active": runnable.count(),
+            "stopped": agents.get(Agent.Status.ACTIVE, 0) - runnable.count(),
+        },
         "running": Agent.objects.filter(last_seen_at__gte=now - RUNNING_WITHIN).count(),
         "passports_active": live.count(),
         "passports_expiring": live.filter(expires_at__lte=now + EXPIRING_WITHIN).count(),
@@ -67,7 +80,7 @@ def acknowledgements(revocation: Revocation) -> dict[str, Any]:
                 "name": agent.name,
                 "fleet": agent.fleet,
                 "epoch_seen": agent.last_seen_epoch,
-                "last_seen": agent.last_seen_at.isoformat(),
+                "last_seen": moment(agent.last_seen_at),
                 "acknowledged": acknowledged,
             }
         )
@@ -81,7 +94,29 @@ def acknowledgements(revocation: Revocation) -> dict[str, Any]:
     }
 
 
-def _describe(item: dict[str, Any]) -> tuple[str, str]:
+def target_labels(revocations: list[Revocation]) -> dict[int, str]:
+    """What each revocation stopped, for people: agents by name (one query for all)."""
+    agent = Revocation.TargetType.AGENT
+    agent_ids = [r.target_value for r in revocations if r.target_type == agent]
+    names = {
+        str(pk): name
+        for pk, name in Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name")
+    }
+    return {
+        r.pk: describe_target(r.target_type, names.get(r.target_value, r.target_value))
+        for r in revocations
+    }
+
+
+def _stopped(item: dict[str, Any], agent: Agent) -> str:
+    """What a timeline revocation or lift targets, in the SDK's wording (this agent by name)."""
+    ((kind, value),) = item["target"].items()
+    if kind == Revocation.TargetType.ALL:
+        return describe_target(kind, "*")
+    return describe_target(kind, agent.name if kind == Revocation.TargetType.AGENT else value)
+
+
+def _describe(item: dict[str, Any], agent: Agent) -> tuple[str, str]:
     """What happened and its decision/detail, as one line each."""
     kind = item["type"]
     if kind == "action":
@@ -92,14 +127,19 @@ def _describe(item: dict[str, Any]) -> tuple[str, str]:
         return f"{item['category']} from {source} → {item['destination']}", "external signal"
     if kind == "rule_match":
         return f"rule {item['rule']['name']}: {item['trigger']}", item["outcome"]
-    return item["reason"] or "", f"{kind} (epoch {item['epoch']})"
+    detail = f"revocation #{item['id']} (epoch {item['epoch']})"
+    if kind == "lift":
+        return f"{_stopped(item, agent)} reinstated: {item['reason'] or 'no reason given'}", detail
+    if item["before_registration"]:
+        detail += ", already in force when this agent was registered"
+    return f"{_stopped(item, agent)} stopped: {item['reason']}", detail
 
 
 def timeline_rows(agent: Agent, limit: int = 100) -> list[dict[str, Any]]:
     """The agent's timeline, newest first, ready to display (the page and its live updates)."""
     rows = []
     for item in reversed(agent_timeline(agent=agent, limit=limit)["items"]):
-        what, detail = _describe(item)
+        what, detail = _describe(item, agent)
         css = [item["decision"] if item["type"] == "action" else item["type"]]
         if item.get("highlight"):
             css.append("hl")
@@ -107,7 +147,7 @@ def timeline_rows(agent: Agent, limit: int = 100) -> list[dict[str, Any]]:
             css.append("kill")
         rows.append(
             {
-                "at": item["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                "at": moment(item["at"]),
                 "type": item["type"],
                 "what": what,
                 "detail": detail,
@@ -115,3 +155,14 @@ def timeline_rows(agent: Agent, limit: int = 100) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def action_log(*, agent: str | None = None, **filters: str | None) -> QuerySet[ActionEvent]:
+    """The action log with the API's filters, except that ``agent`` may also be part of a name
+    (case-insensitive); an agent id still selects exactly that agent."""
+    try:
+        uuid.UUID(agent or "")
+    except ValueError:
+        events = action_selectors.action_events(**filters)
+        return events.filter(agent__name__icontains=agent) if agent else events
+    return action_selectors.action_events(agent=agent, **filters)

@@ -10,11 +10,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from actions import audit
-from actions import selectors as action_selectors
-from agent_passport.revocations import describe_target
 from console import selectors
 from console.access import requires
 from console.forms import CONFIRM_ALL_WORD, IssuePassportForm, KillForm, LiftForm, RegisterAgentForm
+from console.times import moment
 from killswitch import rules as kill_rules
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation, RuleMatch
@@ -30,7 +29,7 @@ from registry.errors import RequestRejected
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     revocations = selectors.recent_revocations()
-    labels = killswitch_target_labels(revocations)
+    labels = selectors.target_labels(revocations)
     return render(
         request,
         "console/dashboard.html",
@@ -46,7 +45,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @never_cache
 def dashboard_live(request: HttpRequest) -> JsonResponse:
     recent = selectors.recent_revocations()
-    labels = killswitch_target_labels(recent)
+    labels = selectors.target_labels(recent)
     revocations = [
         {
             "id": r.pk,
@@ -55,29 +54,11 @@ def dashboard_live(request: HttpRequest) -> JsonResponse:
             "reason": r.reason,
             "source": r.source,
             "active": r.is_active,
-            "at": r.created_at.isoformat(),
+            "at": moment(r.created_at),
         }
         for r in recent
     ]
     return JsonResponse({"stats": selectors.dashboard(), "revocations": revocations})
-
-
-def killswitch_target_labels(revocations: list[Revocation]) -> dict[int, str]:
-    """What each revocation stopped, for people: agents by name (one query for all)."""
-    agent = Revocation.TargetType.AGENT
-    agent_ids = [r.target_value for r in revocations if r.target_type == agent]
-    names = {
-        str(pk): name
-        for pk, name in Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name")
-    }
-    return {
-        r.pk: describe_target(r.target_type, names.get(r.target_value, r.target_value))
-        for r in revocations
-    }
-
-
-def killswitch_target_label(revocation: Revocation) -> str:
-    return killswitch_target_labels([revocation])[revocation.pk]
 
 
 @requires(Role.VIEWER)
@@ -149,7 +130,7 @@ def agent_live(request: HttpRequest, agent_id) -> JsonResponse:
             "status": agent.status,
             "allowed": status["allowed"],
             "reasons": status["reasons"],
-            "last_seen_at": agent.last_seen_at.isoformat() if agent.last_seen_at else None,
+            "last_seen_at": moment(agent.last_seen_at),
             "last_seen_epoch": agent.last_seen_epoch,
             "last_seen_address": agent.last_seen_address,
             "timeline": selectors.timeline_rows(agent),
@@ -244,7 +225,7 @@ def revocation_detail(request: HttpRequest, revocation_id: int) -> HttpResponse:
         "console/revocation.html",
         {
             "revocation": revocation,
-            "label": killswitch_target_label(revocation),
+            "label": selectors.target_labels([revocation])[revocation.pk],
             "target_agent": Agent.objects.filter(pk=revocation.target_value).first()
             if revocation.target_type == Revocation.TargetType.AGENT
             else None,
@@ -284,9 +265,9 @@ def action_log(request: HttpRequest) -> HttpResponse:
     }
     error = None
     try:
-        events = action_selectors.action_events(**filters).select_related("agent")
+        events = selectors.action_log(**filters).select_related("agent")
     except RequestRejected as exc:
-        error, events = f"{exc.field}: {exc.message}", action_selectors.action_events()
+        error, events = f"{exc.field}: {exc.message}", selectors.action_log()
     page = Paginator(events.order_by("-occurred_at", "-seq"), 100).get_page(request.GET.get("page"))
     report = audit.verify() if request.GET.get("verify") else None
     query = request.GET.copy()

@@ -5,6 +5,7 @@ from django.db.models import Q, QuerySet
 from agent_passport.revocations import describe_target
 from killswitch.models import Revocation
 from killswitch.services import ALL_AGENTS
+from passports.models import Agent
 
 
 def blocking_revocations(
@@ -19,6 +20,23 @@ def blocking_revocations(
     if jti:
         match |= Q(target_type=Revocation.TargetType.PASSPORT, target_value=str(jti))
     return Revocation.objects.filter(match, lifted_at__isnull=True).order_by("epoch")
+
+
+def runnable_agents() -> QuerySet[Agent]:
+    """Agents no active revocation stops: an agent kill or suspension sets the agent's own
+    status; a fleet or global kill leaves it and stops the agent all the same."""
+    active = Revocation.objects.filter(lifted_at__isnull=True)
+    if active.filter(target_type=Revocation.TargetType.ALL).exists():
+        return Agent.objects.none()
+    stopped_fleets = active.filter(target_type=Revocation.TargetType.FLEET).values("target_value")
+    return Agent.objects.filter(status=Agent.Status.ACTIVE).exclude(fleet__in=stopped_fleets)
+
+
+def standing_group_kills() -> list[Revocation]:
+    """Active kills of all agents or of a fleet (the console's banner), all agents first."""
+    group = [Revocation.TargetType.ALL, Revocation.TargetType.FLEET]
+    active = Revocation.objects.filter(lifted_at__isnull=True, target_type__in=group)
+    return sorted(active, key=lambda r: (r.target_type != Revocation.TargetType.ALL, r.epoch))
 
 
 def revocations(

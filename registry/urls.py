@@ -1,6 +1,8 @@
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from console.access import ThrottledAuthenticationForm
 from passports.api.views import healthz, jwks_view
@@ -14,12 +16,14 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(".well-known/jwks.json", jwks_view, name="jwks"),
     path("healthz", healthz, name="healthz"),
+    # Browsers ask for /favicon.ico where no page links an icon (JSON, the API schema).
+    path("favicon.ico", RedirectView.as_view(url=static("console/favicon.svg"), permanent=True)),
     path("api/v1/", include("passports.api.urls")),
     path("api/v1/", include("actions.api.urls")),
     path("api/v1/", include("killswitch.api.urls")),
     path("api/v1/", include("signals.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("", include("console.urls")),
 ]
 

@@ -1,6 +1,7 @@
 """Read queries: signals with validated filters, and an agent's merged timeline."""
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -30,8 +31,11 @@ def signals(*, agent: str | None = None, category: str | None = None) -> QuerySe
 
 
 def revocations_affecting(agent: Agent) -> Q:
-    """Revocations that stop (or stopped) this agent: of it, its fleet, everything, or one of its
-    passports (only a revoked passport can have a passport revocation)."""
+    """Revocations that stop (or stopped) this agent during its life: of it, its fleet,
+    everything, or one of its passports (only a revoked passport can have a passport
+    revocation). One lifted before the agent was registered never applied to it; one still in
+    force then did."""
+    applied = Q(lifted_at__isnull=True) | Q(lifted_at__gt=agent.created_at)
     match = Q(target_type=Revocation.TargetType.AGENT, target_value=str(agent.pk)) | Q(
         target_type=Revocation.TargetType.ALL, target_value=ALL_AGENTS
     )
@@ -40,7 +44,7 @@ def revocations_affecting(agent: Agent) -> Q:
     revoked = agent.passports.filter(status=Passport.Status.REVOKED).values_list("jti", flat=True)
     if jtis := [str(jti) for jti in revoked]:
         match |= Q(target_type=Revocation.TargetType.PASSPORT, target_value__in=jtis)
-    return match
+    return match & applied
 
 
 def _target(revocation: Revocation) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def _signal_item(signal: Signal) -> dict[str, Any]:
     }
 
 
-def _revocation_item(revocation: Revocation) -> dict[str, Any]:
+def _revocation_item(revocation: Revocation, agent: Agent) -> dict[str, Any]:
     return {
         "type": "revocation",
         "at": revocation.created_at,
@@ -89,6 +93,7 @@ def _revocation_item(revocation: Revocation) -> dict[str, Any]:
         "reason": revocation.reason,
         "source": revocation.source,
         "actor": revocation.actor.username if revocation.actor else None,
+        "before_registration": revocation.created_at < agent.created_at,
         "highlight": False,
     }
 
@@ -145,7 +150,8 @@ def agent_timeline(
     matches, oldest first: the newest ``limit`` items with ``since <= at < until``.
 
     Events and signals are placed at ``occurred_at`` (the reporter's clock), revocations at
-    ``created_at``, lifts at ``lifted_at``, rule matches at ``matched_at``. ``truncated`` says
+    ``created_at`` (``before_registration`` marks one already in force when the agent was
+    registered), lifts at ``lifted_at``, rule matches at ``matched_at``. ``truncated`` says
     that older items were left out (ask again with ``until`` = the first item's ``at``).
     """
     affecting = Revocation.objects.filter(revocations_affecting(agent))
@@ -157,7 +163,7 @@ def agent_timeline(
         (_newest(agent.signals.all(), "occurred_at", since, until, limit), _signal_item),
         (
             _newest(affecting.select_related("actor"), "created_at", since, until, limit),
-            _revocation_item,
+            partial(_revocation_item, agent=agent),
         ),
         (
             _newest(

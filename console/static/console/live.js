@@ -9,6 +9,10 @@
     (children || []).forEach(function (c) { node.append(c instanceof Node ? c : document.createTextNode(text(c))); });
     return node;
   }
+  // A moment from the server ({text, iso}, see console/times.py) as the template filter renders it.
+  function when(moment) {
+    return moment ? el("time", {datetime: moment.iso, title: moment.iso}, [moment.text]) : "never";
+  }
   var renderers = {
     dashboard: function (root, data) {
       Object.keys(data.stats).forEach(function (key) {
@@ -22,7 +26,8 @@
       body.replaceChildren.apply(body, data.revocations.map(function (r) {
         var link = el("a", {href: "/revocations/" + r.id + "/"}, ["#" + r.id]);
         return el("tr", {class: r.active ? "kill" : ""}, [
-          el("td", {}, [link]), el("td", {}, [r.epoch]), el("td", {}, [r.target]),
+          el("td", {}, [link]), el("td", {class: "nowrap"}, [when(r.at)]), el("td", {}, [r.epoch]),
+          el("td", {}, [r.target]),
           el("td", {}, [r.source]), el("td", {}, [r.reason]),
           el("td", {}, [el("span", {class: "badge " + (r.active ? "killed" : "ok")}, [r.active ? "active" : "lifted"])])
         ]);
@@ -37,14 +42,16 @@
           el("td", {}, [a.name]), el("td", {}, [a.fleet]), el("td", {}, [a.epoch_seen]),
           el("td", {}, [el("span", {class: "badge " + (a.acknowledged ? "ok" : "pending")},
                            [a.acknowledged ? "acknowledged" : "waiting"])]),
-          el("td", {class: "muted"}, [a.last_seen])
+          el("td", {class: "muted"}, [when(a.last_seen)])
         ]);
       }));
     },
     agent: function (root, data) {
       set(root, "status", data.status);
       set(root, "allowed", data.allowed ? "yes" : "no — " + data.reasons.join("; "));
-      set(root, "last_seen_at", data.last_seen_at || "never");
+      root.querySelectorAll('[data-field="last_seen_at"]').forEach(function (n) {
+        n.replaceChildren(when(data.last_seen_at));
+      });
       set(root, "last_seen_epoch", data.last_seen_epoch === null ? "—" : data.last_seen_epoch);
       set(root, "last_seen_address", data.last_seen_address || "—");
       var body = root.querySelector("[data-timeline]");
@@ -53,7 +60,7 @@
     }
   };
   function timelineRow(row) {
-    return el("tr", {class: row.css}, [el("td", {class: "mono nowrap"}, [row.at]), el("td", {}, [row.type]),
+    return el("tr", {class: row.css}, [el("td", {class: "mono"}, [when(row.at)]), el("td", {}, [row.type]),
       el("td", {class: "mono"}, [row.what]), el("td", {}, [row.detail])]);
   }
   function set(root, key, value) {
@@ -71,8 +78,22 @@
     }
     tick();
   }
+  // A field's error is about what was submitted: once the field is edited, it no longer applies.
+  function clearErrorOnInput(field) {
+    field.addEventListener("input", function () {
+      var error = document.getElementById(field.id + "_error");
+      if (error) error.remove();
+      field.removeAttribute("aria-invalid");
+      var rest = (field.getAttribute("aria-describedby") || "").split(" ").filter(function (id) {
+        return id && id !== field.id + "_error";
+      });
+      if (rest.length) field.setAttribute("aria-describedby", rest.join(" "));
+      else field.removeAttribute("aria-describedby");
+    }, {once: true});
+  }
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-live]").forEach(start);
+    document.querySelectorAll('[aria-invalid="true"]').forEach(clearErrorOnInput);
     document.querySelectorAll("[data-copy]").forEach(function (button) {
       button.addEventListener("click", function () {
         var source = document.getElementById(button.getAttribute("data-copy"));
