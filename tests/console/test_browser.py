@@ -23,7 +23,8 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
 
 from killswitch import publisher
-from killswitch.models import Revocation
+from killswitch import services as killswitch
+from killswitch.models import KillRule, Revocation
 from passports import services as passport_services
 from passports.models import Agent, Passport
 from passports.roles import Role
@@ -104,6 +105,11 @@ def user_with(django_user_model):
     return _make
 
 
+def kill_agent(actor, agent: Agent) -> Revocation:
+    target = killswitch.parse_target({"agent": str(agent.pk)})
+    return killswitch.revoke(target=target, reason="test", actor=actor, source="console")
+
+
 def sign_in(page: Page, user, password: str = PASSWORD) -> None:
     page.goto("/login/")
     page.get_by_label("User name").fill(user.username)
@@ -124,6 +130,18 @@ def screenshot(page: Page, name: str, **options) -> None:
         page.screenshot(path=str(SCREENSHOTS / name), **options)
     else:
         assert page.screenshot(**options)
+
+
+def lines_of(page: Page, selector: str) -> list[int]:
+    """How many lines the text of each matching element takes on screen."""
+    return page.eval_on_selector_all(
+        selector,
+        """cells => cells.map(cell => {
+            const range = document.createRange();
+            range.selectNodeContents(cell);
+            return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+        })""",
+    )
 
 
 def described_by(page: Page, selector: str) -> list[str]:
@@ -365,7 +383,9 @@ def test_killing_a_running_sdk_agent_from_its_page(page, user_with, agent, sdk_a
     # The agent's page: allowed writes, the denied SSH attempt, the kill and the refusal.
     page.goto(f"/agents/{agent.pk}/")
     expect(page.locator('[data-field="status"]')).to_have_text("killed")
-    expect(timeline.locator("tr.kill")).to_contain_text("opened a reverse SSH tunnel")
+    expect(timeline.locator("tr.kill")).to_contain_text(
+        f"agent {agent.name} stopped: opened a reverse SSH tunnel"
+    )
     expect(timeline.locator("tr.deny", has_text="refused")).to_have_count(1)
     expect(page.get_by_role("link", name="Kill this agent")).to_have_count(0)
     expect(page.get_by_role("button", name="Reinstate")).to_be_visible()
@@ -381,9 +401,14 @@ def test_killing_a_running_sdk_agent_from_its_page(page, user_with, agent, sdk_a
     screenshot(page, "dashboard.png")
 
     nav(page, "Action log").click()
+    page.get_by_label("Agent (name or id)").fill(agent.name[:5].upper())
+    page.get_by_role("button", name="Filter").click()
     expect(page.locator("tbody tr.deny").first).to_be_visible()
     page.get_by_role("link", name="Verify now").click()
     expect(page.locator("#audit-status")).to_have_text("intact")
+    # Actions and paths keep to one line; the reason column wraps instead.
+    actions = lines_of(page, "tbody td:nth-child(3)")
+    assert len(actions) >= 3 and set(actions) == {1}, actions
     screenshot(page, "action-log.png")
 
 
@@ -407,8 +432,14 @@ def test_global_kill_needs_a_reason_and_the_typed_word(page, user_with, agent, o
     assert described_by(page, "#id_reason") == [page.locator("#id_reason_error").inner_text()]
     expect(page.locator("#id_confirm")).to_have_attribute("aria-invalid", "true")
 
-    # The reason is kept; a wrong word is still refused.
+    # Filling a field clears its error at once; the other field's error stays.
     page.get_by_label("Reason (required)").fill("fleet-wide credential leak")
+    expect(page.locator("#id_reason_error")).to_have_count(0)
+    expect(page.locator("#id_reason")).not_to_have_attribute("aria-invalid", "true")
+    assert described_by(page, "#id_reason") == []
+    expect(page.locator("#id_confirm_error")).to_be_visible()
+
+    # The reason is kept; a wrong word is still refused.
     page.get_by_label(f"Type {word} to confirm").fill("kill")
     kill_all.click()
     expect(page.locator("#id_confirm_error")).to_have_text(f"Type {word} to stop every agent.")
@@ -431,6 +462,17 @@ def test_global_kill_needs_a_reason_and_the_typed_word(page, user_with, agent, o
         assert not passport_services.agent_run_status(stopped)["allowed"]
     nav(page, "Dashboard").click()
     expect(page.locator("[data-revocations] tr.kill")).to_contain_text("all agents")
+    # Nothing may run: no agent and no passport counts as active, and every page says why.
+    expect(page.locator('[data-field="agents.active"]')).to_have_text("0")
+    expect(page.locator('[data-field="agents.stopped"]')).to_have_text("2")
+    expect(page.locator('[data-field="passports_active"]')).to_have_text("0")
+    banner = page.locator("#kill-banner")
+    expect(banner).to_contain_text("All agents are stopped")
+    expect(banner).to_contain_text("fleet-wide credential leak")
+    screenshot(page, "dashboard-global-kill.png")
+    nav(page, "Agents").click()
+    banner.get_by_role("link", name=f"revocation #{revocation.pk}").click()
+    expect(page.get_by_role("button", name="Lift and reinstate")).to_be_visible()
 
 
 # --- 5. roles -------------------------------------------------------------------------------------
@@ -547,3 +589,83 @@ def test_the_kill_confirmation_works_with_the_keyboard_only(page, user_with, age
     assert revocation.reason == "crypto miner found by keyboard"
     agent.refresh_from_db()
     assert agent.status == Agent.Status.KILLED
+
+
+# --- 9. Content-Security-Policy ---------------------------------------------------------------
+
+
+def watch_for_trouble(page: Page) -> list[str]:
+    """Collects policy violations, script errors, console errors and failed subresources."""
+    problems: list[str] = []
+    page.add_init_script(
+        """document.addEventListener("securitypolicyviolation", e =>
+             console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI}`));"""
+    )
+    def logged(message) -> None:  # a page's own status (the 404 page) is not a problem
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(message.text)
+
+    page.on("console", logged)
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+
+    def failed(response) -> None:
+        if response.status >= 400 and response.request.resource_type != "document":
+            problems.append(f"{response.status} {response.url}")
+
+    page.on("response", failed)
+    return problems
+
+
+def test_no_page_breaks_its_content_security_policy(page, user_with, agent, issue):
+    problems = watch_for_trouble(page)
+    page.goto("/login/")
+    expect(page.get_by_label("User name")).to_be_focused()
+    admin = user_with(Role.ADMIN)
+    sign_in(page, admin)
+    issue()
+    killed = Agent.objects.create(name="scraper-7", fleet="web", owner=admin)
+    revocation = kill_agent(admin, killed)
+    KillRule.objects.create(
+        name="miners", kind="deny_pattern", pattern="proc:exec:*miner*", created_by=admin
+    )
+    live = {
+        "/": "[data-live]",
+        f"/agents/{agent.pk}/": "[data-live]",
+        f"/revocations/{revocation.pk}/": "[data-live]",
+    }
+    for url in [
+        *live,
+        "/agents/",
+        "/passports/new",
+        "/actions/?verify=1",
+        "/rules/",
+        "/keys/",
+        f"/kill/?agent={agent.pk}",
+        "/kill/?fleet=gpu-a",
+        "/kill/?all=1",
+        "/no-such-page/",
+    ]:
+        response = page.goto(url)
+        assert "script-src 'self'" in response.headers.get("content-security-policy", ""), url
+        expect(page.locator("main")).to_be_visible()
+        if url in live:  # its script ran and updated the page from the server
+            expect(page.locator(live[url])).to_have_attribute("data-updated", re.compile(r"\d"))
+        assert problems == [], (url, problems)
+
+    # Forms with errors (whose script clears them on input) and the token shown once.
+    page.goto("/kill/?all=1")
+    page.get_by_role("button", name="Kill every agent").click()
+    expect(page.locator("#id_reason_error")).to_be_visible()
+    page.goto(f"/passports/new?agent={agent.pk}")
+    page.get_by_label("Scope").fill("fs:read:/workspace/**")
+    page.get_by_label("Jurisdiction").fill("EU")
+    page.get_by_role("button", name="Issue passport").click()
+    page.locator("button[data-copy=token]").click()
+    expect(page.locator("button[data-copy=token]")).not_to_have_text("Copy token")
+    assert problems == [], problems
+
+    # The API docs: Swagger UI starts from its script file and draws the operations.
+    response = page.goto("/api/docs/")
+    assert "script-src 'self'" in response.headers.get("content-security-policy", "")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    assert problems == [], problems
