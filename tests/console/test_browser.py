@@ -601,6 +601,7 @@ def watch_for_trouble(page: Page) -> list[str]:
         """document.addEventListener("securitypolicyviolation", e =>
              console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI}`));"""
     )
+
     def logged(message) -> None:  # a page's own status (the 404 page) is not a problem
         if message.type == "error" and not message.text.startswith("Failed to load resource"):
             problems.append(message.text)
