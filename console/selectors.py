@@ -108,6 +108,16 @@ def target_labels(revocations: list[Revocation]) -> dict[int, str]:
     }
 
 
+def revoked_records(revocation: Revocation) -> dict[str, Agent | Passport | None]:
+    """The agent or passport a revocation names, to link to (none for fleets and everyone)."""
+    if revocation.target_type == Revocation.TargetType.AGENT:
+        return {"target_agent": Agent.objects.filter(pk=revocation.target_value).first()}
+    if revocation.target_type == Revocation.TargetType.PASSPORT:
+        passport = Passport.objects.select_related("agent").filter(jti=revocation.target_value)
+        return {"target_passport": passport.first()}
+    return {}
+
+
 def _stopped(item: dict[str, Any], agent: Agent) -> str:
     """What a timeline revocation or lift targets, in the SDK's wording (this agent by name)."""
     ((kind, value),) = item["target"].items()

@@ -226,9 +226,7 @@ def revocation_detail(request: HttpRequest, revocation_id: int) -> HttpResponse:
         {
             "revocation": revocation,
             "label": selectors.target_labels([revocation])[revocation.pk],
-            "target_agent": Agent.objects.filter(pk=revocation.target_value).first()
-            if revocation.target_type == Revocation.TargetType.AGENT
-            else None,
+            **selectors.revoked_records(revocation),
             "acks": selectors.acknowledgements(revocation),
         },
     )

@@ -277,11 +277,15 @@ def test_times_have_one_format_on_every_page(signed_in, operator, agent, issue):
     assert passport["jti"]  # the expiry shown above is this passport's
 
 
-def test_passport_ids_are_shown_in_full_and_linked(signed_in, agent, issue):
+def test_passport_ids_are_shown_in_full_and_linked(signed_in, operator, agent, issue):
     jti = issue()["jti"]
     page = signed_in.get(f"/agents/{agent.pk}/").content.decode()
     assert f'<a href="/api/v1/passports/{jti}"' in page and f">{jti}</a>" in page
     assert f'id="passport-{jti}"' in page
+    revocation = kill(operator, {"passport": jti}, reason="leaked")
+    page = signed_in.get(f"/revocations/{revocation.pk}/").content.decode()
+    assert f'href="/api/v1/passports/{jti}">{jti}</a>' in page
+    assert f'href="/agents/{agent.pk}/#passport-{jti}">{agent.name}</a>' in page
 
 
 def test_timeline_rows_say_what_each_revocation_stopped(signed_in, operator, agent):
