@@ -1,6 +1,7 @@
 """Read models for the console: dashboard figures, kill acknowledgements, timeline rows."""
 
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -65,6 +66,12 @@ def targeted_agents(revocation: Revocation):
     if revocation.target_type == Revocation.TargetType.PASSPORT:
         return agents.filter(passports__jti=revocation.target_value)
     return agents
+
+
+def stopped_by_group_kill(agents: Iterable[Agent]) -> set[uuid.UUID]:
+    """Which of these agents a fleet or global kill stops although their status reads active."""
+    active = {agent.pk for agent in agents if agent.status == Agent.Status.ACTIVE}
+    return active - set(runnable_agents().filter(pk__in=active).values_list("pk", flat=True))
 
 
 def acknowledgements(revocation: Revocation) -> dict[str, Any]:

@@ -87,6 +87,7 @@ def agents(request: HttpRequest) -> HttpResponse:
         "console/agents.html",
         {
             "page": page,
+            "stopped": selectors.stopped_by_group_kill(page.object_list),
             "form": form,
             "q": query,
             "fleet": fleet,
@@ -113,6 +114,7 @@ def agent_detail(request: HttpRequest, agent_id) -> HttpResponse:
             "agent": agent,
             "passports": [(p, passports.effective_status(p)) for p in passports_held],
             "run_status": status,
+            "stopped": selectors.stopped_by_group_kill([agent]),
             "active_revocation": active_revocation,
             "timeline": selectors.timeline_rows(agent),
         },

@@ -210,6 +210,10 @@ def test_dashboard_counts_no_agent_or_passport_as_active_under_a_global_kill(
     assert figure(page, "agents.stopped") == 2
     live = signed_in.get("/console/live.json").json()["stats"]
     assert live["agents"]["active"] == 0 and live["passports_active"] == 0
+    listed = signed_in.get("/agents/").content.decode()
+    assert listed.count('title="A fleet or global kill stops it">stopped</span>') == 2
+    page = signed_in.get(f"/agents/{agent.pk}/").content.decode()
+    assert 'title="A fleet or global kill stops it">stopped</span></h1>' in page
 
 
 def test_killed_and_suspended_agents_passports_are_not_active(signed_in, operator, agent, issue):
