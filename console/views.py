@@ -6,6 +6,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -58,7 +59,11 @@ def dashboard_live(request: HttpRequest) -> JsonResponse:
         }
         for r in recent
     ]
-    return JsonResponse({"stats": selectors.dashboard(), "revocations": revocations})
+    # The banner as every page shows it (the context processor supplies the kills in force).
+    banner = render_to_string("console/_kill_banner.html", request=request)
+    return JsonResponse(
+        {"stats": selectors.dashboard(), "revocations": revocations, "banner": banner}
+    )
 
 
 @requires(Role.VIEWER)

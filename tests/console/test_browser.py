@@ -475,6 +475,26 @@ def test_global_kill_needs_a_reason_and_the_typed_word(page, user_with, agent, o
     expect(page.get_by_role("button", name="Lift and reinstate")).to_be_visible()
 
 
+def test_the_dashboard_shows_and_clears_the_banner_live(page, user_with, agent):
+    operator = user_with(Role.OPERATOR)
+    sign_in(page, operator)
+    banner = page.locator("#kill-banner")
+    expect(page.locator('[data-field="agents.active"]')).to_have_text("1")
+    expect(banner).to_have_count(0)
+    revocation = killswitch.revoke(
+        target=killswitch.parse_target({"all": True}),
+        reason="from another console",
+        actor=operator,
+        source="api",
+    )
+    expect(banner).to_contain_text("All agents are stopped")  # without reloading the page
+    expect(banner).to_contain_text("from another console")
+    expect(page.locator('[data-field="agents.active"]')).to_have_text("0")
+    killswitch.lift(revocation=revocation, actor=operator)
+    expect(banner).to_have_count(0)
+    expect(page.locator('[data-field="agents.active"]')).to_have_text("1")
+
+
 # --- 5. roles -------------------------------------------------------------------------------------
 
 

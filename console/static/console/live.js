@@ -13,6 +13,7 @@
   function when(moment) {
     return moment ? el("time", {datetime: moment.iso, title: moment.iso}, [moment.text]) : "never";
   }
+  var shownBanner = null;
   var renderers = {
     dashboard: function (root, data) {
       Object.keys(data.stats).forEach(function (key) {
@@ -21,6 +22,9 @@
           Object.keys(value).forEach(function (sub) { set(root, key + "." + sub, value[sub]); });
         } else { set(root, key, value); }
       });
+      // The server renders the banner (escaped, no script); it appears and goes with the kills.
+      var banner = document.querySelector("[data-banner]");
+      if (banner && data.banner !== shownBanner) { banner.innerHTML = data.banner; shownBanner = data.banner; }
       var body = root.querySelector("[data-revocations]");
       if (!body) return;
       body.replaceChildren.apply(body, data.revocations.map(function (r) {
