@@ -171,3 +171,15 @@ def test_timeline_needs_a_viewer_and_a_known_agent(viewer_api, agent):
         "truncated": False,
         "items": [],
     }
+
+
+def test_timeline_keeps_to_the_revocations_of_the_agents_life(operator_api, viewer_api, operator):
+    lifted = kill(operator_api, {"all": True}, reason="before it existed")
+    lift = operator_api.post(f"/api/v1/killswitch/{lifted['id']}/lift", {}, format="json")
+    assert lift.status_code == 200
+    kill(operator_api, {"all": True}, reason="still in force")
+    newcomer = Agent.objects.create(name="newcomer", owner=operator)
+    items = timeline(viewer_api, newcomer).json()["items"]
+    assert [(i["type"], i["reason"], i["before_registration"]) for i in items] == [
+        ("revocation", "still in force", True)
+    ]
