@@ -27,6 +27,7 @@ def dashboard() -> dict[str, Any]:
     hour_ago = now - timedelta(hours=1)
     agents = dict(Agent.objects.values_list("status").annotate(n=Count("pk")))
     runnable = runnable_agents()
+    free_to_run = runnable.count()
     live = Passport.objects.filter(
         status=Passport.Status.ACTIVE, expires_at__gt=now, agent__in=runnable
     )
@@ -37,8 +38,8 @@ def dashboard() -> dict[str, Any]:
         "agents": {
             **{status: agents.get(status, 0) for status in Agent.Status.values},
             # Active agents a fleet or global kill stops are "stopped", not "active".
-            "active": runnable.count(),
-            "stopped": agents.get(Agent.Status.ACTIVE, 0) - runnable.count(),
+            "active": free_to_run,
+            "stopped": agents.get(Agent.Status.ACTIVE, 0) - free_to_run,
         },
         "running": Agent.objects.filter(last_seen_at__gte=now - RUNNING_WITHIN).count(),
         "passports_active": live.count(),
