@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.db import models
 
 from agent_passport.reporter import (
@@ -6,7 +8,12 @@ from agent_passport.reporter import (
     MAX_REASON_LENGTH,
     MAX_RESOURCE_LENGTH,
 )
+from agent_passport.tokens import CLOCK_SKEW_LEEWAY
 from passports.models import Agent, Passport
+
+# An event stamped further ahead of the registry's clock is stored with the agent's time and
+# flagged ``clock_skewed`` (evidence is never dropped for a wrong clock).
+MAX_FUTURE_SKEW = timedelta(seconds=CLOCK_SKEW_LEEWAY)
 
 
 class ActionEvent(models.Model):
@@ -46,6 +53,12 @@ class ActionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} {self.action} by {self.agent_id} ({self.id})"
+
+    @property
+    def clock_skewed(self) -> bool:
+        """Stamped by a clock ahead of the registry's (derived from two hashed fields, so it
+        needs no place in the hash chain)."""
+        return self.occurred_at > self.received_at + MAX_FUTURE_SKEW
 
 
 class AuditCheckpoint(models.Model):

@@ -4,7 +4,7 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypedDict
 
 from django.db import IntegrityError, models, transaction
@@ -15,12 +15,10 @@ from actions import audit
 from actions.models import ActionEvent
 from killswitch import rules
 from passports.models import Agent, Passport
-from registry.errors import StateConflict
+from registry.errors import ConcurrentConflict
 
 logger = logging.getLogger(__name__)
 
-# An event may be timestamped this far ahead of the registry's clock (agent clock skew).
-MAX_FUTURE_SKEW = timedelta(minutes=5)
 _IDS_PER_QUERY = 500  # stays under SQLite's bound-parameter limit
 
 
@@ -40,6 +38,7 @@ class Heartbeat(TypedDict, total=False):
     epoch: int | None  # the last revocation epoch the agent applied
     host: str
     pid: int | None
+    dropped: int  # events the SDK lost since its last acknowledged heartbeat
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def ingest_actions(
         with transaction.atomic():
             ActionEvent.objects.bulk_create(rows)
     except IntegrityError as exc:  # an id stored meanwhile by another agent: let the SDK retry
-        raise StateConflict("events", "an event id was stored concurrently; retry") from exc
+        raise ConcurrentConflict("events", "an event id was stored concurrently; retry") from exc
     if rows:  # the kill rules see the batch once it is committed
         agent = passport.agent
         transaction.on_commit(lambda: _evaluate_rules(agent, rows), robust=True)
@@ -118,7 +117,8 @@ def record_heartbeat(
 ) -> None:
     """Mark the agent as seen now, from ``remote_addr``, in a single UPDATE.
 
-    ``last_seen_epoch`` only moves forward: a late, out-of-order post cannot lower it.
+    ``last_seen_epoch`` only moves forward: a late, out-of-order post cannot lower it. Events the
+    SDK reports as lost are added to ``events_dropped``.
     """
     heartbeat = heartbeat or {}
     host = heartbeat.get("host") or ""
@@ -131,4 +131,6 @@ def record_heartbeat(
     if epoch is not None:
         reported = models.Value(epoch, output_field=models.BigIntegerField())
         fields["last_seen_epoch"] = Greatest(Coalesce("last_seen_epoch", reported), reported)
+    if dropped := heartbeat.get("dropped"):
+        fields["events_dropped"] = models.F("events_dropped") + dropped
     Agent.objects.filter(pk=agent_id).update(**fields)

@@ -27,7 +27,7 @@ from agent_passport.errors import (
 from agent_passport.protocol import RevocationChannel
 from agent_passport.revocations import RevocationEntry, RevocationState
 from agent_passport.rules import Decision, Policy
-from agent_passport.tokens import KeyLookup, verify_token
+from agent_passport.tokens import CLOCK_SKEW_LEEWAY, KeyLookup, verify_token
 from agent_passport.watcher import RevocationWatcher
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Guard:
         self.jti: str = self.claims["jti"]
         self.agent_id: str = self.claims["sub"]
         self.fleet: str | None = self.claims.get("fleet") or None
-        self._not_before = float(self.claims["nbf"])
+        self._not_before = float(self.claims["nbf"]) - CLOCK_SKEW_LEEWAY
         self._expires = float(self.claims["exp"])
         self.max_staleness = max_staleness
         self.fail_open = fail_open

@@ -9,11 +9,22 @@ the network or the disk. A daemon thread posts batches to ``POST /api/v1/actions
      "heartbeat": {"epoch": 41, "host": "trainer-1", "pid": 4242}}
 
 Each event gets its id once, before its first delivery attempt, so a retried batch is stored only
-once (the registry deduplicates by id). When the registry cannot be reached (network error, 5xx,
-429, or 401 because the passport is no longer accepted) the batch is appended to a spill file
-(JSON lines, one event per line) and sent again, oldest first, before anything new. Other 4xx
-answers, and events the registry rejects one by one, are logged and dropped: they would be
-rejected again, and retrying them would block everything behind them.
+once (the registry deduplicates by id). The registry is *unreachable* when a post fails in a way
+worth retrying (network error, 5xx, 429, 409 with ``Retry-After``, or 401 because the passport is
+no longer accepted) or has been in flight for STALLED_POST seconds. While it is, a second thread
+appends whatever was recorded to a spill file (JSON lines, one event per line) every
+SPILL_INTERVAL (group commit), so ``kill -9`` of the agent loses at most the events of the last
+few milliseconds; a third thread fsyncs after each append (against a crash of the machine)
+without holding up the next one. The delivery thread sends the spill file again, oldest first,
+before anything new. The spill file is bounded (``max_spill_bytes``): when it is full, new
+events are dropped and counted, what it holds is kept. A line cut by a crash mid-write is cut
+off when the reporter opens the file (and counted as dropped), so nothing new is glued to it.
+
+Other 4xx answers, and events the registry rejects one by one, are logged and dropped: they
+would be rejected again, and retrying them would block everything behind them. Every drop is
+counted (``dropped``), makes the next ``flush()`` return False, and is reported to the registry
+with the next post (``heartbeat.dropped``: drops it has not acknowledged yet), so the console
+shows that this agent lost events.
 
 Plain Python (no Django); uses ``requests``. The token is never logged.
 """
@@ -21,6 +32,7 @@ Plain Python (no Django); uses ``requests``. The token is never logged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import hashlib
 import itertools
@@ -29,7 +41,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -37,7 +48,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
 
@@ -57,7 +68,11 @@ MAX_BODY_BYTES = 2_000_000
 
 HEARTBEAT_INTERVAL = 2.0  # seconds between posts when a heartbeat callable is given
 MAX_BACKOFF = 5.0
+MAX_RETRY_AFTER = 60.0  # a longer Retry-After from the registry is cut to this
 WARNING_INTERVAL = 10.0  # the same warning is logged at most this often
+SPILL_INTERVAL = 0.005  # while the registry is unreachable, the buffer goes to disk this often
+STALLED_POST = 0.5  # a post in flight this long counts as an outage: its followers go to disk
+MAX_SPILL_BYTES = 256 * 2**20
 
 _Record = tuple[float, str, str | None, str | None, bool, str]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -118,21 +133,13 @@ def _to_wire(record: _Record) -> dict[str, Any] | None:
     }
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        with path.open("rb") as spill:
-            return sum(1 for line in spill if line.strip())
-    except FileNotFoundError:
-        return 0
-
-
 class ActionReporter:
     """Buffers action decisions and delivers them to the registry from a daemon thread.
 
     ``url`` and ``token`` may be replaced at any time (e.g. with a renewed passport); the next
     attempt uses them at once. Counters: ``sent`` (acknowledged by the registry), ``spilled``
-    (waiting in the spill file), ``dropped`` (lost: buffer full, unwritable spill file, or
-    rejected by the registry).
+    (waiting in the spill file), ``dropped`` (lost: buffer full, spill file full or unwritable,
+    a torn or corrupt spilled line, or rejected by the registry). One reporter per spill file.
     """
 
     def __init__(
@@ -146,11 +153,12 @@ class ActionReporter:
         max_buffer: int = 100_000,
         timeout: float = 5.0,
         heartbeat: Callable[[], Mapping[str, Any]] | None = None,
+        max_spill_bytes: int = MAX_SPILL_BYTES,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_EVENTS:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_EVENTS}")
-        if max_buffer < 1 or flush_interval <= 0 or timeout <= 0:
-            raise ValueError("max_buffer, flush_interval and timeout must be positive")
+        if min(max_buffer, flush_interval, timeout, max_spill_bytes) <= 0:
+            raise ValueError("max_buffer, flush_interval, timeout and max_spill_bytes must be > 0")
         self._url = url
         self._token = token
         self.spill_path = Path(spill_path) if spill_path else default_spill_path(token)
@@ -159,20 +167,34 @@ class ActionReporter:
         self.max_buffer = max_buffer
         self.timeout = timeout
         self.heartbeat = heartbeat
+        self.max_spill_bytes = max_spill_bytes
 
         self._buffer: deque[_Record] = deque()
-        self._pending = 0  # events taken from the buffer whose fate is not settled yet
+        self._pending = 0  # events the delivery thread took from the buffer, fate not settled
+        self._writing = 0  # events the spill writer took from the buffer, not written yet
         self._sent = 0
         self._dropped = 0
-        self._spilled = _count_lines(self.spill_path)  # a previous run may have left some
+        self._dropped_reported = 0  # drops the registry acknowledged (sent in a heartbeat)
+        self._dropped_at_flush = 0
         self._lock = threading.Lock()  # guards _dropped and _warned_at (record() drops, thread)
         self._warned_at: dict[str, float] = {}
+        self._spill_lock = threading.Lock()  # the spill file and the three counters below
+        self._spilled = 0  # lines in the spill file after _spill_offset
+        self._spill_offset = 0  # bytes at the start of the spill file already delivered
+        self._spill_size = 0
         self._failures = 0
+        self._retry_after = 0.0
         self._last_post_at = -math.inf
+        self._posting_since: float | None = None
+        self._outage = threading.Event()  # set while the registry is unreachable
+        self._unsynced = threading.Event()  # the spill writer appended; the syncer fsyncs
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
         self._session = requests.Session()
+        self._recover_spill()  # a previous run may have left some
 
     def __repr__(self) -> str:  # never show the token
         return (
@@ -254,28 +276,38 @@ class ActionReporter:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> ActionReporter:
-        """Start the background thread (once; calling again is harmless)."""
+        """Start the delivery thread, the spill writer and its syncer (once; calling again is
+        harmless)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="agent-passport-reporter", daemon=True
+            self._thread, self._writer, self._syncer = (
+                threading.Thread(target=target, name=f"agent-passport-{name}", daemon=True)
+                for target, name in (
+                    (self._run, "reporter"),
+                    (self._run_writer, "spill-writer"),
+                    (self._run_syncer, "spill-syncer"),
+                )
             )
-            self._thread.start()
+            for thread in (self._thread, self._writer, self._syncer):
+                thread.start()
         return self
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the buffer and the spill file are empty; False if ``timeout`` passed first.
+        """Wait until the buffer and the spill file are empty.
 
+        False if ``timeout`` passed first, or if events were dropped since the previous
+        ``flush()`` (or since the reporter was made): ``dropped`` says how many in all.
         Starts the background thread if needed and makes it try at once, even while backing off.
         """
         self.start()
         self._retry_now()
         deadline = time.monotonic() + timeout
-        while self._buffer or self._pending or self._spilled:
+        while self._buffer or self._pending or self._writing or self._spilled:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
-        return True
+        previous, self._dropped_at_flush = self._dropped_at_flush, self._dropped
+        return self._dropped_at_flush == previous
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what can be delivered (the rest goes to the spill file), then stop."""
@@ -283,15 +315,19 @@ class ActionReporter:
         if thread is not None and thread.is_alive():
             self._stop.set()
             self._wake.set()
-            thread.join(timeout)
+            for helper in (thread, self._writer, self._syncer):
+                if helper is not None:
+                    helper.join(timeout)
             if thread.is_alive():
                 logger.warning("action reporter did not stop within %.1f s", timeout)
                 return
         else:
             self._safe_cycle()
+        if self._buffer:  # the registry is unreachable: keep the rest on disk
+            self._spill(self._take(len(self._buffer)))
         self._session.close()
 
-    # --- the background thread ------------------------------------------------------------
+    # --- the delivery thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -303,9 +339,10 @@ class ActionReporter:
             else:
                 self._failures += 1
                 delay = min(MAX_BACKOFF, self.flush_interval * 2 ** min(self._failures, 16))
+            delay, self._retry_after = max(delay, self._retry_after), 0.0
             self._wake.wait(delay)
             self._wake.clear()
-        self._safe_cycle()  # last chance: deliver or spill what is still in memory
+        self._safe_cycle()  # last chance: deliver what is still in memory (close() spills the rest)
 
     def _safe_cycle(self) -> bool:
         try:
@@ -317,34 +354,96 @@ class ActionReporter:
             self._pending = 0
 
     def _cycle(self) -> bool:
-        """Spilled batches first, then new ones. Returns False when the registry is unreachable."""
-        reachable = self._resend_spill()
+        """Spilled events first, then new ones. Returns False when the registry is unreachable
+        (the spill writer then takes over the buffer)."""
+        if not self._resend_spill():
+            return self._unreachable()
+        self._outage.clear()
         remaining = len(self._buffer)  # only what is here now: a busy agent cannot pin us
         while remaining > 0:
             count = min(self.batch_size, remaining)
             remaining -= count
-            batch = self._take(count)
-            if not reachable:
-                self._spill(batch)  # known to be down: straight to disk, no more attempts
-            elif undelivered := self._deliver(batch):
-                reachable = False
+            self._pending = count  # set before popping, so flush() never sees a false "empty"
+            if undelivered := self._deliver(self._take(count)):
                 self._spill(undelivered)
+                return self._unreachable()
             self._pending = 0
-        heartbeat_due = time.monotonic() - self._last_post_at >= HEARTBEAT_INTERVAL
-        if reachable and self.heartbeat is not None and heartbeat_due:
-            reachable = self._post([]) is not _Outcome.RETRY
-        return reachable
+        if self._heartbeat_due() and self._post([]) is _Outcome.RETRY:
+            return self._unreachable()
+        return True
+
+    def _unreachable(self) -> bool:
+        self._outage.set()
+        return False
+
+    def _heartbeat_due(self) -> bool:
+        """Unreported drops are reported at once; heartbeats every HEARTBEAT_INTERVAL."""
+        if self._dropped > self._dropped_reported:
+            return True
+        due = time.monotonic() - self._last_post_at >= HEARTBEAT_INTERVAL
+        return self.heartbeat is not None and due
 
     def _take(self, count: int) -> list[dict[str, Any]]:
-        self._pending = count  # set before popping, so flush() never sees a false "empty"
+        """Up to ``count`` events from the buffer (both threads take from it), in wire form."""
         batch = []
         for _ in range(count):
-            event = _to_wire(self._buffer.popleft())
+            try:
+                record = self._buffer.popleft()
+            except IndexError:
+                break
+            event = _to_wire(record)
             if event is None:
                 self._drop(1, "its time is not a number")
             else:
                 batch.append(event)
         return batch
+
+    # --- the spill writer -------------------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        """While the registry is unreachable, append the buffer to the spill file every
+        SPILL_INTERVAL (a group commit: one write for what accumulated)."""
+        while not self._stop.is_set():
+            if self._outage.is_set() or self._post_stalled():
+                self._spill_buffer()
+                self._stop.wait(SPILL_INTERVAL)
+            else:
+                self._outage.wait(STALLED_POST / 10)
+
+    def _run_syncer(self) -> None:
+        """fsync the spill file after the writer's appends. Once ``write()`` returned, the events
+        survive a crash of this process; fsync makes them survive a crash of the machine, and a
+        slow disk here never delays the writer's next append."""
+        while not self._stop.is_set() or self._unsynced.is_set():
+            if self._unsynced.wait(0.5):
+                self._unsynced.clear()
+                try:
+                    descriptor = os.open(self.spill_path, os.O_RDONLY | _NOFOLLOW)
+                    try:
+                        os.fsync(descriptor)
+                    finally:
+                        os.close(descriptor)
+                except FileNotFoundError:
+                    pass  # removed meanwhile: nothing left to sync
+                except OSError as exc:
+                    self._warn("spill-sync", "cannot sync the spill file (%s)", exc)
+
+    def _post_stalled(self) -> bool:
+        since = self._posting_since
+        return since is not None and time.monotonic() - since >= STALLED_POST
+
+    def _spill_buffer(self) -> None:
+        count = len(self._buffer)
+        if not count:
+            return
+        self._writing = count  # set before popping, so flush() never sees a false "empty"
+        try:
+            self._spill(self._take(count), sync=False)
+            self._unsynced.set()
+        except Exception:  # the writer must outlive any bug
+            logger.exception("action reporter spill writer failed")
+        finally:
+            self._writing = 0
 
     # --- the registry -----------------------------------------------------------------------
 
@@ -368,32 +467,22 @@ class ActionReporter:
     def _post(self, events: list[dict[str, Any]]) -> _Outcome:
         document: dict[str, Any] = {"events": events}
         heartbeat = self._heartbeat_body()
+        unreported = self._dropped - self._dropped_reported
+        if unreported:
+            heartbeat = {**(heartbeat or {}), "dropped": unreported}
         if heartbeat is not None:
             document["heartbeat"] = heartbeat
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         if len(body) > MAX_BODY_BYTES and len(events) > 1:
             return _Outcome.TOO_LARGE
-        url = self._url
-        try:
-            response = self._session.post(
-                url,
-                data=body,
-                headers={
-                    "Authorization": f"Bearer {self._token}",
-                    "Content-Type": "application/json",
-                },
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            why = str(exc).replace(self._token, "<token>")  # e.g. InvalidHeader quotes the value
-            self._warn("unreachable", "cannot reach the registry at %s (%s)", url, why)
+        response = self._send(body)
+        if response is None:
             return _Outcome.RETRY
         status = response.status_code
         if status == 413:
             return _Outcome.TOO_LARGE
-        if status == 401 or status == 429 or status >= 500 or 300 <= status < 400:
-            # 401: the passport is no longer accepted; keep the events until token is replaced.
+        if _says_retry(response):
+            self._retry_after = _retry_after(response)
             self._warn(f"http-{status}", "the registry answered %s: %s", status, _detail(response))
             return _Outcome.RETRY
         if status >= 400:
@@ -406,9 +495,46 @@ class ActionReporter:
             self._drop(len(events), f"the registry answered HTTP {status}")
             return _Outcome.REJECTED
         self._last_post_at = time.monotonic()
+        self._dropped_reported += unreported
         rejected = self._log_rejected(events, response)
         self._sent += len(events) - rejected
         return _Outcome.DELIVERED
+
+    def _send(self, body: bytes) -> requests.Response | None:
+        """POST ``body``; None (after a rate-limited warning) if the registry cannot be reached.
+
+        A connection error is retried once, at once and quietly, on a fresh connection: the
+        server may have closed an idle keep-alive connection just as it was reused (gunicorn's
+        keepalive timeout). Event ids make sending a batch twice harmless.
+        """
+        url = self._url
+        self._posting_since = time.monotonic()
+        try:
+            return self._post_once(url, body)
+        except requests.ConnectionError as exc:
+            if isinstance(exc, requests.ConnectTimeout):
+                failure: requests.RequestException = exc
+            else:
+                try:
+                    return self._post_once(url, body)
+                except requests.RequestException as again:
+                    failure = again
+        except requests.RequestException as exc:
+            failure = exc
+        finally:
+            self._posting_since = None
+        why = str(failure).replace(self._token, "<token>")  # e.g. InvalidHeader quotes the value
+        self._warn("unreachable", "cannot reach the registry at %s (%s)", url, why)
+        return None
+
+    def _post_once(self, url: str, body: bytes) -> requests.Response:
+        return self._session.post(
+            url,
+            data=body,
+            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
+            timeout=self.timeout,
+            allow_redirects=False,
+        )
 
     def _log_rejected(self, events: list[dict[str, Any]], response: requests.Response) -> int:
         """Log the events the registry refused one by one; returns how many."""
@@ -450,81 +576,130 @@ class ActionReporter:
         return body
 
     # --- the spill file ---------------------------------------------------------------------
+    # Append-only while events wait; the delivery thread remembers how far it has delivered
+    # (_spill_offset) and empties the file once it has delivered everything. After a crash the
+    # whole file is sent again: the registry stores each id once.
 
-    def _spill(self, events: list[dict[str, Any]]) -> None:
-        """Append ``events`` (with their ids) to the spill file, one JSON object per line."""
-        data = _lines(events)
+    def _recover_spill(self) -> None:
+        """Count the lines a previous run left; cut off a line torn by a crash mid-write."""
+        size = lines = complete = 0
         try:
-            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW
-            with os.fdopen(os.open(self.spill_path, flags, 0o600), "ab") as spill:
-                size = spill.seek(0, os.SEEK_END)
-                try:
-                    spill.write(data)
-                    spill.flush()
-                    os.fsync(spill.fileno())
-                except OSError:
-                    spill.truncate(size)  # no half-written line for the next append to corrupt
-                    raise
-        except OSError as exc:
-            self._drop(len(events), f"the spill file cannot be written ({exc})")
-            return
-        self._spilled += len(events)
-
-    def _resend_spill(self) -> bool:
-        """Send spilled batches, oldest first, and forget what was delivered.
-
-        Returns False (keeping the undelivered rest on disk) when a batch could not be delivered.
-        """
-        if not self._spilled:
-            return True
-        consumed = 0  # spilled events read so far: delivered, dropped, or in ``undelivered``
-        try:
-            with self.spill_path.open("rb") as spill:
-                while lines := list(itertools.islice(spill, self.batch_size)):
-                    events = self._parse_spilled(lines)
-                    read = sum(1 for line in lines if line.strip())
-                    undelivered = self._deliver(events)
-                    if undelivered:
-                        if consumed or len(undelivered) != read:  # else the file is unchanged
-                            self._rewrite_spill(undelivered, spill)
-                        self._spilled = max(0, self._spilled - consumed - read) + len(undelivered)
-                        return False
-                    consumed += read
-            os.truncate(self.spill_path, 0)
+            with os.fdopen(os.open(self.spill_path, os.O_RDWR | _NOFOLLOW), "r+b") as spill:
+                while chunk := spill.read(1 << 20):
+                    lines += chunk.count(b"\n")
+                    if (last := chunk.rfind(b"\n")) >= 0:
+                        complete = size + last + 1
+                    size += len(chunk)
+                if complete < size:
+                    spill.truncate(complete)
+                    self._drop(1, "the spill file ended in a line cut short by a crash")
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             self._warn("spill-read", "cannot use the spill file %s (%s)", self.spill_path, exc)
-            return False
-        self._spilled = 0
-        return True
+            return
+        self._spill_size, self._spilled = complete, lines
 
-    def _rewrite_spill(self, first: list[dict[str, Any]], rest: BinaryIO) -> None:
-        """Replace the spill file with ``first`` followed by the unread ``rest`` (atomically)."""
-        temporary = self.spill_path.with_name(self.spill_path.name + ".tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW
-        with os.fdopen(os.open(temporary, flags, 0o600), "wb") as target:
-            target.write(_lines(first))
-            shutil.copyfileobj(rest, target)
-            target.flush()
-            os.fsync(target.fileno())
-        os.replace(temporary, self.spill_path)
-
-    def _parse_spilled(self, lines: list[bytes]) -> list[dict[str, Any]]:
-        events = []
-        for line in lines:
-            if not line.strip():
-                continue
+    def _spill(self, events: list[dict[str, Any]], *, sync: bool = True) -> None:
+        """Append ``events`` (with their ids) to the spill file (and fsync if ``sync``); what
+        does not fit under ``max_spill_bytes`` is dropped (the file keeps the oldest evidence)."""
+        lines = [_line(event) for event in events]
+        with self._spill_lock:
+            room, kept = self.max_spill_bytes - self._spill_size, 0
+            while kept < len(lines) and len(lines[kept]) <= room:
+                room -= len(lines[kept])
+                kept += 1
+            data = b"".join(lines[:kept])
             try:
-                event = json.loads(line, parse_constant=_reject_constant)
-            except ValueError:
-                event = None
-            if isinstance(event, dict) and isinstance(event.get("id"), str):
-                events.append(event)
+                if data:
+                    self._append(data, sync=sync)
+            except OSError as exc:
+                failure = f"the spill file cannot be written ({exc})"
             else:
-                self._drop(1, "a spilled line is corrupt")
-        return events
+                self._spill_size += len(data)
+                self._spilled += kept
+                failure = f"the spill file is full ({self.max_spill_bytes} bytes)"
+                events = events[kept:]
+        if events:
+            self._drop(len(events), failure)
+
+    def _append(self, data: bytes, *, sync: bool) -> None:
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW
+        with os.fdopen(os.open(self.spill_path, flags, 0o600), "ab") as spill:
+            size = spill.seek(0, os.SEEK_END)
+            try:
+                spill.write(data)
+                spill.flush()
+                if sync:
+                    os.fsync(spill.fileno())
+            except OSError:
+                spill.truncate(size)  # no half-written line for the next append to corrupt
+                raise
+
+    def _resend_spill(self) -> bool:
+        """Send spilled events, oldest first. False (the rest stays on disk) when a batch could
+        not be delivered; True once the spill file is empty."""
+        while True:
+            with self._spill_lock:
+                try:
+                    lines = self._read_spilled()
+                except FileNotFoundError:
+                    lines = []
+                except OSError as exc:
+                    self._warn(
+                        "spill-read", "cannot read the spill file %s (%s)", self.spill_path, exc
+                    )
+                    return False
+                if not lines:
+                    self._empty_spill()
+                    return True
+            events, starts, corrupt = self._parse_spilled(lines)
+            undelivered = self._deliver(events)
+            end = lines[-1][0] + len(lines[-1][1])
+            resume = starts[len(events) - len(undelivered)] if undelivered else end
+            if lost := sum(1 for start in corrupt if start < resume):
+                self._drop(lost, "a spilled line is corrupt")
+            consumed = sum(1 for start, _ in lines if start < resume)
+            with self._spill_lock:
+                self._spill_offset = resume
+                self._spilled = max(0, self._spilled - consumed)
+            if undelivered:
+                return False
+
+    def _read_spilled(self) -> list[tuple[int, bytes]]:
+        """Up to ``batch_size`` complete lines after the delivered offset, with their offsets."""
+        lines = []
+        with self.spill_path.open("rb") as spill:
+            position = spill.seek(self._spill_offset)
+            for line in itertools.islice(spill, self.batch_size):
+                if not line.endswith(b"\n"):
+                    break
+                lines.append((position, line))
+                position += len(line)
+        return lines
+
+    def _empty_spill(self) -> None:
+        """Everything in the spill file was delivered: empty it. Caller holds _spill_lock."""
+        if self._spill_size:
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(self.spill_path, 0)
+        self._spill_offset = self._spill_size = self._spilled = 0
+
+    @staticmethod
+    def _parse_spilled(
+        lines: list[tuple[int, bytes]],
+    ) -> tuple[list[dict[str, Any]], list[int], list[int]]:
+        """The events of well-formed lines, where each one's line starts, and where the corrupt
+        lines start (blank lines are neither)."""
+        events, starts, corrupt = [], [], []
+        for start, line in lines:
+            if (event := _parse(line)) is not None:
+                events.append(event)
+                starts.append(start)
+            elif line.strip():
+                corrupt.append(start)
+        return events, starts, corrupt
 
     # --- bookkeeping ------------------------------------------------------------------------
 
@@ -544,11 +719,36 @@ class ActionReporter:
         logger.warning(message, *args, exc_info=exc_info)
 
 
-def _lines(events: list[dict[str, Any]]) -> bytes:
-    """JSON lines, one event per line, as stored in the spill file."""
-    return "".join(
-        json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n" for event in events
-    ).encode()
+def _line(event: dict[str, Any]) -> bytes:
+    """One event as a line of the spill file."""
+    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """A spilled event, or None if the line is not one (corrupt, or blank)."""
+    try:
+        event = json.loads(line, parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("id"), str) else None
+
+
+def _says_retry(response: requests.Response) -> bool:
+    """Whether the same request may succeed later: 401 (until the token is replaced), 429, 5xx,
+    redirects, and a 409 that says when to retry (an event id stored concurrently)."""
+    status = response.status_code
+    if status == 409:
+        return "Retry-After" in response.headers
+    return status in (401, 429) or status >= 500 or 300 <= status < 400
+
+
+def _retry_after(response: requests.Response) -> float:
+    """The Retry-After header in seconds (0 if absent or an HTTP date), at most MAX_RETRY_AFTER."""
+    try:
+        seconds = float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0
+    return min(MAX_RETRY_AFTER, seconds) if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 def _reject_constant(name: str) -> None:

@@ -7,6 +7,7 @@ a known ``kid``, required claims, a size cap, and errors that say what is wrong.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,11 @@ from agent_passport.protocol import ALGORITHM, MAX_TOKEN_BYTES, TOKEN_TYPE
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "jti", "iat", "nbf", "exp", "scope", "jurisdiction")
 
 KeyLookup = Callable[[str], Ed25519PublicKey | None]
+
+# How far an agent's clock may lag the registry's: a passport is usable this many seconds before
+# its nbf/iat (the registry sets both to the issue time, so nothing is gained by it), never
+# after its exp. The registry flags action events stamped further ahead of its own clock.
+CLOCK_SKEW_LEEWAY = 300
 
 
 def public_key_to_jwk(kid: str, public_key: Ed25519PublicKey) -> dict[str, str]:
@@ -79,6 +85,8 @@ def verify_token(
 
     ``keys`` maps a kid to a public key (a dict or a lookup function returning ``None`` when
     unknown). Expiry, not-before, issuer and audience are enforced; only EdDSA is accepted.
+    ``nbf``/``iat`` get CLOCK_SKEW_LEEWAY seconds; ``exp`` gets only ``leeway`` (0: a guard
+    never runs on an expired passport; the registry takes reports an hour after expiry).
     """
     header = read_header(token)
     lookup = keys.get if isinstance(keys, Mapping) else keys
@@ -92,13 +100,18 @@ def verify_token(
             algorithms=[ALGORITHM],
             audience=audience,
             issuer=issuer,
-            leeway=leeway,
+            leeway=max(leeway, CLOCK_SKEW_LEEWAY),  # PyJWT has one leeway; exp is checked below
             options={"require": list(REQUIRED_CLAIMS)},
         )
+        if int(claims["exp"]) <= time.time() - leeway:
+            raise jwt.ExpiredSignatureError
     except jwt.ExpiredSignatureError as exc:
         raise PassportExpired("the passport has expired") from exc
     except jwt.ImmatureSignatureError as exc:
-        raise PassportNotYetValid("the passport is not valid yet (nbf/iat in the future)") from exc
+        raise PassportNotYetValid(
+            f"the passport is not valid yet (nbf/iat more than {CLOCK_SKEW_LEEWAY} s ahead of "
+            "this machine's clock: check this machine's clock)"
+        ) from exc
     except jwt.InvalidAudienceError as exc:
         raise PassportInvalid(
             f"the passport is not meant for audience {audience!r}", "wrong_audience"

@@ -25,6 +25,9 @@ class Agent(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_epoch = models.BigIntegerField(null=True, blank=True)
     last_seen_address = models.CharField(max_length=255, blank=True)
+    events_dropped = models.PositiveBigIntegerField(
+        default=0, help_text="Action events its SDK reported it could not deliver (lost)."
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -15,6 +15,7 @@ class RequestRejected(Exception):
     """A service refused a request for a reason the caller can fix. ``field`` names the input."""
 
     status_code = status.HTTP_400_BAD_REQUEST
+    retry_after: int | None = None  # seconds: the same request may succeed then (Retry-After)
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
@@ -28,10 +29,19 @@ class StateConflict(RequestRejected):
     status_code = status.HTTP_409_CONFLICT
 
 
+class ConcurrentConflict(StateConflict):
+    """A concurrent request got there first; sending the same request again may succeed."""
+
+    retry_after = 0
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     if isinstance(exc, RequestRejected):
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return Response(
-            {"detail": exc.message, "errors": {exc.field: [exc.message]}}, status=exc.status_code
+            {"detail": exc.message, "errors": {exc.field: [exc.message]}},
+            status=exc.status_code,
+            headers=retry,
         )
     response = exception_handler(exc, context)
     if response is None:

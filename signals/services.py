@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from actions.services import MAX_FUTURE_SKEW
+from actions.models import MAX_FUTURE_SKEW
 from passports.models import Agent
 from registry.errors import RequestRejected
 from signals.models import Signal

@@ -2,13 +2,11 @@ import json
 import math
 from datetime import UTC, datetime
 
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from actions.models import ActionEvent
-from actions.services import MAX_FUTURE_SKEW
 from agent_passport.reporter import (
     MAX_ACTION_LENGTH,
     MAX_BATCH_EVENTS,
@@ -19,6 +17,7 @@ from agent_passport.reporter import (
     MAX_RESOURCE_LENGTH,
 )
 from agent_passport.rules import split_action
+from agent_passport.tokens import CLOCK_SKEW_LEEWAY
 from passports.api.serializers import StrictCharField, StrictSerializer
 
 
@@ -42,12 +41,12 @@ class StrictIntegerField(serializers.IntegerField):
 
 @extend_schema_field(OpenApiTypes.DOUBLE)
 class UnixTimeField(serializers.Field):
-    """Seconds since 1970-01-01 UTC (a JSON number) as an aware datetime; not in the future."""
+    """Seconds since 1970-01-01 UTC (a JSON number) as an aware datetime. A time ahead of the
+    registry's clock is kept (the event is flagged ``clock_skewed``)."""
 
     default_error_messages = {
         "invalid": "must be a number of seconds since 1970-01-01 UTC",
         "out_of_range": "is out of range",
-        "future": "is more than {minutes} minutes in the future",
     }
 
     def to_internal_value(self, data) -> datetime:
@@ -59,8 +58,6 @@ class UnixTimeField(serializers.Field):
             when = datetime.fromtimestamp(data, tz=UTC)
         except (OverflowError, OSError, ValueError):
             self.fail("out_of_range")
-        if when > timezone.now() + MAX_FUTURE_SKEW:
-            self.fail("future", minutes=int(MAX_FUTURE_SKEW.total_seconds() // 60))
         return when
 
     def to_representation(self, value: datetime) -> float:
@@ -147,6 +144,7 @@ class HeartbeatSerializer(StrictSerializer):
     pid = StrictIntegerField(
         required=False, allow_null=True, default=None, min_value=0, max_value=2**31 - 1
     )
+    dropped = StrictIntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1)
 
 
 class ActionBatchSerializer(StrictSerializer):
@@ -184,6 +182,12 @@ class IngestResultSerializer(serializers.Serializer):
 
 
 class ActionEventSerializer(serializers.ModelSerializer):
+    clock_skewed = serializers.BooleanField(
+        read_only=True,
+        help_text=f"occurred_at (the agent's clock) is more than {CLOCK_SKEW_LEEWAY} s ahead of "
+        "received_at (the registry's)",
+    )
+
     class Meta:
         model = ActionEvent
         fields = [
@@ -198,6 +202,7 @@ class ActionEventSerializer(serializers.ModelSerializer):
             "reason",
             "occurred_at",
             "received_at",
+            "clock_skewed",
             "details",
             "seq",
             "hash",

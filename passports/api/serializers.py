@@ -48,7 +48,17 @@ class AgentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Agent
-        fields = ["id", "name", "fleet", "owner", "description", "host", "status", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "fleet",
+            "owner",
+            "description",
+            "host",
+            "status",
+            "created_at",
+            "events_dropped",
+        ]
 
 
 class PassportIssueSerializer(StrictSerializer):

@@ -47,6 +47,12 @@ def test_pages_render_for_an_operator(signed_in, agent, issue):
         assert b"<main" in response.content
 
 
+def test_agent_page_says_how_many_action_events_its_sdk_lost(signed_in, agent):
+    assert b"no events lost" in signed_in.get(f"/agents/{agent.pk}/").content
+    Agent.objects.filter(pk=agent.pk).update(events_dropped=3)
+    assert b"lost 3 action events" in signed_in.get(f"/agents/{agent.pk}/").content
+
+
 def test_anonymous_is_sent_to_sign_in(db):
     response = Client().get("/agents/")
     assert response.status_code == 302 and response["Location"].startswith("/login/")

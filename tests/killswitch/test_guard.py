@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent_passport.errors import (
     PassportExpired,
     PassportInvalid,
+    PassportNotYetValid,
     PassportRevoked,
     RevocationStateStale,
     ScopeDenied,
@@ -18,6 +19,7 @@ from agent_passport.guard import Guard
 from agent_passport.protocol import RevocationChannel
 from killswitch import publisher, services
 from tests.killswitch.conftest import wait_until
+from tests.passports.test_tokens import sign_with_active_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,6 +169,19 @@ def test_expired_passport_is_refused_by_check(issue, make_guard, settings):
     time.sleep(1.1)
     with pytest.raises(PassportExpired):
         guard.check("fs:read:/workspace/x")
+
+
+def test_an_agent_clock_minutes_slow_can_start_but_expiry_has_no_leeway(passport, make_guard):
+    # A passport valid from 4 minutes "in the future" is what an agent whose clock is 4
+    # minutes slow sees right after issuance.
+    claims, now = passport["claims"], int(time.time())
+    slow = {**claims, "iat": now + 240, "nbf": now + 240}
+    assert make_guard(sign_with_active_key(slow)).check("fs:write:/workspace/out.txt").allowed
+    too_slow = {**claims, "iat": now + 600, "nbf": now + 600}
+    with pytest.raises(PassportNotYetValid, match="check this machine's clock"):
+        make_guard(sign_with_active_key(too_slow))
+    with pytest.raises(PassportExpired):
+        make_guard(sign_with_active_key({**claims, "exp": now - 1}))
 
 
 def test_redis_outage_fails_closed_then_recovers(

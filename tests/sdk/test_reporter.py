@@ -3,8 +3,11 @@
 import json
 import logging
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -157,13 +160,176 @@ def test_a_full_buffer_drops_and_warns_once(caplog, tmp_path):
 
 
 @transactional
-def test_events_the_registry_rejects_are_dropped_not_retried(actions_url, token, make_reporter):
+def test_events_the_registry_rejects_are_dropped_and_flush_says_so(
+    actions_url, token, make_reporter
+):
     reporter = make_reporter(actions_url, token).start()
-    reporter.record(time.time() + 3600, "fs:write", "/workspace/later", None, True, "")
+    reporter.record(-5, "fs:write", "/workspace/before-1970", None, True, "")
     reporter.record(time.time(), "fs:write", "/workspace/now", None, True, "")
-    assert reporter.flush(timeout=10)
+    assert reporter.flush(timeout=10) is False, "an event was dropped"
     assert (reporter.sent, reporter.dropped, reporter.spilled) == (1, 1, 0)
     assert list(ActionEvent.objects.values_list("resource", flat=True)) == ["/workspace/now"]
+    assert reporter.flush(timeout=10) is True, "nothing was dropped since the last flush"
+
+
+@transactional
+def test_dropped_events_are_counted_on_the_agents_record(actions_url, token, make_reporter, agent):
+    reporter = make_reporter(actions_url, token, max_buffer=2)
+    record_many(reporter, 5)  # three find the buffer full
+    assert reporter.flush(timeout=10) is False
+    assert (reporter.sent, reporter.dropped) == (2, 3)
+    wait_until(lambda: Agent.objects.get(pk=agent.pk).events_dropped == 3)
+    record_many(reporter, 1)
+    assert reporter.flush(timeout=10) is True
+    assert Agent.objects.get(pk=agent.pk).events_dropped == 3, "each drop is reported once"
+
+
+@transactional
+def test_event_stamped_by_a_clock_minutes_ahead_is_kept(actions_url, token, make_reporter):
+    reporter = make_reporter(actions_url, token)
+    reporter.record(time.time() + 360, "fs:write", "/workspace/ahead", None, True, "")
+    assert reporter.flush(timeout=10) is True
+    assert (reporter.sent, reporter.dropped) == (1, 0)
+    assert ActionEvent.objects.get().clock_skewed
+
+
+def spill_line(i: int) -> str:
+    event = {"id": str(uuid.uuid4()), "action": "fs:write", "resource": f"/spilled/{i}"}
+    return json.dumps({**event, "decision": "deny", "reason": "", "at": time.time()})
+
+
+@transactional
+def test_a_torn_spill_file_loses_only_its_torn_line(actions_url, token, make_reporter, tmp_path):
+    spill_path = tmp_path / "spill.jsonl"
+    lines = [spill_line(i) for i in range(1500)]
+    lines[1200] = '{"id": "not json'  # a malformed line past the first batch
+    spill_path.write_text("\n".join(lines) + "\n" + spill_line(1500)[:40])  # cut mid-write
+    reporter = make_reporter(closed_port_url(), token).start()
+    reporter.record(time.time(), "fs:write", "/workspace/after-the-crash", None, False, "")
+    wait_until(lambda: reporter.buffered == 0 and b"after-the-crash" in spill_path.read_bytes())
+    last = spill_path.read_bytes().splitlines()[-1]
+    assert json.loads(last)["resource"] == "/workspace/after-the-crash", (
+        "not glued to the torn line"
+    )
+
+    reporter.url = actions_url
+    assert reporter.flush(timeout=20) is False, "two lines were lost"
+    assert (reporter.sent, reporter.dropped, reporter.spilled) == (1500, 2, 0)
+    stored = set(ActionEvent.objects.values_list("resource", flat=True))
+    assert stored == {f"/spilled/{i}" for i in range(1500) if i != 1200} | {
+        "/workspace/after-the-crash"
+    }
+
+
+def test_a_full_spill_file_keeps_what_it_holds_and_counts_the_rest(caplog, tmp_path):
+    spill_path = tmp_path / "spill.jsonl"
+    reporter = ActionReporter(
+        closed_port_url(), "a.b.c", spill_path=spill_path, max_spill_bytes=20_000
+    ).start()
+    with caplog.at_level(logging.WARNING, logger="agent_passport.reporter"):
+        record_many(reporter, 500)
+        wait_until(lambda: reporter.buffered == 0 and reporter.spilled + reporter.dropped == 500)
+    reporter.close(timeout=5)
+    held = spill_path.read_bytes().splitlines()
+    assert 0 < len(held) == reporter.spilled and spill_path.stat().st_size <= 20_000
+    assert [json.loads(line)["resource"] for line in held[:3]] == [
+        f"/workspace/f{i}" for i in (0, 1, 2)
+    ]
+    assert reporter.dropped == 500 - len(held)
+    assert any("spill file is full" in r.getMessage() for r in caplog.records)
+
+
+class ScriptedRegistry:
+    """A real HTTP/1.1 server on loopback (keep-alive) whose answers a test scripts.
+
+    ``answer(number, body)`` gets the request's number on its connection (1, 2, ...) and its
+    JSON body, and returns ``(status, headers, body)``, or None to close the connection without
+    answering — what gunicorn does when an idle keep-alive connection times out just as the
+    client reuses it.
+    """
+
+    def __init__(self, answer: Callable[[int, dict], tuple[int, dict, dict] | None]) -> None:
+        self.connections = 0
+        self.bodies: list[dict] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            served = 0
+
+            def setup(self) -> None:
+                super().setup()
+                registry.connections += 1
+
+            def do_POST(self) -> None:
+                self.served += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                registry.bodies.append(body)
+                scripted = answer(self.served, body)
+                if scripted is None:
+                    self.close_connection = True
+                    return
+                status, headers, document = scripted
+                data = json.dumps(document).encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/actions"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted_registry():
+    made: list[ScriptedRegistry] = []
+
+    def _make(answer) -> ScriptedRegistry:
+        made.append(ScriptedRegistry(answer))
+        return made[-1]
+
+    yield _make
+    for registry in made:
+        registry.close()
+
+
+def accepted(body: dict) -> tuple[int, dict, dict]:
+    return 200, {}, {"accepted": len(body["events"]), "duplicates": 0, "errors": {}}
+
+
+def test_a_409_that_says_retry_is_retried(scripted_registry, make_reporter):
+    answers = iter([(409, {"Retry-After": "0"}, {"detail": "stored concurrently; retry"})])
+    registry = scripted_registry(lambda number, body: next(answers, None) or accepted(body))
+    reporter = make_reporter(registry.url, "a.b.c")
+    reporter.record(time.time(), "fs:write", "/workspace/a", None, True, "")
+    assert reporter.flush(timeout=10) is True
+    assert (reporter.sent, reporter.dropped) == (1, 0)
+    first, second = (body["events"][0]["id"] for body in registry.bodies)
+    assert first == second, "the same event, with its id, was sent again"
+
+
+def test_keep_alive_connection_closed_by_the_server_is_retried_without_a_warning(
+    scripted_registry, make_reporter, caplog
+):
+    # Every connection serves one request; the second request on it finds it closed.
+    registry = scripted_registry(lambda number, body: accepted(body) if number == 1 else None)
+    reporter = make_reporter(registry.url, "a.b.c")
+    with caplog.at_level(logging.WARNING, logger="agent_passport.reporter"):
+        for i in range(3):
+            reporter.record(time.time(), "fs:write", f"/workspace/{i}", None, True, "")
+            assert reporter.flush(timeout=10) is True
+    assert (reporter.sent, reporter.spilled, reporter.dropped) == (3, 0, 0)
+    assert registry.connections == 3, "each retry used a fresh connection"
+    assert not [r.getMessage() for r in caplog.records]
 
 
 @transactional
