@@ -127,6 +127,8 @@ def test_run_serves_refuses_a_second_copy_and_keeps_the_password(tmp_path):
         )
         assert agent.status_code == 201, agent.text
         workers = celery_sessions(port)
+        celery_keys = list(redis_client.scan_iter(f"aps-runtest-{port}:celery:*"))
+        assert celery_keys, "Celery's keys are not in the instance's namespace"
 
         second = subprocess.run(
             [sys.executable, "-m", "registry.devserver", "run"],
