@@ -150,6 +150,8 @@ PASSPORT_ISSUER = env.str("PASSPORT_ISSUER", default="http://127.0.0.1:8000")
 PASSPORT_AUDIENCE = env.str("PASSPORT_AUDIENCE", default="agent-passport")
 PASSPORT_DEFAULT_TTL_SECONDS = env.int("PASSPORT_DEFAULT_TTL_SECONDS", default=3600)
 PASSPORT_MAX_TTL_SECONDS = env.int("PASSPORT_MAX_TTL_SECONDS", default=86400)
+# Longest grace period a renewal may give the old passport before guards refuse it.
+PASSPORT_RENEW_MAX_GRACE_SECONDS = env.int("PASSPORT_RENEW_MAX_GRACE_SECONDS", default=300)
 # Key-encryption key for private signing keys at rest. Any string; a 256-bit key is derived.
 KEY_ENCRYPTION_KEY = env.str("KEY_ENCRYPTION_KEY", default="insecure-dev-only-key-encryption-key")
 JWKS_CACHE_SECONDS = env.int("JWKS_CACHE_SECONDS", default=300)
