@@ -25,12 +25,12 @@ def test_killing_the_example_agent_stops_it_mid_run(live_server, issue, agent, s
         **os.environ,
         "AGENT_PASSPORT_TOKEN": token,
         "REDIS_URL": settings.REDIS_URL,
-        "PYTHONPATH": str(BASE_DIR),
     }
     process = subprocess.Popen(
         [
             sys.executable,
-            "examples/shell_agent.py",
+            "-m",
+            "examples.shell_agent",  # as its docstring and README show it
             "--registry",
             live_server.url,
             "echo step-1",
