@@ -215,9 +215,10 @@ def _wait_until_serving(address: str, children: list[subprocess.Popen]) -> bool:
 
 
 def _start_services(address: str, children: list[subprocess.Popen]) -> None:
-    """Start the Celery worker (with beat; warnings and errors only) and the web server."""
+    """Start the Celery worker (with beat; no banner, warnings and errors only) and the web
+    server."""
     python_bin = Path(sys.executable).parent
-    worker = [str(python_bin / "celery"), "-A", "registry", "worker", "--beat"]
+    worker = [str(python_bin / "celery"), "-A", "registry", "--quiet", "worker", "--beat"]
     worker += ["--loglevel", "WARNING", "--concurrency", "2"]
     web = [str(python_bin / "gunicorn"), "registry.wsgi", "--bind", address]
     web += ["--workers", "2", "--threads", "4", "--access-logfile", "-"]
