@@ -123,3 +123,10 @@ def test_cli_input_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["check"])
     assert exit_info.value.code == 2
+
+
+def test_cli_watch_needs_the_prefix_there_is_no_shared_default(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli(["watch", "--redis", "redis://127.0.0.1:6379/0"])
+    assert exited.value.code == 2
+    assert "--prefix" in capsys.readouterr().err
