@@ -2,18 +2,16 @@
 service (the real run command on a free port): walkthrough, kill switch, incident demo."""
 
 import json
-import os
 import re
 import signal
 import subprocess
 from pathlib import Path
 
-import redis
-
 from registry.devserver import free_port
 from tests.test_run_command import (
     processes_marked,
     read_until_serving,
+    remove_instance_keys,
     run_env,
     start_run,
     stop,
@@ -55,10 +53,7 @@ def test_readme_shell_examples_work_in_order(tmp_path):
         stop(process, signal.SIGTERM)
     finally:
         stop_if_running(process)
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        keys = list(client.scan_iter(f"aps-runtest-{port}:*"))
-        if keys:
-            client.delete(*keys)
+        remove_instance_keys(port)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "Traceback" not in out and "Error" not in out, out

@@ -80,6 +80,20 @@ def stop(process: subprocess.Popen, signum: int) -> str:
     return rest
 
 
+def machine_redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+
+def remove_instance_keys(port: int) -> list[bytes]:
+    """Delete every Redis key of the run command's namespace; returns what is left (nothing,
+    unless a process of it still writes)."""
+    client = machine_redis()
+    keys = list(client.scan_iter(f"aps-runtest-{port}:*"))
+    if keys:
+        client.delete(*keys)
+    return list(client.scan_iter(f"aps-runtest-{port}:*"))
+
+
 def stop_if_running(process: subprocess.Popen) -> None:
     """After a failed assertion: stop the run command the way a user would (it stops its
     children); kill it only if that does not work."""
@@ -112,7 +126,6 @@ def test_run_serves_refuses_a_second_copy_and_keeps_the_password(tmp_path):
     port = free_port()
     env = run_env(tmp_path, port)
     base = f"http://127.0.0.1:{port}"
-    redis_client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     process = start_run(env)
     try:
         output = read_until_serving(process)
@@ -127,7 +140,7 @@ def test_run_serves_refuses_a_second_copy_and_keeps_the_password(tmp_path):
         )
         assert agent.status_code == 201, agent.text
         workers = celery_sessions(port)
-        celery_keys = list(redis_client.scan_iter(f"aps-runtest-{port}:celery:*"))
+        celery_keys = list(machine_redis().scan_iter(f"aps-runtest-{port}:celery:*"))
         assert celery_keys, "Celery's keys are not in the instance's namespace"
 
         second = subprocess.run(
@@ -163,10 +176,8 @@ def test_run_serves_refuses_a_second_copy_and_keeps_the_password(tmp_path):
         assert processes_marked(port) == []
     finally:
         stop_if_running(process)
-        keys = list(redis_client.scan_iter(f"aps-runtest-{port}:*"))
-        if keys:
-            redis_client.delete(*keys)
-    assert list(redis_client.scan_iter(f"aps-runtest-{port}:*")) == []
+        left = remove_instance_keys(port)
+    assert left == [], "keys written after the run command stopped"
 
 
 def test_when_one_service_dies_the_rest_stop_and_nothing_is_left(tmp_path):
@@ -223,7 +234,4 @@ def test_killing_the_run_command_outright_still_stops_its_services(tmp_path):
         assert processes_marked(port) == [], "services outlived a killed run command"
     finally:
         stop_if_running(process)
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        keys = list(client.scan_iter(f"aps-runtest-{port}:*"))
-        if keys:
-            client.delete(*keys)
+        remove_instance_keys(port)

@@ -15,7 +15,13 @@ ONE_BROWSER_TEST = (
 
 @pytest.mark.parametrize(("required", "outcome"), [("", "1 skipped"), ("1", "1 error")])
 def test_a_missing_chromium_skips_with_the_hint_unless_required(tmp_path, required, outcome):
-    env = {**os.environ, "CHROMIUM": str(tmp_path / "no-chromium"), "REQUIRE_BROWSER": required}
+    env = {
+        **os.environ,
+        "CHROMIUM": str(tmp_path / "no-chromium"),
+        "REQUIRE_BROWSER": required,
+        # its own database: a nested run on ours would drop the outer run's test database
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'nested.sqlite3'}",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "pytest", ONE_BROWSER_TEST, "-rs", "-p", "no:cacheprovider"],
         cwd=BASE_DIR,
