@@ -196,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser("watch", help="follow revocations live")
     watch.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    watch.add_argument("--prefix", default="aps", help="Redis key prefix of the channel")
+    watch.add_argument(
+        "--prefix",
+        required=True,
+        help="Redis key prefix of the channel: the registry's REVOCATION_REDIS_PREFIX "
+        "(its REDIS_NAMESPACE unless set; also in every passport's rev claim)",
+    )
     watch.add_argument("--timeout", type=float, default=5.0)
     watch.set_defaults(handler=cmd_watch)
 

@@ -1,12 +1,15 @@
 """The incident this product exists for, end to end, against a running registry.
 
     make run            # in another terminal; copy the demo (admin) token it prints
-    .venv/bin/python examples/incident_demo.py --token aps_...
+    .venv/bin/python -m examples.incident_demo --token aps_...
 
 An agent allowed only ``fs:*:/workspace/**`` and ``tool:python:*`` tries to open an SSH
 connection out and to start a crypto miner. Both are denied and recorded. The firewall then
 reports crypto-mining traffic from the agent's host; a kill rule stops the agent; its guard
 refuses at once; the timeline shows it all in order; the audit log verifies.
+
+It refuses to start while a fleet or global kill would stop its agent (and names the one to
+lift), and says in a sentence if its agent is stopped before the incident plays out.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from typing import Any
 
 import requests
 
-from agent_passport.errors import PassportRevoked, ScopeDenied
+from agent_passport.errors import GuardError, PassportRevoked, ScopeDenied
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
 from agent_passport.reporter import ActionReporter
 
 AGENT_HOST = "10.20.30.40"
+FLEET = "rl-training"
 
 
 class Registry:
@@ -38,27 +42,37 @@ class Registry:
         self.session.headers["Authorization"] = f"Token {token}"
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, f"{self.url}/api/v1/{path}", timeout=10, **kwargs)
+        try:
+            response = self.session.request(
+                method, f"{self.url}/api/v1/{path}", timeout=10, **kwargs
+            )
+        except requests.ConnectionError as exc:
+            raise SystemExit(
+                f"Cannot reach the registry at {self.url} (is `make run` running?): {exc}"
+            ) from None
         if response.status_code >= 400:
             raise SystemExit(f"{method} {path} failed: {response.status_code} {response.text}")
         return response.json()
 
 
-def run_scenario(
-    registry_url: str,
-    operator_token: str,
-    redis_url: str,
-    *,
-    issuer: str | None = None,
-    say: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Play the incident; returns what happened (used by the end-to-end test)."""
-    registry = Registry(registry_url, operator_token)
+def refuse_if_stopped_already(registry: Registry) -> None:
+    """Exit with a sentence if an active fleet or global kill would stop the demo's agent."""
+    active = registry.call("GET", "killswitch?active=true&page_size=1000")["results"]
+    for revocation in active:
+        if revocation["target"] in ({"all": True}, {"fleet": FLEET}):
+            what = "every agent" if "all" in revocation["target"] else f"fleet {FLEET!r}"
+            raise SystemExit(
+                f"{what.capitalize()} is stopped by revocation #{revocation['id']} "
+                f"({revocation['reason']}), so the demo's agent would be dead on arrival. Lift it "
+                f"first: POST {registry.url}/api/v1/killswitch/{revocation['id']}/lift"
+            )
+
+
+def prepare(registry: Registry, say: Callable[[str], None]) -> tuple[dict, dict]:
+    """Register the agent, the kill rule and the passport. Returns (agent, passport)."""
     suffix = uuid.uuid4().hex[:6]
     agent = registry.call(
-        "POST",
-        "agents",
-        json={"name": f"trainer-{suffix}", "fleet": "rl-training", "host": AGENT_HOST},
+        "POST", "agents", json={"name": f"trainer-{suffix}", "fleet": FLEET, "host": AGENT_HOST}
     )
     say(f"1. registered agent {agent['name']} on host {AGENT_HOST}")
     rule = registry.call(
@@ -78,18 +92,14 @@ def run_scenario(
         },
     )
     say(f"3. issued passport {passport['jti']} (scope fs:*:/workspace/**, tool:python:*)")
+    return agent, passport
 
-    token = passport["token"]
-    spill = os.path.join(tempfile.mkdtemp(prefix="aps-demo-"), "spill.jsonl")
-    reporter = ActionReporter(f"{registry.url}/api/v1/actions", token, spill_path=spill).start()
-    guard = Guard(
-        token,
-        keys=JWKSClient(f"{registry.url}/.well-known/jwks.json"),
-        issuer=issuer or registry.url,
-        redis_url=redis_url,
-        jurisdiction="DE",
-        reporter=reporter,
-    )
+
+def play_incident(
+    registry: Registry, guard: Guard, reporter: ActionReporter, say: Callable[[str], None]
+) -> tuple[dict | None, float | None]:
+    """The agent acts, the firewall reports it, the rule kills it. Returns (signal, seconds from
+    the signal to the guard's refusal); (None, None) if the agent was stopped before."""
     try:
         guard.check("tool:python", resource="train.py")
         say("4. agent: tool:python:train.py → allowed")
@@ -98,41 +108,37 @@ def run_scenario(
                 guard.check(action)
             except ScopeDenied as exc:
                 say(f"5. agent: {action} → DENIED ({exc})")
-        reporter.flush(timeout=10)
+    except GuardError as exc:
+        say(f"The agent was stopped before the incident could play out: {exc}")
+        return None, None
+    reporter.flush(timeout=10)
+    signal = registry.call(
+        "POST",
+        "signals",
+        json={
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "source_ip": AGENT_HOST,
+            "destination": "pool.minexmr.example:4444",
+            "category": "cryptomining",
+            "raw": {"firewall": "fw-edge-1", "bytes_out": 1_839_204},
+        },
+    )
+    signalled = time.monotonic()
+    say(f"6. firewall: cryptomining traffic from {AGENT_HOST} (matched {signal['matched_agent']})")
+    while time.monotonic() - signalled < 5:
+        try:
+            guard.check("fs:read", resource="/workspace/data.csv")
+        except PassportRevoked as exc:
+            refused_after = time.monotonic() - signalled
+            after = f"{refused_after * 1000:.0f} ms after the signal"
+            say(f"7. agent: next action refused {after}: {exc}")
+            return signal, refused_after
+        time.sleep(0.005)
+    say("7. the agent was NOT stopped within 5 s of the signal")
+    return signal, None
 
-        signal = registry.call(
-            "POST",
-            "signals",
-            json={
-                "occurred_at": datetime.now(UTC).isoformat(),
-                "source_ip": AGENT_HOST,
-                "destination": "pool.minexmr.example:4444",
-                "category": "cryptomining",
-                "raw": {"firewall": "fw-edge-1", "bytes_out": 1_839_204},
-            },
-        )
-        signalled = time.monotonic()
-        say(
-            f"6. firewall: cryptomining traffic from {AGENT_HOST} "
-            f"(matched agent {signal['matched_agent']})"
-        )
-        refused_after = None
-        while time.monotonic() - signalled < 5:
-            try:
-                guard.check("fs:read", resource="/workspace/data.csv")
-            except PassportRevoked as exc:
-                refused_after = time.monotonic() - signalled
-                say(
-                    f"7. agent: next action refused {refused_after * 1000:.0f} ms after the "
-                    f"signal: {exc}"
-                )
-                break
-            time.sleep(0.005)
-        reporter.flush(timeout=10)
-    finally:
-        reporter.close()
-        guard.close()
 
+def show_timeline(registry: Registry, agent: dict, say: Callable[[str], None]) -> list[dict]:
     timeline = registry.call("GET", f"agents/{agent['id']}/timeline")["items"]
     say("8. timeline:")
     for item in timeline:
@@ -146,6 +152,41 @@ def run_scenario(
             what = f"{item['action']}:{item['resource']} {item['decision']}"
         mark = "!" if item.get("highlight") or item["type"] in ("revocation", "rule_match") else " "
         say(f"   {mark} {item['at']}  {item['type']:<10} {what}")
+    return timeline
+
+
+def run_scenario(
+    registry_url: str,
+    operator_token: str,
+    redis_url: str,
+    *,
+    issuer: str | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Play the incident; returns what happened (used by the end-to-end test)."""
+    registry = Registry(registry_url, operator_token)
+    refuse_if_stopped_already(registry)
+    agent, passport = prepare(registry, say)
+    token = passport["token"]
+    with tempfile.TemporaryDirectory(prefix="aps-demo-") as spill_dir:
+        spill = os.path.join(spill_dir, "spill.jsonl")
+        reporter = ActionReporter(f"{registry.url}/api/v1/actions", token, spill_path=spill)
+        reporter.start()
+        guard = Guard(
+            token,
+            keys=JWKSClient(f"{registry.url}/.well-known/jwks.json"),
+            issuer=issuer or registry.url,
+            redis_url=redis_url,
+            jurisdiction="DE",
+            reporter=reporter,
+        )
+        try:
+            signal, refused_after = play_incident(registry, guard, reporter, say)
+            reporter.flush(timeout=10)
+        finally:
+            reporter.close()
+            guard.close()
+    timeline = show_timeline(registry, agent, say)
     audit_status = registry.call("GET", "audit")
     say(
         f"9. audit log: {'intact' if audit_status['ok'] else 'TAMPERED'} "
@@ -163,7 +204,9 @@ def run_scenario(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--registry", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--registry", default=os.environ.get("AGENT_PASSPORT_REGISTRY", "http://127.0.0.1:8000")
+    )
     parser.add_argument("--token", default=os.environ.get("APS_TOKEN"), help="admin API token")
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()

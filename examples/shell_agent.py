@@ -1,7 +1,8 @@
 """An agent that runs shell commands only through its passport guard.
 
-    AGENT_PASSPORT_TOKEN=... python examples/shell_agent.py --registry http://127.0.0.1:8000 \
-        --redis redis://127.0.0.1:6379/0 "echo hello" "sleep 5" "curl http://203.0.113.9:22"
+    AGENT_PASSPORT_TOKEN=... .venv/bin/python -m examples.shell_agent \
+        --registry http://127.0.0.1:8000 --redis redis://127.0.0.1:6379/0 \
+        "echo hello" "sleep 5" "curl http://203.0.113.9:22"
 
 Each command is checked as ``proc:exec:<program>`` (the program name is the resource;
 the passport needs e.g. ``proc:exec:echo`` or ``proc:exec:*``). When the agent is killed

@@ -109,9 +109,10 @@ def revoke(
             now = timezone.now()
             if target.type == Revocation.TargetType.PASSPORT:
                 passport = Passport.objects.select_for_update().get(jti=target.value)
-                if passport.status == Passport.Status.REVOKED:
+                if passport.revoked_at is not None:
                     raise StateConflict("target", "passport is already revoked")
-                passport.status = Passport.Status.REVOKED
+                if passport.status != Passport.Status.SUPERSEDED:  # superseded stays as it is
+                    passport.status = Passport.Status.REVOKED
                 passport.revoked_at, passport.revoked_by, passport.revoked_reason = (
                     now,
                     actor,

@@ -14,8 +14,9 @@ from agent_passport.errors import PassportError, RuleError
 from agent_passport.protocol import RevocationChannel
 from agent_passport.rules import parse_jurisdiction, parse_scope
 from agent_passport.tokens import verify_token
+from killswitch.models import Revocation
 from killswitch.selectors import blocking_revocations, describe_revocation
-from killswitch.services import current_epoch
+from killswitch.services import Target, current_epoch, revoke
 from passports import signing
 from passports.models import Agent, Passport
 from registry.errors import RequestRejected, StateConflict
@@ -50,9 +51,18 @@ def _validated_ttl(ttl_seconds: int | None) -> int:
 
 
 def _require_issuable(agent: Agent) -> None:
+    """Refuse a passport that would be dead on arrival: the agent is killed or suspended, or a
+    fleet or global revocation stops it (lift that first)."""
     if agent.status != Agent.Status.ACTIVE:
         raise RequestRejected(
             "agent", f"agent {agent.id} is {agent.status}; no passport can be issued"
+        )
+    blocking = blocking_revocations(agent_id=agent.pk, fleet=agent.fleet).first()
+    if blocking is not None:
+        raise RequestRejected(
+            "agent",
+            f"agent {agent.id} is stopped by revocation #{blocking.pk} "
+            f"({describe_revocation(blocking)}); no passport can be issued until it is lifted",
         )
 
 
@@ -123,9 +133,22 @@ def effective_status(passport: Passport, *, now: datetime | None = None) -> str:
 
 @transaction.atomic
 def renew_passport(
-    *, passport: Passport, ttl_seconds: int | None, issued_by: AbstractBaseUser
+    *,
+    passport: Passport,
+    ttl_seconds: int | None,
+    issued_by: AbstractBaseUser,
+    grace_seconds: int = 0,
 ) -> IssuedPassport:
-    """Issue a successor with the same scope and jurisdiction; the old passport is superseded."""
+    """Issue a successor with the same scope and jurisdiction; the old passport is superseded.
+
+    Guards stop accepting the old token ``grace_seconds`` later (0: at once), through a
+    passport revocation on the kill-switch channel (see :func:`stop_superseded_passport`).
+    """
+    if not 0 <= grace_seconds <= settings.PASSPORT_RENEW_MAX_GRACE_SECONDS:
+        raise RequestRejected(
+            "grace_seconds",
+            f"must be between 0 and {settings.PASSPORT_RENEW_MAX_GRACE_SECONDS} seconds",
+        )
     passport = Passport.objects.select_for_update().get(pk=passport.pk)
     status = effective_status(passport)
     if status != Passport.Status.ACTIVE:
@@ -140,7 +163,49 @@ def renew_passport(
     )
     passport.status = Passport.Status.SUPERSEDED
     passport.save(update_fields=["status"])
+    if grace_seconds == 0:
+        stop_superseded_passport(jti=passport.jti)
+    else:
+        from passports.tasks import stop_superseded_passport as task  # tasks import services
+
+        transaction.on_commit(
+            lambda: task.apply_async(args=[str(passport.jti)], countdown=grace_seconds)
+        )
     return issued
+
+
+def stop_superseded_passport(*, jti: uuid.UUID | str) -> bool:
+    """Revoke a superseded passport on the kill-switch channel, so offline guards refuse it too
+    (introspection already answers ``superseded``). Idempotent; False if nothing was left to do."""
+    passport = Passport.objects.select_related("renewed_by").filter(jti=jti).first()
+    if passport is None or passport.status != Passport.Status.SUPERSEDED:
+        return False
+    if passport.revoked_at is not None or passport.expires_at <= timezone.now():
+        return False
+    try:
+        revoke(
+            target=Target(Revocation.TargetType.PASSPORT, str(passport.jti)),
+            reason=f"superseded by renewal to passport {passport.renewed_by.jti}",
+            actor=passport.renewed_by.issued_by,
+            source=Revocation.Source.API,
+        )
+    except StateConflict:  # revoked meanwhile by someone else
+        return False
+    return True
+
+
+def stop_overdue_superseded_passports(*, now: datetime | None = None) -> int:
+    """Safety net for lost delayed stops: revoke every superseded, unexpired passport whose
+    successor is older than the longest grace period. Returns how many were stopped."""
+    now = now or timezone.now()
+    overdue = Passport.objects.filter(
+        status=Passport.Status.SUPERSEDED,
+        revoked_at__isnull=True,
+        expires_at__gt=now,
+        renewed_by__issued_at__lte=now
+        - timedelta(seconds=settings.PASSPORT_RENEW_MAX_GRACE_SECONDS),
+    )
+    return sum(stop_superseded_passport(jti=jti) for jti in overdue.values_list("jti", flat=True))
 
 
 def expire_passports(*, now: datetime | None = None) -> int:
@@ -178,12 +243,14 @@ def introspect(token: str) -> dict[str, Any]:
         return _inactive("unknown_passport", "no passport with this jti was issued here")
     if str(passport.agent_id) != claims["sub"]:
         return _inactive("malformed", "the token subject does not match the passport's agent")
+    status = effective_status(passport)
+    if status == Passport.Status.SUPERSEDED:  # clearer than the revocation renewal publishes
+        return _inactive(status, f"passport is {status}")
     blocking = blocking_revocations(
         agent_id=passport.agent_id, fleet=passport.agent.fleet, jti=passport.jti
     ).first()
     if blocking is not None:
         return _inactive("revoked", describe_revocation(blocking))
-    status = effective_status(passport)
     if status != Passport.Status.ACTIVE:
         return _inactive(status, f"passport is {status}")
     if passport.agent.status != Agent.Status.ACTIVE:

@@ -5,7 +5,14 @@ from passports import services, signing
 
 @shared_task(acks_late=True)
 def expire_passports() -> int:
+    services.stop_overdue_superseded_passports()
     return services.expire_passports()
+
+
+@shared_task(acks_late=True)
+def stop_superseded_passport(jti: str) -> bool:
+    """The delayed half of a renewal with a grace period."""
+    return services.stop_superseded_passport(jti=jti)
 
 
 @shared_task(acks_late=True)

@@ -1,11 +1,14 @@
 """Local set-up for the two README commands: ``python -m registry.devserver run|test``.
 
-``run`` makes sure a Redis answers (starting ``redis-server`` on a free port if none does),
-migrates, creates the first signing key and a demo admin (printing its login), then runs the
-Celery worker (with beat) and the web server on 127.0.0.1:8000 until Ctrl-C.
+``run`` refuses if something already serves on its address, makes sure a Redis answers
+(starting ``redis-server`` on a free port if none does), migrates, creates the first signing key
+and the demo admin (printing its login), then runs the Celery worker (with beat) and the web
+server until Ctrl-C, SIGTERM or SIGHUP, or until one of them dies. Each child runs in its own
+process group, and stopping means the whole group: SIGTERM, then SIGKILL after a timeout.
 ``test`` makes sure a Redis answers, then runs pytest with the remaining arguments.
 """
 
+import ctypes
 import os
 import shutil
 import signal
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +25,9 @@ import redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+STOP_TIMEOUT_SECONDS = 10.0
+READY_TIMEOUT_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
@@ -76,13 +83,40 @@ def start_redis_server(
     raise RuntimeError(f"redis-server did not start on port {port}")
 
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if this command is killed outright (SIGKILL),
+    when it cannot stop its children itself (Linux only)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Popen options of every process the run command starts: its own process group, and SIGTERM
+# if the run command itself is killed outright.
+OWN_GROUP = {
+    "start_new_session": True,
+    "preexec_fn": _terminate_with_parent if sys.platform == "linux" else None,
+}
+
+
+def check_redis_url(url: str) -> None:
+    """Exit with one sentence if ``url`` is not a Redis URL at all (e.g. no scheme)."""
+    try:
+        redis.ConnectionPool.from_url(url)
+    except ValueError as exc:
+        sys.exit(f"REDIS_URL {url!r} is not a Redis URL: {exc}")
+
+
 def ensure_redis(url: str) -> tuple[str, subprocess.Popen | None]:
-    """Return a Redis URL that answers, and the process we started for it (if any)."""
+    """Return a Redis URL that answers, and the process we started for it (if any).
+
+    The process we start leads its own process group; stop it with :func:`stop_group`.
+    """
+    check_redis_url(url)
     if redis_answers(url):
         return url, None
     port = free_port()
     try:
-        process = start_redis_server(port, tempfile.mkdtemp(prefix="aps-redis-"))
+        # Non-persistent: it writes nothing, so it needs no directory of its own.
+        process = start_redis_server(port, tempfile.gettempdir(), **OWN_GROUP)
     except RuntimeError as exc:
         sys.exit(
             f"No Redis answers at {url} and none could be started here ({exc}).\n"
@@ -96,79 +130,136 @@ def ensure_redis(url: str) -> tuple[str, subprocess.Popen | None]:
     return local_url, process
 
 
+def _group_alive(process: subprocess.Popen) -> bool:
+    """Whether the process, or anything left in the process group it leads, still runs."""
+    if process.poll() is None:
+        return True
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def stop_groups(processes: list[subprocess.Popen], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM every process group (each led by one of ``processes``), SIGKILL what remains
+    after ``timeout``, and wait until every group is empty."""
+    for process in reversed(processes):
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_group_alive(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for process in processes:
+        if _group_alive(process):
+            print(f"process group {process.pid} ignored SIGTERM; killing it", file=sys.stderr)
+            _signal_group(process, signal.SIGKILL)
+    for process in processes:
+        process.wait()
+        while _group_alive(process):
+            time.sleep(0.05)
+
+
+def address_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        sys.exit(f"RUN_ADDRESS {address!r} must be HOST:PORT, e.g. 127.0.0.1:8000")
+    return host, int(port)
+
+
 def _manage(*args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, check=True)
+    if subprocess.call([sys.executable, "manage.py", *args], cwd=BASE_DIR) != 0:
+        sys.exit(f"`manage.py {args[0]}` failed (see above); nothing was started.")
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _Stop(Exception):
+    """Raised by the SIGINT/SIGTERM/SIGHUP handler: stop everything and exit."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    """Start a service process in a session (and process group) of its own."""
+    return subprocess.Popen(args, cwd=BASE_DIR, **OWN_GROUP)
+
+
+def _wait_until_serving(address: str, children: list[subprocess.Popen]) -> bool:
+    """Poll /healthz until it answers; False if a child died or it took too long."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and all(c.poll() is None for c in children):
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _start_services(address: str, children: list[subprocess.Popen]) -> None:
+    """Start the Celery worker (with beat; no banner, warnings and errors only) and the web
+    server."""
+    python_bin = Path(sys.executable).parent
+    worker = [str(python_bin / "celery"), "-A", "registry", "--quiet", "worker", "--beat"]
+    worker += ["--loglevel", "WARNING", "--concurrency", "2"]
+    web = [str(python_bin / "gunicorn"), "registry.wsgi", "--bind", address]
+    web += ["--workers", "2", "--threads", "4", "--access-logfile", "-"]
+    for command in (worker, web):
+        children.append(_start(command))
 
 
 def run() -> None:
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    os.environ["REDIS_URL"], redis_process = ensure_redis(
-        os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    )
-    children: list[subprocess.Popen] = [redis_process] if redis_process else []
     address = os.environ.get("RUN_ADDRESS", "127.0.0.1:8000")
+    if address_in_use(*_parse_address(address)):
+        sys.exit(
+            f"Something already serves on {address} (another `make run`?): stop it, "
+            "or set RUN_ADDRESS to a free address."
+        )
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stop)
+    children: list[subprocess.Popen] = []
     try:
+        os.environ["REDIS_URL"], redis_process = ensure_redis(
+            os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+        )
+        children += [redis_process] if redis_process else []
         _manage("migrate", "--noinput", "-v0")
         _manage("collectstatic", "--noinput", "-v0")
         _manage("ensure_signing_key")
         _manage("reconcile_revocations")
         print(f"\nDemo operator (admin role) — sign in at http://{address}/login/ :")
-        _manage("create_operator", "demo", "--role", "admin", "--reset")
-        python_bin = Path(sys.executable).parent
-        children.append(
-            subprocess.Popen(
-                [
-                    str(python_bin / "celery"),
-                    "-A",
-                    "registry",
-                    "worker",
-                    "--beat",
-                    "--loglevel",
-                    "INFO",
-                    "--concurrency",
-                    "2",
-                    "--schedule",
-                    str(BASE_DIR / "var" / "celerybeat"),
-                ],
-                cwd=BASE_DIR,
-            )
-        )
-        children.append(
-            subprocess.Popen(
-                [
-                    str(python_bin / "gunicorn"),
-                    "registry.wsgi",
-                    "--bind",
-                    address,
-                    "--workers",
-                    "2",
-                    "--threads",
-                    "4",
-                    "--access-logfile",
-                    "-",
-                ],
-                cwd=BASE_DIR,
-            )
-        )
-        print(f"\nServing on http://{address} (API docs: /api/docs/). Ctrl-C stops.\n")
+        _manage("create_operator", "demo", "--role", "admin", "--keep-password")
+        _start_services(address, children)
+        if not _wait_until_serving(address, children):
+            sys.exit(f"The web server did not come up on {address}; stopped.")
+        print(f"\nServing on http://{address} (API docs: /api/docs/). Ctrl-C stops.\n", flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
-        sys.exit("a service process exited; stopping the others")
-    except KeyboardInterrupt:
-        print("\nstopping…")
+        sys.exit("A service process exited; stopped the others.")
+    except _Stop as stop:
+        print(f"\n{stop}: stopping…", flush=True)
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        stop_groups(children)
 
 
 def test(pytest_args: list[str]) -> int:
@@ -179,7 +270,7 @@ def test(pytest_args: list[str]) -> int:
         return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR)
     finally:
         if redis_process:
-            redis_process.terminate()
+            stop_groups([redis_process])
 
 
 if __name__ == "__main__":

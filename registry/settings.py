@@ -1,8 +1,12 @@
 """Settings for the Agent Passport Registry. Everything comes from the environment (see README)."""
 
+import hashlib
+import re
 from pathlib import Path
 
 import environ
+import redis
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -76,11 +80,30 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+try:
+    redis.ConnectionPool.from_url(REDIS_URL)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_URL {REDIS_URL!r} is not a Redis URL: {exc}") from exc
+
+
+def _database_namespace(database: dict) -> str:
+    """``aps-`` and a hash of where the database lives: instances that share a Redis but not a
+    database (two clones, a test run next to ``make run``) never see each other's keys."""
+    where = "|".join(str(database.get(key, "")) for key in ("ENGINE", "HOST", "PORT", "NAME"))
+    return "aps-" + hashlib.sha256(where.encode()).hexdigest()[:8]
+
+
+# Every Redis key of this instance starts with "<REDIS_NAMESPACE>:" (README, Configuration).
+REDIS_NAMESPACE = env.str("REDIS_NAMESPACE", default=_database_namespace(DATABASES["default"]))
+if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", REDIS_NAMESPACE):
+    raise ImproperlyConfigured(
+        f"REDIS_NAMESPACE {REDIS_NAMESPACE!r} must be 1-64 letters, digits, '_', '.' or '-'"
+    )
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="aps-cache"),
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default=f"{REDIS_NAMESPACE}:cache"),
     }
 }
 
@@ -129,10 +152,12 @@ PASSPORT_ISSUER = env.str("PASSPORT_ISSUER", default="http://127.0.0.1:8000")
 PASSPORT_AUDIENCE = env.str("PASSPORT_AUDIENCE", default="agent-passport")
 PASSPORT_DEFAULT_TTL_SECONDS = env.int("PASSPORT_DEFAULT_TTL_SECONDS", default=3600)
 PASSPORT_MAX_TTL_SECONDS = env.int("PASSPORT_MAX_TTL_SECONDS", default=86400)
+# Longest grace period a renewal may give the old passport before guards refuse it.
+PASSPORT_RENEW_MAX_GRACE_SECONDS = env.int("PASSPORT_RENEW_MAX_GRACE_SECONDS", default=300)
 # Key-encryption key for private signing keys at rest. Any string; a 256-bit key is derived.
 KEY_ENCRYPTION_KEY = env.str("KEY_ENCRYPTION_KEY", default="insecure-dev-only-key-encryption-key")
 JWKS_CACHE_SECONDS = env.int("JWKS_CACHE_SECONDS", default=300)
-REVOCATION_REDIS_PREFIX = env.str("REVOCATION_REDIS_PREFIX", default="aps")
+REVOCATION_REDIS_PREFIX = env.str("REVOCATION_REDIS_PREFIX", default=REDIS_NAMESPACE)
 # How long one kill-rule webhook POST may take (connect and read) before it is retried.
 KILL_RULE_WEBHOOK_TIMEOUT_SECONDS = env.float("KILL_RULE_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
 
@@ -187,6 +212,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+# Queues, bindings and broadcast channels of this instance only (kombu prefixes every key).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_NAMESPACE}:celery:"}
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / f"celerybeat-{REDIS_NAMESPACE}")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

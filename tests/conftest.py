@@ -20,6 +20,24 @@ def django_db_setup(django_db_setup, django_db_blocker):
             cursor.execute("INSERT INTO actions_audit_maintenance VALUES ('sqlite test flush')")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def celery_queue_of_this_session():
+    """Tasks that tests hand to Celery (e.g. a push retried during a Redis outage) go to queues
+    of this session's own, removed afterwards: no worker consumes them, and they must not reach
+    a running instance's worker."""
+    from django.conf import settings
+
+    from registry.celery import app
+
+    prefix = f"aps-test-{uuid.uuid4().hex[:10]}:celery:"
+    app.conf.broker_transport_options = {"global_keyprefix": prefix}
+    yield
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture(autouse=True)
 def revocation_prefix(settings) -> str:
     """Each test gets its own Redis key prefix (revocation channel and cache), removed

@@ -1,5 +1,7 @@
 """The incident, end to end: denied actions, a firewall signal, a rule kill, the timeline, audit."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +11,11 @@ from django.core.management.base import CommandError
 
 from actions import audit
 from actions.models import ActionEvent
-from killswitch import publisher
+from agent_passport.guard import Guard
+from agent_passport.jwks import JWKSClient
+from agent_passport.reporter import ActionReporter
+from examples.incident_demo import Registry, play_incident, run_scenario
+from killswitch import publisher, services
 from killswitch.models import Revocation
 from passports.auth import create_api_token
 from passports.models import Agent
@@ -17,10 +23,8 @@ from passports.roles import Role
 from tests.actions.test_audit import maintenance
 from tests.conftest import make_user
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from incident_demo import run_scenario
-
 pytestmark = pytest.mark.django_db(transaction=True)
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def test_the_incident_end_to_end(live_server, settings, django_user_model):
@@ -60,3 +64,51 @@ def test_the_incident_end_to_end(live_server, settings, django_user_model):
         ActionEvent.objects.filter(agent=agent, resource="xmrig").update(decision="allow")
     with pytest.raises(CommandError):
         call_command("verify_audit")
+
+
+def test_the_demo_as_readme_runs_it_names_an_active_global_kill(live_server, django_user_model):
+    admin = make_user(django_user_model, "incident-admin", Role.ADMIN)
+    revocation = services.revoke(
+        target=services.Target("all", "*"), reason="big red button", actor=admin, source="api"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.incident_demo", "--registry", live_server.url],
+        cwd=BASE_DIR,
+        env={**os.environ, "APS_TOKEN": create_api_token(user=admin)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1 and "Traceback" not in said, said
+    expected = f"Every agent is stopped by revocation #{revocation.pk} (big red button)"
+    assert said.startswith(expected)
+    assert f"/api/v1/killswitch/{revocation.pk}/lift" in said
+
+
+def test_the_demo_says_in_a_sentence_when_its_agent_is_stopped_early(
+    live_server, settings, issue, agent, operator
+):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    token = issue(scope=["tool:python:*"])["token"]
+    services.revoke(
+        target=services.Target("agent", str(agent.pk)), reason="tunnel", actor=None, source="api"
+    )
+    guard = Guard(
+        token,
+        keys=JWKSClient(f"{live_server.url}/.well-known/jwks.json"),
+        issuer=live_server.url,
+        redis_url=settings.REDIS_URL,
+        jurisdiction="DE",
+    )
+    lines: list[str] = []
+    registry = Registry(live_server.url, create_api_token(user=operator))
+    reporter = ActionReporter(f"{live_server.url}/api/v1/actions", token)
+    try:
+        assert play_incident(registry, guard, reporter, lines.append) == (None, None)
+    finally:
+        guard.close()
+    (line,) = lines
+    assert line.startswith("The agent was stopped before the incident could play out: ")
+    assert "tunnel" in line

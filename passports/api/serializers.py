@@ -75,6 +75,7 @@ class PassportIssueSerializer(StrictSerializer):
 
 class PassportRenewSerializer(StrictSerializer):
     ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
+    grace_seconds = serializers.IntegerField(required=False, default=0)
 
 
 class ReasonSerializer(StrictSerializer):

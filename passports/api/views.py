@@ -124,6 +124,7 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             passport=self.get_object(),
             ttl_seconds=data.validated_data["ttl_seconds"],
             issued_by=request.user,
+            grace_seconds=data.validated_data["grace_seconds"],
         )
         return self._issued_response(issued)
 

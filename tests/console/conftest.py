@@ -9,11 +9,20 @@ PostgreSQL gets the usual threaded server and a connection per thread.
 """
 
 import os
+from typing import NoReturn
 
 import pytest
 from django.core.servers.basehttp import WSGIServer
 from django.db import connections
 from pytest_django.live_server_helper import LiveServer
+
+
+def browser_unavailable(message: str) -> NoReturn:
+    """Skip a browser test with ``message`` (the install hint) on a developer's machine; fail it
+    where ``REQUIRE_BROWSER=1`` says the browser tests must run (CI: ``.ci/run``)."""
+    if os.environ.get("REQUIRE_BROWSER") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 class SerialWSGIServer(WSGIServer):

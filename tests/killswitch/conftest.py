@@ -19,7 +19,7 @@ class RedisProcess:
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="aps-test-redis-")
+        self.dir = tempfile.gettempdir()  # non-persistent: it writes nothing there
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:

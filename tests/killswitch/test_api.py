@@ -170,6 +170,21 @@ def test_new_passport_for_killed_agent_is_refused_until_reinstated(operator_api,
     assert operator_api.post("/api/v1/passports", body, format="json").status_code == 201
 
 
+@pytest.mark.parametrize("target_kind", ["fleet", "all"])
+def test_no_passport_is_issued_dead_on_arrival_under_a_fleet_or_global_kill(
+    operator_api, agent, target_kind
+):
+    target = {"fleet": {"fleet": agent.fleet}, "all": {"all": True}}[target_kind]
+    revocation = kill(operator_api, target, reason="big red button").json()
+    body = {"agent": str(agent.id), "scope": ["gpu:use"], "jurisdiction": ["EU"]}
+    refused = operator_api.post("/api/v1/passports", body, format="json")
+    assert refused.status_code == 400
+    (message,) = refused.json()["errors"]["agent"]
+    assert f"revocation #{revocation['id']}" in message and "big red button" in message
+    operator_api.post(f"/api/v1/killswitch/{revocation['id']}/lift", {}, format="json")
+    assert operator_api.post("/api/v1/passports", body, format="json").status_code == 201
+
+
 def test_revocation_while_redis_is_down_is_committed_and_pushed_later(
     operator_api, agent, private_redis, revocation_prefix, settings
 ):

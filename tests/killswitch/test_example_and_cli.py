@@ -25,12 +25,12 @@ def test_killing_the_example_agent_stops_it_mid_run(live_server, issue, agent, s
         **os.environ,
         "AGENT_PASSPORT_TOKEN": token,
         "REDIS_URL": settings.REDIS_URL,
-        "PYTHONPATH": str(BASE_DIR),
     }
     process = subprocess.Popen(
         [
             sys.executable,
-            "examples/shell_agent.py",
+            "-m",
+            "examples.shell_agent",  # as its docstring and README show it
             "--registry",
             live_server.url,
             "echo step-1",
@@ -123,3 +123,10 @@ def test_cli_input_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["check"])
     assert exit_info.value.code == 2
+
+
+def test_cli_watch_needs_the_prefix_there_is_no_shared_default(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli(["watch", "--redis", "redis://127.0.0.1:6379/0"])
+    assert exited.value.code == 2
+    assert "--prefix" in capsys.readouterr().err

@@ -69,3 +69,27 @@ def test_rotate_retires_an_old_key_at_once_when_it_signed_nothing_unexpired():
     assert f"active key: {active.kid}" in output
     assert f"retired:    {old_kid}" in output
     assert SigningKey.objects.get(kid=old_kid).state == "retired"
+
+
+def test_create_operator_keep_password_replaces_the_token_but_not_the_password(
+    django_user_model,
+):
+    first = parse(run("create_operator", "demo", "--role", "admin", "--keep-password"))
+    password = first["password"].strip()
+    again = parse(run("create_operator", "demo", "--role", "admin", "--keep-password"))
+    user = django_user_model.objects.get(username="demo")
+    assert user.check_password(password), "a running instance's password was rotated"
+    assert "unchanged" in again["password"] and "--reset" in again["password"]
+    assert ApiToken.objects.filter(user=user).count() == 1
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {first['token'].strip()}")
+    assert client.get("/api/v1/agents").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION=f"Token {again['token'].strip()}")
+    assert client.get("/api/v1/agents").status_code == 200
+
+
+def test_create_operator_reset_does_not_pile_up_tokens(django_user_model):
+    run("create_operator", "sam")
+    for _ in range(3):
+        run("create_operator", "sam", "--reset")
+    assert ApiToken.objects.filter(user__username="sam").count() == 1
