@@ -1,9 +1,12 @@
+import threading
 import uuid
 
 import pytest
 import redis
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
+from killswitch import publisher
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
@@ -93,3 +96,32 @@ def issue(operator_api, agent):
         return response.json()
 
     return _issue
+
+
+HEARTBEAT_INTERVAL = 0.05  # seconds; below every max_staleness the tests use
+
+
+@pytest.fixture
+def revocation_heartbeat(transactional_db, settings):
+    """The service's revocation heartbeat (``manage.py revocation_heartbeat``) in a thread:
+    without its stamps, guards fail closed. Follows settings.REDIS_URL as the test changes it.
+
+    On SQLite's shared-cache in-memory test database a reading connection locks tables against
+    other connections' writes ("database table is locked"); the heartbeat's connection reads
+    uncommitted instead, so it never makes the test's own writes fail.
+    """
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=publisher.run_heartbeat, args=(stop, HEARTBEAT_INTERVAL), daemon=True
+    )
+
+    def read_uncommitted(sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite" and threading.current_thread() is thread:
+            connection.cursor().execute("PRAGMA read_uncommitted = 1")
+
+    connection_created.connect(read_uncommitted, weak=False)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(5)
+    connection_created.disconnect(read_uncommitted)
