@@ -173,8 +173,8 @@ class RevocationWatcher:
         self._last_id = last[0][0] if last else "0-0"
         self._position = stream_position(last[0][1].get(STREAM_ENTRY_FIELD)) if last else 0
         self._set_state(RevocationState.build(entries, epoch))
-        self._ready.set()
         self._confirm(epoch, stamp, redis_now, sent_at)
+        self._ready.set()
 
     def _follow(self) -> bool:
         """One poll. Returns False when the state must be reloaded."""

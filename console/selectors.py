@@ -1,4 +1,4 @@
-"""Read models for the console: dashboard figures and kill acknowledgements."""
+"""Read models for the console: dashboard figures and timelines."""
 
 from datetime import UTC, timedelta
 from typing import Any
@@ -8,11 +8,11 @@ from django.utils import timezone
 
 from actions.models import ActionEvent
 from killswitch.models import Revocation
+from killswitch.selectors import RUNNING_WITHIN
 from killswitch.services import current_epoch
 from passports.models import Agent, Passport
 from signals.selectors import agent_timeline
 
-RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
 EXPIRING_WITHIN = timedelta(hours=1)
 
 
@@ -40,45 +40,6 @@ def dashboard() -> dict[str, Any]:
 
 def recent_revocations(limit: int = 10) -> list[Revocation]:
     return list(Revocation.objects.select_related("actor", "lifted_by").order_by("-epoch")[:limit])
-
-
-def targeted_agents(revocation: Revocation):
-    """The agents a revocation stops."""
-    agents = Agent.objects.all()
-    if revocation.target_type == Revocation.TargetType.AGENT:
-        return agents.filter(pk=revocation.target_value)
-    if revocation.target_type == Revocation.TargetType.FLEET:
-        return agents.filter(fleet=revocation.target_value)
-    if revocation.target_type == Revocation.TargetType.PASSPORT:
-        return agents.filter(passports__jti=revocation.target_value)
-    return agents
-
-
-def acknowledgements(revocation: Revocation) -> dict[str, Any]:
-    """Which running agents have applied this revocation's epoch (from SDK heartbeats)."""
-    now = timezone.now()
-    running = targeted_agents(revocation).filter(last_seen_at__gte=now - RUNNING_WITHIN)
-    rows = []
-    for agent in running.order_by("name"):
-        acknowledged = (agent.last_seen_epoch or 0) >= revocation.epoch
-        rows.append(
-            {
-                "id": str(agent.pk),
-                "name": agent.name,
-                "fleet": agent.fleet,
-                "epoch_seen": agent.last_seen_epoch,
-                "last_seen": agent.last_seen_at.isoformat(),
-                "acknowledged": acknowledged,
-            }
-        )
-    return {
-        "revocation": revocation.pk,
-        "epoch": revocation.epoch,
-        "active": revocation.is_active,
-        "running": len(rows),
-        "acknowledged": sum(row["acknowledged"] for row in rows),
-        "agents": rows,
-    }
 
 
 def _describe(item: dict[str, Any]) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from console import selectors
 from console.access import requires
 from console.forms import CONFIRM_ALL_WORD, IssuePassportForm, KillForm, LiftForm, RegisterAgentForm
 from killswitch import rules as kill_rules
+from killswitch import selectors as kill_selectors
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation, RuleMatch
 from passports import selectors as passport_selectors
@@ -226,7 +227,7 @@ def kill(request: HttpRequest) -> HttpResponse:
             "everything": everything,
             "suspend": suspend,
             "confirm_word": CONFIRM_ALL_WORD,
-            "affected": selectors.targeted_agents(
+            "affected": kill_selectors.targeted_agents(
                 Revocation(target_type=target.type, target_value=target.value)
             ).count(),
         },
@@ -248,7 +249,7 @@ def revocation_detail(request: HttpRequest, revocation_id: int) -> HttpResponse:
             "target_agent": Agent.objects.filter(pk=revocation.target_value).first()
             if revocation.target_type == Revocation.TargetType.AGENT
             else None,
-            "acks": selectors.acknowledgements(revocation),
+            "acks": kill_selectors.acknowledgements(revocation),
         },
     )
 
@@ -258,7 +259,7 @@ def revocation_detail(request: HttpRequest, revocation_id: int) -> HttpResponse:
 @never_cache
 def revocation_acks(request: HttpRequest, revocation_id: int) -> JsonResponse:
     revocation = get_object_or_404(Revocation, pk=revocation_id)
-    return JsonResponse(selectors.acknowledgements(revocation))
+    return JsonResponse(kill_selectors.acknowledgements(revocation))
 
 
 @requires(Role.OPERATOR)

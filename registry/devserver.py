@@ -2,7 +2,8 @@
 
 ``run`` makes sure a Redis answers (starting ``redis-server`` on a free port if none does),
 migrates, creates the first signing key and a demo admin (printing its login), then runs the
-Celery worker (with beat) and the web server on 127.0.0.1:8000 until Ctrl-C.
+Celery worker (with beat), the revocation heartbeat and the web server on 127.0.0.1:8000 until
+Ctrl-C.
 ``test`` makes sure a Redis answers, then runs pytest with the remaining arguments.
 """
 
@@ -136,6 +137,10 @@ def run() -> None:
                 ],
                 cwd=BASE_DIR,
             )
+        )
+        # Stamps the revocation heartbeat every second: without it agents fail closed.
+        children.append(
+            subprocess.Popen([sys.executable, "manage.py", "revocation_heartbeat"], cwd=BASE_DIR)
         )
         children.append(
             subprocess.Popen(

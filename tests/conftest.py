@@ -101,27 +101,47 @@ def issue(operator_api, agent):
 HEARTBEAT_INTERVAL = 0.05  # seconds; below every max_staleness the tests use
 
 
-@pytest.fixture
-def revocation_heartbeat(transactional_db, settings):
-    """The service's revocation heartbeat (``manage.py revocation_heartbeat``) in a thread:
-    without its stamps, guards fail closed. Follows settings.REDIS_URL as the test changes it.
+class RevocationHeartbeat:
+    """The service's revocation heartbeat (``manage.py revocation_heartbeat``) in a thread.
 
     On SQLite's shared-cache in-memory test database a reading connection locks tables against
     other connections' writes ("database table is locked"); the heartbeat's connection reads
     uncommitted instead, so it never makes the test's own writes fail.
     """
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=publisher.run_heartbeat, args=(stop, HEARTBEAT_INTERVAL), daemon=True
-    )
 
-    def read_uncommitted(sender, connection, **kwargs) -> None:
-        if connection.vendor == "sqlite" and threading.current_thread() is thread:
+    def __init__(self, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        connection_created.connect(self._read_uncommitted, weak=False)
+
+    def _read_uncommitted(self, sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite" and threading.current_thread() is self._thread:
             connection.cursor().execute("PRAGMA read_uncommitted = 1")
 
-    connection_created.connect(read_uncommitted, weak=False)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(5)
-    connection_created.disconnect(read_uncommitted)
+    def start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=publisher.run_heartbeat, args=(self._stop, self.interval), daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        connection_created.disconnect(self._read_uncommitted)
+
+
+@pytest.fixture
+def revocation_heartbeat(transactional_db, settings):
+    """The heartbeat running for the test (guards fail closed without its stamps); it follows
+    settings.REDIS_URL as the test changes it. ``stop()``/``start()`` pause the service's side."""
+    heartbeat = RevocationHeartbeat()
+    heartbeat.start()
+    yield heartbeat
+    heartbeat.close()
