@@ -137,10 +137,13 @@ class Guard:
         if now < self._not_before:
             raise PassportNotYetValid(f"passport {self.jti} is not valid yet")
         watcher = self.watcher
+        # last_heard before state: the watcher swaps the state, then confirms it, so the state
+        # read second is at least as new as the one last_heard vouches for.
+        heard = watcher.last_heard
         blocking = watcher.state.blocking(jti=self.jti, agent=self.agent_id, fleet=self.fleet)
         if blocking is not None:
             raise PassportRevoked(f"{action} refused: {blocking.describe()}")
-        staleness = time.monotonic() - watcher.last_heard
+        staleness = time.monotonic() - heard
         if staleness > self.max_staleness:
             why = f" ({watcher.problem})" if watcher.problem else ""
             message = (
