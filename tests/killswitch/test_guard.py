@@ -279,8 +279,11 @@ def test_every_check_is_reported_with_the_agent_heartbeat(
     assert events["proc:exec:xmrig"].decision == "deny"
     assert "not in the passport's scope" in events["proc:exec:xmrig"].reason
     assert any("crypto miner" in e.reason for e in events.values())
-    agent.refresh_from_db()
-    assert agent.last_seen_epoch == revocation.epoch  # the agent acknowledged the kill
+    # The agent acknowledged the kill: the digest it sent is that of the revocations it holds.
+    from killswitch.selectors import acknowledgements
+
+    acks = acknowledgements(revocation)
+    assert [row["state"] for row in acks["agents"]] == ["acknowledged"]
 
 
 def _epoch_seen(agent):
