@@ -1,4 +1,5 @@
 import threading
+import time
 import uuid
 
 import pytest
@@ -10,6 +11,7 @@ from killswitch import publisher
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
+from passports.services import revocation_channel
 
 
 @pytest.fixture(scope="session")
@@ -120,11 +122,16 @@ class RevocationHeartbeat:
             connection.cursor().execute("PRAGMA read_uncommitted = 1")
 
     def start(self) -> None:
+        """Start stamping; returns once a stamp is in Redis (as with a deployed service)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=publisher.run_heartbeat, args=(self._stop, self.interval), daemon=True
         )
         self._thread.start()
+        key = revocation_channel().heartbeat_key
+        deadline = time.monotonic() + 5
+        while not publisher.redis_client().exists(key) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def stop(self) -> None:
         self._stop.set()
