@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TypedDict
 
 from django.db import IntegrityError, models, transaction
+from django.db.models import Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -36,6 +37,7 @@ class ReportedAction(TypedDict):
 
 class Heartbeat(TypedDict, total=False):
     epoch: int | None  # the last revocation epoch the agent applied
+    digest: str  # revocations_digest of the revocations it holds at that epoch
     host: str
     pid: int | None
     dropped: int  # events the SDK lost since its last acknowledged heartbeat
@@ -117,8 +119,9 @@ def record_heartbeat(
 ) -> None:
     """Mark the agent as seen now, from ``remote_addr``, in a single UPDATE.
 
-    ``last_seen_epoch`` only moves forward: a late, out-of-order post cannot lower it. Events the
-    SDK reports as lost are added to ``events_dropped``.
+    ``last_seen_epoch`` only moves forward: a late, out-of-order post cannot lower it, and
+    ``last_seen_digest`` changes only with it, so the pair always comes from one heartbeat.
+    Events the SDK reports as lost are added to ``events_dropped``.
     """
     heartbeat = heartbeat or {}
     host = heartbeat.get("host") or ""
@@ -131,6 +134,13 @@ def record_heartbeat(
     if epoch is not None:
         reported = models.Value(epoch, output_field=models.BigIntegerField())
         fields["last_seen_epoch"] = Greatest(Coalesce("last_seen_epoch", reported), reported)
+        fields["last_seen_digest"] = models.Case(
+            models.When(
+                Q(last_seen_epoch__isnull=True) | Q(last_seen_epoch__lte=epoch),
+                then=models.Value(heartbeat.get("digest") or ""),
+            ),
+            default=models.F("last_seen_digest"),
+        )
     if dropped := heartbeat.get("dropped"):
         fields["events_dropped"] = models.F("events_dropped") + dropped
     Agent.objects.filter(pk=agent_id).update(**fields)

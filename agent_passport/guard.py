@@ -56,9 +56,11 @@ class Guard:
     ``keys`` is a kid → public key mapping (pinned keys) or a lookup such as JWKSClient.
     ``watcher`` may be shared by many guards; if omitted, one is started on ``redis_url``
     with the channel named in the passport's ``rev`` claim.
-    ``max_staleness``: seconds without news from Redis after which checks raise
-    RevocationStateStale. ``fail_open=True`` turns that into a logged warning instead — only
-    for deliberate, documented exceptions.
+    ``max_staleness``: seconds since the revocation state was last known current (the registry's
+    heartbeat stamp, every epoch it announces applied) after which checks raise
+    RevocationStateStale; keep it above the registry's stamp interval (1 s).
+    ``fail_open=True`` turns that into a logged warning instead — only for deliberate,
+    documented exceptions.
     """
 
     def __init__(
@@ -135,15 +137,18 @@ class Guard:
         if now < self._not_before:
             raise PassportNotYetValid(f"passport {self.jti} is not valid yet")
         watcher = self.watcher
+        # last_heard before state: the watcher swaps the state, then confirms it, so the state
+        # read second is at least as new as the one last_heard vouches for.
+        heard = watcher.last_heard
         blocking = watcher.state.blocking(jti=self.jti, agent=self.agent_id, fleet=self.fleet)
         if blocking is not None:
             raise PassportRevoked(f"{action} refused: {blocking.describe()}")
-        staleness = time.monotonic() - watcher.last_heard
+        staleness = time.monotonic() - heard
         if staleness > self.max_staleness:
+            why = f" ({watcher.problem})" if watcher.problem else ""
             message = (
-                f"{action} refused: no word from the revocation channel for "
-                f"{_seconds(staleness)} (limit {self.max_staleness:g} s), so revocations "
-                "cannot be ruled out"
+                f"{action} refused: the revocation state was {_confirmed(staleness)} "
+                f"(limit {self.max_staleness:g} s){why}, so revocations cannot be ruled out"
             )
             if not self.fail_open:
                 raise RevocationStateStale(message)
@@ -203,8 +208,10 @@ class Guard:
                 logger.exception("kill callback failed")
 
     def heartbeat(self) -> dict[str, Any]:
-        """What the reporter sends as this agent's heartbeat: the revocation epoch it applied."""
-        return {"epoch": self.watcher.state.epoch, "host": _HOST, "pid": os.getpid()}
+        """What the reporter sends as this agent's heartbeat: the revocation epoch it applied
+        and the digest of the revocations it holds (the registry verifies both)."""
+        state = self.watcher.state
+        return {"epoch": state.epoch, "digest": state.digest, "host": _HOST, "pid": os.getpid()}
 
     def close(self) -> None:
         if self._owns_watcher:
@@ -229,5 +236,7 @@ class _Requirement(contextlib.ContextDecorator):
         return None
 
 
-def _seconds(value: float) -> str:
-    return "ever" if value == float("inf") else f"{value:.1f} s"
+def _confirmed(staleness: float) -> str:
+    if staleness == float("inf"):
+        return "never confirmed current"
+    return f"last confirmed current {staleness:.1f} s ago"

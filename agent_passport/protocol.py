@@ -30,6 +30,11 @@ class RevocationChannel:
         return f"{self.prefix}:revocations:snapshot"
 
     @property
+    def heartbeat_key(self) -> str:
+        """The registry's stamp: proof, every second, that the side committing kills is alive."""
+        return f"{self.prefix}:revocations:heartbeat"
+
+    @property
     def versions_key(self) -> str:
         """Server-side bookkeeping: the last epoch applied per revocation id (idempotent pushes)."""
         return f"{self.prefix}:revocations:versions"
@@ -58,4 +63,11 @@ SNAPSHOT_EPOCH_FIELD = "_epoch"
 SNAPSHOT_GENERATION_FIELD = "_generation"
 SNAPSHOT_ENTRY_PREFIX = "r:"
 STREAM_ENTRY_FIELD = "entry"
+# Each stream entry also carries the epoch of the entry before it in the stream ("0" for the
+# first): a follower whose last entry's epoch differs has missed entries (trimmed or lost).
+STREAM_PREV_FIELD = "prev"
 STREAM_MAXLEN = 100_000
+# Fields of the heartbeat hash: the highest epoch committed in the registry's database, and the
+# moment of the stamp in milliseconds on the Redis server's own clock (TIME).
+HEARTBEAT_EPOCH_FIELD = "epoch"
+HEARTBEAT_AT_FIELD = "at"

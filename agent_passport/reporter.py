@@ -6,7 +6,7 @@ the network or the disk. A daemon thread posts batches to ``POST /api/v1/actions
 
     {"events": [{"id": "<uuid4>", "action": "fs:write", "resource": "/workspace/a",
                  "jurisdiction": "DE", "decision": "allow", "reason": "...", "at": 1767225600.0}],
-     "heartbeat": {"epoch": 41, "host": "trainer-1", "pid": 4242}}
+     "heartbeat": {"epoch": 41, "digest": "<sha-256 hex>", "host": "trainer-1", "pid": 4242}}
 
 Each event gets its id once, before its first delivery attempt, so a retried batch is stored only
 once (the registry deduplicates by id). The registry is *unreachable* when a post fails in a way
@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from agent_passport.revocations import DIGEST_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -573,6 +575,9 @@ class ActionReporter:
             body["host"] = _text(host, MAX_HOST_LENGTH)
         if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
             body["pid"] = pid
+        digest = raw.get("digest")  # revocations_digest of the state the guard applied
+        if isinstance(digest, str) and len(digest) == DIGEST_LENGTH:
+            body["digest"] = digest
         return body
 
     # --- the spill file ---------------------------------------------------------------------

@@ -12,9 +12,11 @@ Wire format (JSON, one per stream entry and per snapshot hash field)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 TARGET_TYPES = ("passport", "agent", "fleet", "all")
@@ -24,6 +26,27 @@ ENTRY_KINDS = ("revoke", "lift")
 def describe_target(target_type: str, target_value: str) -> str:
     """What a revocation stops, for people: ``all agents`` or e.g. ``fleet gpu-a``."""
     return "all agents" if target_type == "all" else f"{target_type} {target_value}"
+
+
+DIGEST_LENGTH = 64  # hex SHA-256
+
+
+def revocations_digest(active_ids: Iterable[int]) -> str:
+    """What an agent reports it holds: SHA-256 (hex) of the active revocation ids, ascending,
+    in decimal, joined by ``,`` (the empty set hashes the empty string). The registry computes
+    the same over the revocations active at the reported epoch to verify an acknowledgement."""
+    text = ",".join(str(i) for i in sorted(active_ids))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def stream_position(raw: str | bytes | None) -> int:
+    """The epoch a stream entry stands for in the ``prev`` chain: its JSON ``epoch`` if that is
+    an integer, else 0 (the publisher's Lua script reads it the same way)."""
+    try:
+        epoch = json.loads(raw or "").get("epoch")
+    except (ValueError, AttributeError):
+        return 0
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
 class MalformedEntry(ValueError):
@@ -143,6 +166,11 @@ class RevocationState:
             or (index.get(("fleet", fleet)) if fleet else None)
             or index.get(("all", "*"))
         )
+
+    @cached_property
+    def digest(self) -> str:
+        """revocations_digest of the active set (computed once per state)."""
+        return revocations_digest(self.active)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,15 @@
 """A background thread that keeps a local copy of the revocation state, following Redis.
 
-Protocol (README, "Kill-switch protocol"): load the snapshot hash and the stream's last id in
-one transaction, then loop: read the snapshot's ``_epoch``/``_generation`` and block on the stream
-for at most ``block_ms``. A missing snapshot, an epoch that went backwards or jumped past what
-the stream delivered, a new generation, or a malformed entry makes the watcher reload. Every
-completed round trip with a valid snapshot counts as "heard from Redis" (``last_heard``).
+Protocol (README, "Kill-switch protocol"): load the snapshot hash, the stream's last entry and
+the registry's heartbeat stamp in one transaction, then loop: read ``_epoch``/``_generation`` and
+the stamp, and block on the stream for at most ``block_ms``. A missing snapshot, a new
+generation, an epoch that went backwards or ahead of what the stream delivered, an entry whose
+``prev`` is not the last entry seen (entries were trimmed or lost) or a malformed entry makes the
+watcher reload. The applied epoch never goes backwards: an older snapshot is refused as stale.
+
+``last_heard`` is the moment (``time.monotonic()``) up to which the state is known current: the
+time of the newest heartbeat stamp, counted only once the watcher has applied every epoch that
+stamp and the snapshot announce. Guards refuse once it is older than their ``max_staleness``.
 """
 
 from __future__ import annotations
@@ -17,13 +22,21 @@ from collections.abc import Callable
 import redis
 
 from agent_passport.protocol import (
+    HEARTBEAT_AT_FIELD,
+    HEARTBEAT_EPOCH_FIELD,
     SNAPSHOT_ENTRY_PREFIX,
     SNAPSHOT_EPOCH_FIELD,
     SNAPSHOT_GENERATION_FIELD,
     STREAM_ENTRY_FIELD,
+    STREAM_PREV_FIELD,
     RevocationChannel,
 )
-from agent_passport.revocations import MalformedEntry, RevocationEntry, RevocationState
+from agent_passport.revocations import (
+    MalformedEntry,
+    RevocationEntry,
+    RevocationState,
+    stream_position,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +44,8 @@ Listener = Callable[[RevocationState], None]
 
 
 class SnapshotUnavailable(Exception):
-    """The snapshot is missing or unreadable: the revocation state is unknown."""
+    """The snapshot is missing, unreadable or older than the state applied: keep what we have,
+    fail closed once it is stale, and retry."""
 
 
 class RevocationWatcher:
@@ -43,11 +57,13 @@ class RevocationWatcher:
         *,
         channel: RevocationChannel | None = None,
         block_ms: int = 100,
+        batch: int = 1000,
         retry_delay: float = 0.1,
         client: redis.Redis | None = None,
     ) -> None:
         self.channel = channel or RevocationChannel()
         self.block_ms = block_ms
+        self.batch = batch  # stream entries per read
         self.retry_delay = retry_delay
         self._client = client or redis.Redis.from_url(
             redis_url,
@@ -56,14 +72,19 @@ class RevocationWatcher:
             decode_responses=True,
         )
         self.state = RevocationState()
-        self.last_heard = float("-inf")  # time.monotonic() of the last good round trip
+        self.last_heard = float("-inf")  # see the module docstring
+        self.problem = "not loaded yet"  # why the state is not known current ("" when it is)
         self._generation: str | None = None
         self._last_id = "0-0"
+        self._position = 0  # stream_position of the entry at _last_id (the ``prev`` chain)
+        self._stamp: tuple[str, str] | None = None  # the heartbeat stamp last seen
+        self._stamp_at = float("-inf")  # its moment on our monotonic clock
+        self._stamp_epoch = 0
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_problem = ""
+        self._logged_problem = ""
 
     # -- public -------------------------------------------------------------------------------
     def start(self) -> RevocationWatcher:
@@ -88,7 +109,7 @@ class RevocationWatcher:
         return self._ready.wait(timeout)
 
     def staleness(self) -> float:
-        """Seconds since the watcher last heard from Redis with a valid snapshot."""
+        """Seconds since the state was last known current (see the module docstring)."""
         return time.monotonic() - self.last_heard
 
     # -- loop ---------------------------------------------------------------------------------
@@ -101,11 +122,11 @@ class RevocationWatcher:
                     need_load = False
                 need_load = not self._follow()
             except SnapshotUnavailable as exc:
-                self._problem(f"revocation state unavailable: {exc}")
+                self._problem(f"revocation state unavailable: {exc}", log=True)
                 need_load = True
                 self._stop.wait(self.retry_delay)
             except (redis.RedisError, OSError) as exc:
-                self._problem(f"Redis unreachable ({exc.__class__.__name__}: {exc})")
+                self._problem(f"Redis unreachable ({exc.__class__.__name__}: {exc})", log=True)
                 need_load = True
                 self._stop.wait(self.retry_delay)
             except Exception:  # never let the watcher die: it is what keeps guards honest
@@ -113,17 +134,22 @@ class RevocationWatcher:
                 need_load = True
                 self._stop.wait(self.retry_delay)
 
-    def _problem(self, message: str) -> None:
-        if message != self._last_problem:
+    def _problem(self, message: str, *, log: bool = False) -> None:
+        """Note why the state is not known current; ``log`` once per distinct outage."""
+        self.problem = message
+        if log and message != self._logged_problem:
             logger.warning("%s; guards fail closed once the state is stale", message)
-            self._last_problem = message
+            self._logged_problem = message
 
     def _load(self) -> None:
         keys = self.channel
+        sent_at = time.monotonic()
         with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.snapshot_key)
             pipe.xrevrange(keys.stream_key, count=1)
-            snapshot, last = pipe.execute()
+            pipe.hmget(keys.heartbeat_key, [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD])
+            pipe.time()
+            snapshot, last, stamp, redis_now = pipe.execute()
         if not snapshot or SNAPSHOT_EPOCH_FIELD not in snapshot:
             raise SnapshotUnavailable(
                 "no snapshot in Redis (new or flushed); waiting for the service"
@@ -137,48 +163,99 @@ class RevocationWatcher:
             ]
         except (ValueError, MalformedEntry) as exc:
             raise SnapshotUnavailable(f"malformed snapshot: {exc}") from exc
+        if epoch < self.state.epoch:
+            raise SnapshotUnavailable(
+                f"the snapshot (epoch {epoch}) is older than the state applied (epoch "
+                f"{self.state.epoch}): Redis was restored from an older copy or lags; keeping "
+                "the newer state until the service rewrites it"
+            )
         self._generation = snapshot.get(SNAPSHOT_GENERATION_FIELD)
         self._last_id = last[0][0] if last else "0-0"
+        self._position = stream_position(last[0][1].get(STREAM_ENTRY_FIELD)) if last else 0
         self._set_state(RevocationState.build(entries, epoch))
-        self._heard()
+        self._confirm(epoch, stamp, redis_now, sent_at)
         self._ready.set()
 
     def _follow(self) -> bool:
         """One poll. Returns False when the state must be reloaded."""
         keys = self.channel
+        sent_at = time.monotonic()
         with self._client.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.snapshot_key, [SNAPSHOT_EPOCH_FIELD, SNAPSHOT_GENERATION_FIELD])
-            pipe.xread({keys.stream_key: self._last_id}, count=1000, block=self.block_ms)
-            (epoch_raw, generation), streams = pipe.execute()
+            pipe.hmget(keys.heartbeat_key, [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD])
+            pipe.time()
+            pipe.xread({keys.stream_key: self._last_id}, count=self.batch, block=self.block_ms)
+            (epoch_raw, generation), stamp, redis_now, streams = pipe.execute()
         if epoch_raw is None:
             raise SnapshotUnavailable("snapshot disappeared (Redis flushed or restarted)")
-        entries = []
-        for _stream, messages in streams or []:
-            for message_id, fields in messages:
-                self._last_id = message_id
-                try:
-                    entries.append(RevocationEntry.parse(fields.get(STREAM_ENTRY_FIELD, "")))
-                except MalformedEntry as exc:
-                    logger.error(
-                        "malformed revocation stream entry %s: %s; reloading", message_id, exc
-                    )
-                    return False
+        messages = [message for _stream, batch in streams or [] for message in batch]
+        entries = self._read(messages)
+        if entries is None:
+            return False
         if entries:
             self._set_state(self.state.apply(entries))
         if generation != self._generation:
             return False  # the service rewrote the snapshot (reconciliation)
-        if int(epoch_raw) < self.state.epoch and not entries:
-            return False  # epoch went backwards: Redis was reset
-        if int(epoch_raw) > self.state.epoch and not streams:
+        snapshot_epoch = int(epoch_raw)
+        if snapshot_epoch < self.state.epoch and not entries:
+            return False  # older than what we applied: reload, which refuses it as stale
+        if snapshot_epoch > self.state.epoch and len(messages) < self.batch:
             return False  # the snapshot knows more than the stream told us
-        self._heard()
+        self._confirm(snapshot_epoch, stamp, redis_now, sent_at)
         return True
 
-    def _heard(self) -> None:
-        self.last_heard = time.monotonic()
-        if self._last_problem:
+    def _read(self, messages: list) -> list[RevocationEntry] | None:
+        """Parse stream messages in order; None if one is malformed or does not follow on
+        from the last entry seen (``prev``), i.e. entries were trimmed or lost: reload."""
+        entries = []
+        for message_id, fields in messages:
+            try:
+                entry = RevocationEntry.parse(fields.get(STREAM_ENTRY_FIELD, ""))
+                prev = int(fields[STREAM_PREV_FIELD])
+            except (MalformedEntry, KeyError, ValueError) as exc:
+                logger.error("malformed revocation stream entry %s: %s; reloading", message_id, exc)
+                return None
+            if prev != self._position:
+                logger.warning(
+                    "revocation stream entry %s follows epoch %s but the last one seen was "
+                    "epoch %s: entries were trimmed or lost; reloading the snapshot",
+                    message_id,
+                    prev,
+                    self._position,
+                )
+                return None
+            self._last_id, self._position = message_id, entry.epoch
+            entries.append(entry)
+        return entries
+
+    def _confirm(self, snapshot_epoch: int, stamp: list, redis_now: tuple, sent_at: float) -> None:
+        """Advance ``last_heard`` to the newest heartbeat stamp, if every epoch it and the
+        snapshot announce has been applied. The stamp's age is measured on Redis's clock
+        (``TIME``), so neither the agent's nor the registry's clock matters, and a stamp counts
+        once: an unchanged stamp never looks newer."""
+        epoch_raw, at_raw = stamp
+        if epoch_raw is None or at_raw is None:
+            self._problem("no heartbeat stamp from the registry in Redis", log=True)
+            return
+        if (epoch_raw, at_raw) != self._stamp:
+            try:
+                stamp_epoch, stamp_ms = int(epoch_raw), int(at_raw)
+            except ValueError:
+                self._problem(f"malformed heartbeat stamp {stamp!r:.100}", log=True)
+                return
+            now_ms = int(redis_now[0]) * 1000 + int(redis_now[1]) // 1000
+            self._stamp = (epoch_raw, at_raw)
+            self._stamp_epoch = stamp_epoch
+            self._stamp_at = sent_at - max(0, now_ms - stamp_ms) / 1000
+        target = max(snapshot_epoch, self._stamp_epoch)
+        if self.state.epoch < target:
+            self._problem(f"catching up: epoch {self.state.epoch} applied, {target} committed")
+            return
+        self.last_heard = self._stamp_at
+        if self._logged_problem:
             logger.warning("revocation channel healthy again (epoch %s)", self.state.epoch)
-            self._last_problem = ""
+            self._logged_problem = ""
+        self.problem = ""
 
     def _set_state(self, state: RevocationState) -> None:
         changed = state.active != self.state.active

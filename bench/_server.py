@@ -472,6 +472,7 @@ class Service:
         self.logs = {
             "web": workdir / f"{tag}-gunicorn.log",
             "celery": workdir / f"{tag}-celery.log",
+            "heartbeat": workdir / f"{tag}-heartbeat.log",
         }
         self.processes["celery"] = start_logged(
             [
@@ -491,6 +492,9 @@ class Service:
             ],
             self.env,
             self.logs["celery"],
+        )
+        self.processes["heartbeat"] = start_logged(
+            [sys.executable, "manage.py", "revocation_heartbeat"], self.env, self.logs["heartbeat"]
         )
         self.processes["web"] = start_logged(
             gunicorn_command(port, workers, threads, "gthread" if threads > 1 else "sync"),
@@ -536,7 +540,7 @@ class Service:
         }
 
     def stop(self) -> None:
-        for name in ("web", "celery"):
+        for name in ("web", "heartbeat", "celery"):
             stop_group(self.processes.pop(name, None))
 
 

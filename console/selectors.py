@@ -12,13 +12,13 @@ from actions import selectors as action_selectors
 from actions.models import ActionEvent
 from agent_passport.revocations import describe_target
 from console.times import moment
+from killswitch import selectors as kill_selectors
 from killswitch.models import Revocation
-from killswitch.selectors import runnable_agents
+from killswitch.selectors import RUNNING_WITHIN, runnable_agents
 from killswitch.services import current_epoch
 from passports.models import Agent, Passport
 from signals.selectors import agent_timeline
 
-RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
 EXPIRING_WITHIN = timedelta(hours=1)
 
 
@@ -57,18 +57,6 @@ def recent_revocations(limit: int = 10) -> list[Revocation]:
     return list(Revocation.objects.select_related("actor", "lifted_by").order_by("-epoch")[:limit])
 
 
-def targeted_agents(revocation: Revocation):
-    """The agents a revocation stops."""
-    agents = Agent.objects.all()
-    if revocation.target_type == Revocation.TargetType.AGENT:
-        return agents.filter(pk=revocation.target_value)
-    if revocation.target_type == Revocation.TargetType.FLEET:
-        return agents.filter(fleet=revocation.target_value)
-    if revocation.target_type == Revocation.TargetType.PASSPORT:
-        return agents.filter(passports__jti=revocation.target_value)
-    return agents
-
-
 def stopped_by_group_kill(agents: Iterable[Agent]) -> set[uuid.UUID]:
     """Which of these agents a fleet or global kill stops although their status reads active."""
     active = {agent.pk for agent in agents if agent.status == Agent.Status.ACTIVE}
@@ -76,30 +64,10 @@ def stopped_by_group_kill(agents: Iterable[Agent]) -> set[uuid.UUID]:
 
 
 def acknowledgements(revocation: Revocation) -> dict[str, Any]:
-    """Which running agents have applied this revocation's epoch (from SDK heartbeats)."""
-    now = timezone.now()
-    running = targeted_agents(revocation).filter(last_seen_at__gte=now - RUNNING_WITHIN)
-    rows = []
-    for agent in running.order_by("name"):
-        acknowledged = (agent.last_seen_epoch or 0) >= revocation.epoch
-        rows.append(
-            {
-                "id": str(agent.pk),
-                "name": agent.name,
-                "fleet": agent.fleet,
-                "epoch_seen": agent.last_seen_epoch,
-                "last_seen": moment(agent.last_seen_at),
-                "acknowledged": acknowledged,
-            }
-        )
-    return {
-        "revocation": revocation.pk,
-        "epoch": revocation.epoch,
-        "active": revocation.is_active,
-        "running": len(rows),
-        "acknowledged": sum(row["acknowledged"] for row in rows),
-        "agents": rows,
-    }
+    """The kill switch's acknowledgements, with times in the console's one format."""
+    acks = kill_selectors.acknowledgements(revocation)
+    rows = [{**row, "last_seen": moment(row["last_seen"])} for row in acks["agents"]]
+    return {**acks, "agents": rows}
 
 
 def target_labels(revocations: list[Revocation]) -> dict[int, str]:

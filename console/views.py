@@ -16,6 +16,7 @@ from console.access import requires
 from console.forms import CONFIRM_ALL_WORD, IssuePassportForm, KillForm, LiftForm, RegisterAgentForm
 from console.times import moment
 from killswitch import rules as kill_rules
+from killswitch import selectors as kill_selectors
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation, RuleMatch
 from passports import selectors as passport_selectors
@@ -214,7 +215,7 @@ def kill(request: HttpRequest) -> HttpResponse:
             "everything": everything,
             "suspend": suspend,
             "confirm_word": CONFIRM_ALL_WORD,
-            "affected": selectors.targeted_agents(
+            "affected": kill_selectors.targeted_agents(
                 Revocation(target_type=target.type, target_value=target.value)
             ).count(),
         },

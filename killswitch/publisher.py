@@ -1,29 +1,36 @@
 """Pushes revocations to agents through Redis (key layout: README, "Kill-switch protocol").
 
 * ``<prefix>:revocations:epoch`` — the highest epoch published (a string integer).
-* ``<prefix>:revocations:stream`` — a stream; each entry has one field ``entry`` (JSON).
+* ``<prefix>:revocations:stream`` — a stream; each entry has the fields ``entry`` (JSON) and
+  ``prev`` (the epoch of the entry before it), so a follower can tell that it missed entries.
 * ``<prefix>:revocations:snapshot`` — a hash: ``_epoch``, ``_generation`` and one field
   ``r:<id>`` per active revocation. Its absence means "state unknown": agents fail closed.
+* ``<prefix>:revocations:heartbeat`` — a hash stamped every second by :func:`stamp_heartbeat`:
+  the highest epoch committed in the database and the Redis server's time. Agents stay fresh
+  only while it keeps changing and they have applied that epoch.
 * ``<prefix>:revocations:versions`` — server bookkeeping: last epoch applied per revocation id,
   which makes every push idempotent.
 """
 
 import logging
 import threading
+import time
 import uuid
 
 import redis
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db.models import F, Max
 from django.db.models.functions import Coalesce
 
 from agent_passport.protocol import (
+    HEARTBEAT_AT_FIELD,
+    HEARTBEAT_EPOCH_FIELD,
     SNAPSHOT_ENTRY_PREFIX,
     SNAPSHOT_EPOCH_FIELD,
     SNAPSHOT_GENERATION_FIELD,
     STREAM_ENTRY_FIELD,
-    STREAM_MAXLEN,
+    STREAM_PREV_FIELD,
 )
 from agent_passport.revocations import RevocationEntry
 from killswitch.models import EpochCounter, Revocation
@@ -33,29 +40,55 @@ from passports.services import revocation_channel
 logger = logging.getLogger(__name__)
 
 # Applies one entry atomically. Returns 0 if already applied, 1 if applied, 2 if applied to the
-# stream but the snapshot is missing (Redis was flushed or restarted): the caller reconciles.
+# stream but the snapshot is missing or older than what the database knows was pushed (Redis
+# was flushed, restarted, or restored from an older copy): the caller reconciles. Writing into
+# such a snapshot would give it a current epoch without the entries it lost.
 _PUBLISH = """
 local known = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
 local epoch = tonumber(ARGV[2])
 if known >= epoch then return 0 end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-local has_snapshot = redis.call('EXISTS', KEYS[3]) == 1
+local snapshot_epoch = tonumber(redis.call('HGET', KEYS[3], ARGV[7]) or '-1')
+local has_snapshot = snapshot_epoch >= tonumber(ARGV[10])
 if has_snapshot then
   if ARGV[3] == 'revoke' then
     redis.call('HSET', KEYS[3], ARGV[6] .. ARGV[1], ARGV[4])
   else
     redis.call('HDEL', KEYS[3], ARGV[6] .. ARGV[1])
   end
-  if epoch > tonumber(redis.call('HGET', KEYS[3], ARGV[7]) or '0') then
+  if epoch > snapshot_epoch then
     redis.call('HSET', KEYS[3], ARGV[7], ARGV[2])
   end
 end
 if epoch > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], ARGV[2])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', ARGV[8], ARGV[4])
+local prev = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if last then
+  local fields = last[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[8] then
+      local ok, doc = pcall(cjson.decode, fields[i + 1])
+      if ok and type(doc) == 'table' and type(doc.epoch) == 'number'
+         and doc.epoch == math.floor(doc.epoch) then prev = doc.epoch end
+    end
+  end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', ARGV[8], ARGV[4],
+           ARGV[9], string.format('%d', prev))
 if has_snapshot then return 1 end
 return 2
+"""
+
+# The heartbeat stamp: the committed epoch and the Redis server's time in milliseconds (its
+# own clock, so agents compare it with TIME and neither the agents' nor our clock matters).
+# Returns the snapshot's epoch (-1 if it is missing) so the caller can heal a lagging snapshot.
+_STAMP = """
+local now = redis.call('TIME')
+local at = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], at)
+return tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '-1')
 """
 
 _clients: dict[str, redis.Redis] = {}
@@ -106,6 +139,9 @@ def push_pending() -> int:
         return 0
     keys = revocation_channel()
     script = redis_client().register_script(_PUBLISH)
+    # The snapshot must already hold everything marked pushed; if not, it was lost or restored
+    # from an older copy, and only a full rewrite (reconcile) may bring it forward.
+    floor = Revocation.objects.aggregate(floor=Max("pushed_epoch"))["floor"] or 0
     snapshot_missing = False
     for revocation in pending:
         entry = entry_for(revocation)
@@ -116,10 +152,12 @@ def push_pending() -> int:
                 entry.epoch,
                 entry.kind,
                 entry.to_json(),
-                STREAM_MAXLEN,
+                settings.REVOCATION_STREAM_MAXLEN,
                 SNAPSHOT_ENTRY_PREFIX,
                 SNAPSHOT_EPOCH_FIELD,
                 STREAM_ENTRY_FIELD,
+                STREAM_PREV_FIELD,
+                floor,
             ],
         )
         snapshot_missing = snapshot_missing or result == 2
@@ -129,6 +167,58 @@ def push_pending() -> int:
     if snapshot_missing:
         reconcile()
     return len(pending)
+
+
+def stamp_heartbeat() -> tuple[int, int]:
+    """Stamp the highest committed epoch into Redis, with Redis's own time.
+
+    Returns (the epoch stamped, the snapshot's epoch or -1 if it is missing). Raises
+    redis.RedisError when Redis refuses writes or is down: no stamp, and agents fail closed,
+    as they must when kills cannot reach them.
+    """
+    epoch = current_epoch()
+    keys = revocation_channel()
+    snapshot_epoch = redis_client().register_script(_STAMP)(
+        keys=[keys.heartbeat_key, keys.snapshot_key],
+        args=[HEARTBEAT_EPOCH_FIELD, epoch, HEARTBEAT_AT_FIELD, SNAPSHOT_EPOCH_FIELD],
+    )
+    return epoch, snapshot_epoch
+
+
+def run_heartbeat(stop: threading.Event, interval: float) -> None:
+    """Stamp every ``interval`` seconds until ``stop`` is set (``manage.py revocation_heartbeat``).
+
+    When the snapshot is still behind the epoch stamped one beat earlier, the fast path failed
+    (Redis refused the push) or Redis lost state (flushed, restored from an older copy): push
+    what is pending and reconcile. Failures are logged once per kind and survived.
+    """
+    announced = -1  # the epoch stamped on the previous beat
+    problem = ""
+    try:
+        while True:
+            started = time.monotonic()
+            close_old_connections()
+            try:
+                epoch, snapshot_epoch = stamp_heartbeat()
+                if snapshot_epoch < announced:
+                    push_pending()
+                    reconcile()
+                announced = epoch
+                if problem:
+                    logger.warning("revocation heartbeat stamping again")
+                problem = ""
+            except (redis.RedisError, DatabaseError) as exc:
+                if exc.__class__.__name__ != problem:
+                    logger.error(
+                        "revocation heartbeat failed (%s: %s); agents fail closed until it is back",
+                        exc.__class__.__name__,
+                        exc,
+                    )
+                problem = exc.__class__.__name__
+            if stop.wait(max(0.0, interval - (time.monotonic() - started))):
+                return
+    finally:
+        connections.close_all()  # this thread's connections
 
 
 def push_pending_or_schedule() -> None:

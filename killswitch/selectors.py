@@ -1,11 +1,20 @@
-"""Which revocations stop a passport or an agent right now."""
+"""Which revocations stop a passport or an agent right now, and which agents applied them."""
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import cache
+from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from agent_passport.revocations import describe_target
+from agent_passport.revocations import describe_target, revocations_digest
 from killswitch.models import Revocation
 from killswitch.services import ALL_AGENTS
 from passports.models import Agent
+
+RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
+ACKNOWLEDGED, WAITING, MISMATCHED = "acknowledged", "waiting", "mismatched"
 
 
 def blocking_revocations(
@@ -53,3 +62,62 @@ def revocations(
 def describe_revocation(revocation: Revocation) -> str:
     target = describe_target(revocation.target_type, revocation.target_value)
     return f"revoked: {target} (epoch {revocation.epoch}, {revocation.source}): {revocation.reason}"
+
+
+def targeted_agents(revocation: Revocation) -> QuerySet[Agent]:
+    """The agents a revocation stops."""
+    agents = Agent.objects.all()
+    if revocation.target_type == Revocation.TargetType.AGENT:
+        return agents.filter(pk=revocation.target_value)
+    if revocation.target_type == Revocation.TargetType.FLEET:
+        return agents.filter(fleet=revocation.target_value)
+    if revocation.target_type == Revocation.TargetType.PASSPORT:
+        return agents.filter(passports__jti=revocation.target_value)
+    return agents
+
+
+def applied_digest(epoch: int) -> str:
+    """The revocations_digest an agent holds once it has applied every epoch up to ``epoch``."""
+    active = Revocation.objects.filter(epoch__lte=epoch).exclude(lift_epoch__lte=epoch)
+    return revocations_digest(active.values_list("pk", flat=True))
+
+
+def acknowledgement(agent: Agent, epoch: int, expected: Callable[[int], str]) -> str:
+    """Whether the agent's last heartbeat shows it applied ``epoch``: ACKNOWLEDGED (its epoch is
+    at least that and its digest is what the database says was active at its epoch), WAITING
+    (an older epoch, or no digest), or MISMATCHED (the epoch is reached but it holds something
+    else: it skipped or lost revocations)."""
+    seen = agent.last_seen_epoch
+    if seen is None or seen < epoch or not agent.last_seen_digest:
+        return WAITING
+    return ACKNOWLEDGED if agent.last_seen_digest == expected(seen) else MISMATCHED
+
+
+def acknowledgements(revocation: Revocation) -> dict[str, Any]:
+    """Which running targeted agents have applied this revocation (from SDK heartbeats)."""
+    now = timezone.now()
+    running = targeted_agents(revocation).filter(last_seen_at__gte=now - RUNNING_WITHIN)
+    expected = cache(applied_digest)  # one query per distinct epoch reported
+    rows = []
+    for agent in running.order_by("name"):
+        state = acknowledgement(agent, revocation.epoch, expected)
+        rows.append(
+            {
+                "id": str(agent.pk),
+                "name": agent.name,
+                "fleet": agent.fleet,
+                "epoch_seen": agent.last_seen_epoch,
+                "last_seen": agent.last_seen_at,
+                "state": state,
+                "acknowledged": state == ACKNOWLEDGED,
+            }
+        )
+    return {
+        "revocation": revocation.pk,
+        "epoch": revocation.epoch,
+        "active": revocation.is_active,
+        "running": len(rows),
+        "acknowledged": sum(row["state"] == ACKNOWLEDGED for row in rows),
+        "mismatched": sum(row["state"] == MISMATCHED for row in rows),
+        "agents": rows,
+    }

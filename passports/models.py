@@ -24,6 +24,8 @@ class Agent(models.Model):
     # Reported by the SDK with each batch of action events (its heartbeat).
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_epoch = models.BigIntegerField(null=True, blank=True)
+    # revocations_digest of what the agent held at last_seen_epoch (acknowledgements check it).
+    last_seen_digest = models.CharField(max_length=64, blank=True)
     last_seen_address = models.CharField(max_length=255, blank=True)
     events_dropped = models.PositiveBigIntegerField(
         default=0, help_text="Action events its SDK reported it could not deliver (lost)."

@@ -2,9 +2,10 @@
 
 ``run`` refuses if something already serves on its address, makes sure a Redis answers
 (starting ``redis-server`` on a free port if none does), migrates, creates the first signing key
-and the demo admin (printing its login), then runs the Celery worker (with beat) and the web
-server until Ctrl-C, SIGTERM or SIGHUP, or until one of them dies. Each child runs in its own
-process group, and stopping means the whole group: SIGTERM, then SIGKILL after a timeout.
+and the demo admin (printing its login), then runs the Celery worker (with beat), the revocation
+heartbeat and the web server until Ctrl-C, SIGTERM or SIGHUP, or until one of them dies. Each
+child runs in its own process group, and stopping means the whole group: SIGTERM, then SIGKILL
+after a timeout.
 ``test`` makes sure a Redis answers, then runs pytest with the remaining arguments.
 """
 
@@ -215,14 +216,15 @@ def _wait_until_serving(address: str, children: list[subprocess.Popen]) -> bool:
 
 
 def _start_services(address: str, children: list[subprocess.Popen]) -> None:
-    """Start the Celery worker (with beat; no banner, warnings and errors only) and the web
-    server."""
+    """Start the Celery worker (with beat; no banner, warnings and errors only), the revocation
+    heartbeat (without its stamp every agent fails closed) and the web server."""
     python_bin = Path(sys.executable).parent
     worker = [str(python_bin / "celery"), "-A", "registry", "--quiet", "worker", "--beat"]
     worker += ["--loglevel", "WARNING", "--concurrency", "2"]
     web = [str(python_bin / "gunicorn"), "registry.wsgi", "--bind", address]
     web += ["--workers", "2", "--threads", "4", "--access-logfile", "-"]
-    for command in (worker, web):
+    heartbeat = [sys.executable, "manage.py", "revocation_heartbeat"]
+    for command in (worker, heartbeat, web):
         children.append(_start(command))
 
 

@@ -8,6 +8,8 @@ import environ
 import redis
 from django.core.exceptions import ImproperlyConfigured
 
+from agent_passport.protocol import STREAM_MAXLEN
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -160,6 +162,11 @@ JWKS_CACHE_SECONDS = env.int("JWKS_CACHE_SECONDS", default=300)
 REVOCATION_REDIS_PREFIX = env.str("REVOCATION_REDIS_PREFIX", default=REDIS_NAMESPACE)
 # How long one kill-rule webhook POST may take (connect and read) before it is retried.
 KILL_RULE_WEBHOOK_TIMEOUT_SECONDS = env.float("KILL_RULE_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# How often the revocation heartbeat (manage.py revocation_heartbeat) stamps Redis; agents fail
+# closed after max_staleness (SDK default 2 s) without a new stamp, so keep it well below that.
+REVOCATION_HEARTBEAT_SECONDS = env.float("REVOCATION_HEARTBEAT_SECONDS", default=1.0)
+# Entries kept in the revocation stream (approximately); agents further behind reload.
+REVOCATION_STREAM_MAXLEN = env.int("REVOCATION_STREAM_MAXLEN", default=STREAM_MAXLEN)
 
 if PRODUCTION:
     for name, value in (("SECRET_KEY", SECRET_KEY), ("KEY_ENCRYPTION_KEY", KEY_ENCRYPTION_KEY)):

@@ -1,12 +1,17 @@
+import threading
+import time
 import uuid
 
 import pytest
 import redis
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
+from killswitch import publisher
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
+from passports.services import revocation_channel
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +116,57 @@ def issue(operator_api, agent):
         return response.json()
 
     return _issue
+
+
+HEARTBEAT_INTERVAL = 0.05  # seconds; below every max_staleness the tests use
+
+
+class RevocationHeartbeat:
+    """The service's revocation heartbeat (``manage.py revocation_heartbeat``) in a thread.
+
+    On SQLite's shared-cache in-memory test database a reading connection locks tables against
+    other connections' writes ("database table is locked"); the heartbeat's connection reads
+    uncommitted instead, so it never makes the test's own writes fail.
+    """
+
+    def __init__(self, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        connection_created.connect(self._read_uncommitted, weak=False)
+
+    def _read_uncommitted(self, sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite" and threading.current_thread() is self._thread:
+            connection.cursor().execute("PRAGMA read_uncommitted = 1")
+
+    def start(self) -> None:
+        """Start stamping; returns once a stamp is in Redis (as with a deployed service)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=publisher.run_heartbeat, args=(self._stop, self.interval), daemon=True
+        )
+        self._thread.start()
+        key = revocation_channel().heartbeat_key
+        deadline = time.monotonic() + 5
+        while not publisher.redis_client().exists(key) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        connection_created.disconnect(self._read_uncommitted)
+
+
+@pytest.fixture
+def revocation_heartbeat(transactional_db, settings):
+    """The heartbeat running for the test (guards fail closed without its stamps); it follows
+    settings.REDIS_URL as the test changes it. ``stop()``/``start()`` pause the service's side."""
+    heartbeat = RevocationHeartbeat()
+    heartbeat.start()
+    yield heartbeat
+    heartbeat.close()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def test_the_incident_end_to_end(live_server, settings, django_user_model):
+def test_the_incident_end_to_end(live_server, settings, django_user_model, revocation_heartbeat):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
     admin = make_user(django_user_model, "incident-admin", Role.ADMIN)

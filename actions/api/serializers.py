@@ -141,6 +141,12 @@ class HeartbeatSerializer(StrictSerializer):
         required=False, allow_null=True, default=None, min_value=0, max_value=2**63 - 1
     )
     host = StrictCharField(max_length=MAX_HOST_LENGTH, required=False, default="", allow_blank=True)
+    digest = serializers.RegexField(
+        r"^[0-9a-f]{64}$",
+        required=False,
+        default="",
+        error_messages={"invalid": "must be the 64 hex digits of a revocations digest"},
+    )
     pid = StrictIntegerField(
         required=False, allow_null=True, default=None, min_value=0, max_value=2**31 - 1
     )

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from killswitch.models import Revocation
+from killswitch.selectors import ACKNOWLEDGED, MISMATCHED, WAITING
 from passports.api.serializers import StrictCharField, StrictSerializer
 
 
@@ -40,3 +41,28 @@ class RevocationSerializer(serializers.ModelSerializer):
         if revocation.target_type == Revocation.TargetType.ALL:
             return {"all": True}
         return {revocation.target_type: revocation.target_value}
+
+
+class AgentAcknowledgementSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    fleet = serializers.CharField()
+    epoch_seen = serializers.IntegerField(allow_null=True)
+    last_seen = serializers.DateTimeField()
+    state = serializers.ChoiceField(
+        choices=[ACKNOWLEDGED, WAITING, MISMATCHED],
+        help_text="acknowledged: its heartbeat shows this epoch applied and the digest of the "
+        "revocations it holds matches the registry's; waiting: an older epoch (or no digest); "
+        "mismatched: the epoch is reached but it holds something else",
+    )
+    acknowledged = serializers.BooleanField()
+
+
+class AcknowledgementsSerializer(serializers.Serializer):
+    revocation = serializers.IntegerField()
+    epoch = serializers.IntegerField()
+    active = serializers.BooleanField()
+    running = serializers.IntegerField(help_text="targeted agents that reported in the last 30 s")
+    acknowledged = serializers.IntegerField()
+    mismatched = serializers.IntegerField()
+    agents = AgentAcknowledgementSerializer(many=True)

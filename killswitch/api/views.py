@@ -5,7 +5,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from killswitch import selectors, services
-from killswitch.api.serializers import LiftSerializer, RevocationSerializer, RevokeSerializer
+from killswitch.api.serializers import (
+    AcknowledgementsSerializer,
+    LiftSerializer,
+    RevocationSerializer,
+    RevokeSerializer,
+)
 from killswitch.models import Revocation
 from passports.roles import ReadViewerWriteOperator
 from registry.errors import RequestRejected
@@ -53,3 +58,10 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             revocation=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
         )
         return Response(RevocationSerializer(revocation).data)
+
+    @extend_schema(responses={200: AcknowledgementsSerializer})
+    @action(detail=True, methods=["get"])
+    def acknowledgements(self, request: Request, pk: str) -> Response:
+        """Which running targeted agents have applied this revocation (from their heartbeats)."""
+        acks = selectors.acknowledgements(self.get_object())
+        return Response(AcknowledgementsSerializer(acks).data)

@@ -310,7 +310,7 @@ class AgentProcess:
 
 
 @pytest.fixture
-def sdk_agent(live_server, settings, issue, tmp_path):
+def sdk_agent(live_server, settings, issue, tmp_path, revocation_heartbeat):
     settings.PASSPORT_ISSUER = live_server.url  # the agent verifies and reports against it
     publisher.reconcile()  # a deployed service has written the snapshot before agents start
     token = issue(scope=["fs:*:/workspace/**", "!net:connect:*:22"], jurisdiction=["EU"])["token"]

@@ -52,8 +52,9 @@ def pinned_keys(db):
 
 
 @pytest.fixture
-def watcher_for(settings, revocation_prefix):
-    """Start a watcher on the service's current Redis and prefix; stopped after the test."""
+def watcher_for(settings, revocation_prefix, revocation_heartbeat):
+    """Start a watcher on the service's current Redis and prefix (the service's heartbeat
+    running); stopped after the test."""
     started = []
 
     def _start(**options) -> RevocationWatcher:

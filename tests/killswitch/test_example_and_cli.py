@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BASE_DIR = Path(__file__).resolve().parents[2]
 
 
-def test_killing_the_example_agent_stops_it_mid_run(live_server, issue, agent, settings):
+def test_killing_the_example_agent_stops_it_mid_run(
+    live_server, issue, agent, settings, revocation_heartbeat
+):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
     token = issue(scope=["proc:exec:*"], jurisdiction=["GLOBAL"])["token"]
@@ -99,7 +101,9 @@ def test_cli_verify_rejects_a_tampered_token(issue, jwks_file, settings, capsys)
     assert "invalid passport (bad_signature)" in capsys.readouterr().err
 
 
-def test_cli_check_scope_and_revocation(issue, agent, jwks_file, settings, capsys):
+def test_cli_check_scope_and_revocation(
+    issue, agent, jwks_file, settings, capsys, revocation_heartbeat
+):
     publisher.reconcile()
     token = issue()["token"]
     common = ["--jwks-file", jwks_file, "--issuer", settings.PASSPORT_ISSUER]

@@ -40,12 +40,12 @@
     acks: function (root, data) {
       set(root, "running", data.running);
       set(root, "acknowledged", data.acknowledged);
+      set(root, "mismatched", data.mismatched);
       var body = root.querySelector("[data-acks]");
       body.replaceChildren.apply(body, data.agents.map(function (a) {
         return el("tr", {}, [
           el("td", {}, [a.name]), el("td", {}, [a.fleet]), el("td", {}, [a.epoch_seen]),
-          el("td", {}, [el("span", {class: "badge " + (a.acknowledged ? "ok" : "pending")},
-                           [a.acknowledged ? "acknowledged" : "waiting"])]),
+          el("td", {}, [el("span", {class: "badge " + a.state}, [a.state])]),
           el("td", {class: "muted"}, [when(a.last_seen)])
         ]);
       }));
