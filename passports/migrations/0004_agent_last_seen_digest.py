@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('passports', '0002_agent_heartbeat'),
+        ('passports', '0003_agent_events_dropped'),
     ]
 
     operations = [
