@@ -1,8 +1,11 @@
 """Renewal stops the old passport for offline guards too (after an optional grace period)."""
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 
 import pytest
+import redis
+from django.conf import settings as django_settings
 from django.utils import timezone
 
 from agent_passport.errors import PassportRevoked
@@ -10,6 +13,7 @@ from agent_passport.guard import Guard
 from killswitch import publisher
 from passports import services, tasks
 from passports.models import Passport
+from registry.celery import app
 from tests.killswitch.conftest import wait_until
 
 SCOPE = ["fs:*:/workspace/**"]
@@ -32,6 +36,18 @@ def guard_for(pinned_keys, settings, watcher_for):
         )
 
     return _guard
+
+
+def queued_stops(jti: str) -> list[dict]:
+    """The delayed stops of this passport waiting in the (real) Celery queue: their headers."""
+    client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    queue = app.conf.broker_transport_options["global_keyprefix"] + "celery"
+    headers = [json.loads(raw)["headers"] for raw in client.lrange(queue, 0, -1)]
+    return [
+        h
+        for h in headers
+        if h["task"] == "passports.tasks.stop_superseded_passport" and jti in h["argsrepr"]
+    ]
 
 
 def refuses(guard: Guard) -> bool:
@@ -68,16 +84,16 @@ def test_a_renewed_away_token_is_refused_by_guards_at_once(issue, operator_api, 
     assert revoke.status_code == 409
 
 
-@pytest.mark.django_db  # on-commit work is not run: the test plays the Celery worker's part
-def test_a_grace_period_keeps_the_old_token_until_the_delayed_stop(
-    issue, operator_api, guard_for, django_capture_on_commit_callbacks
-):
+@pytest.mark.django_db(transaction=True)  # no worker runs: the test plays the worker's part
+def test_a_grace_period_keeps_the_old_token_until_the_delayed_stop(issue, operator_api, guard_for):
     old = issue(scope=SCOPE)
     publisher.reconcile()
     old_guard = guard_for(old["token"])
-    with django_capture_on_commit_callbacks() as scheduled:
-        renew(operator_api, old["jti"], grace_seconds=30)
-    assert len(scheduled) == 1  # the delayed stop, handed to Celery after commit
+    before = timezone.now()
+    renew(operator_api, old["jti"], grace_seconds=30)
+    (stop,) = queued_stops(old["jti"])  # the delayed stop, handed to Celery after commit
+    eta = datetime.fromisoformat(stop["eta"])
+    assert before + timedelta(seconds=29) <= eta <= timezone.now() + timedelta(seconds=31)
     publisher.push_pending()
     assert not wait_until(lambda: refuses(old_guard), timeout=0.3), "stopped during its grace"
     assert services.stop_overdue_superseded_passports() == 0  # not overdue yet
