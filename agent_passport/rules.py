@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from agent_passport.errors import RuleError
+from agent_passport.errors import RegionError, RuleError
 from agent_passport.regions import GLOBAL, normalize_region, region_within
 
 MAX_RULES = 256
@@ -111,12 +111,12 @@ def parse_scope(entries: Iterable[str]) -> tuple[Rule, ...]:
 
 def parse_jurisdiction(regions: Iterable[str]) -> tuple[str, ...]:
     if isinstance(regions, str) or not isinstance(regions, Iterable):
-        raise RuleError(repr(regions), "jurisdiction must be a list of region codes")
+        raise RegionError(repr(regions), "jurisdiction must be a list of region codes")
     normalized = tuple(dict.fromkeys(normalize_region(code) for code in regions))
     if not normalized:
-        raise RuleError("[]", "at least one region is required (use GLOBAL for anywhere)")
+        raise RegionError("[]", "at least one region is required (use GLOBAL for anywhere)")
     if len(normalized) > MAX_REGIONS:
-        raise RuleError(f"{len(normalized)} regions", f"at most {MAX_REGIONS} regions")
+        raise RegionError(f"{len(normalized)} regions", f"at most {MAX_REGIONS} regions")
     return normalized
 
 

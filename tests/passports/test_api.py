@@ -86,6 +86,13 @@ def test_bad_issuance_input_names_the_field(operator_api, agent, body, field):
     assert Passport.objects.count() == 0
 
 
+def test_unknown_region_is_named_as_a_region_in_the_jurisdiction_field(operator_api, agent):
+    body = {"agent": str(agent.id), "scope": ["gpu:use"], "jurisdiction": ["EU", "Mars"]}
+    response = operator_api.post("/api/v1/passports", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"]["jurisdiction"][0].startswith("invalid region 'Mars': ")
+
+
 def test_missing_fields_are_named(operator_api):
     response = operator_api.post("/api/v1/passports", {}, format="json")
     assert response.status_code == 400
