@@ -9,6 +9,10 @@ Scope grammar (one entry per string)::
     resource  := any non-blank text; "*" matches within one path segment (never "/"),
                  "**" matches anything including "/"; everything else is literal
 
+Resources are matched by :mod:`agent_passport.globs` in linear time, without regular
+expressions (a resource is attacker-controlled). Limits: ``MAX_RULES`` rules of at most
+``MAX_RULE_LENGTH`` characters; a resource longer than ``MAX_RESOURCE_LENGTH`` is denied.
+
 An entry without a resource covers every resource of that action. An action without a resource is
 matched as the empty resource (which "*" and "**" match). Entries starting with "!" deny and
 always win over allows; anything no entry allows is denied.
@@ -24,10 +28,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from agent_passport.errors import RegionError, RuleError
+from agent_passport.globs import Glob
 from agent_passport.regions import GLOBAL, normalize_region, region_within
 
 MAX_RULES = 256
 MAX_RULE_LENGTH = 512
+MAX_RESOURCE_LENGTH = 1000  # also the registry's column: longer resources are refused there
 MAX_REGIONS = 64
 
 _NAME = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*")
@@ -55,19 +61,10 @@ class Rule:
     deny: bool
     domain: str
     action: str
-    resource: re.Pattern[str] | None
+    resource: Glob | None
 
     def matches_resource(self, resource: str) -> bool:
-        return self.resource is None or self.resource.fullmatch(resource) is not None
-
-
-def _glob_to_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for i, chunk in enumerate(pattern.split("**")):
-        if i:
-            parts.append(".*")
-        parts.append("[^/]*".join(re.escape(piece) for piece in chunk.split("*")))
-    return re.compile("".join(parts), re.DOTALL)
+        return self.resource is None or self.resource.matches(resource)
 
 
 def parse_rule(text: str) -> Rule:
@@ -96,7 +93,7 @@ def parse_rule(text: str) -> Rule:
     if len(parts) == 3:
         if parts[2] == "":
             raise RuleError(text, "empty resource after ':' (omit it to cover every resource)")
-        resource = _glob_to_regex(parts[2])
+        resource = Glob.compile(parts[2])
     return Rule(text=text, deny=deny, domain=domain, action=action, resource=resource)
 
 
@@ -187,6 +184,8 @@ class Policy:
             domain, verb, resource = split_action(action, resource)
         except ValueError as exc:
             return Decision(False, str(exc))
+        if len(resource) > MAX_RESOURCE_LENGTH:
+            return Decision(False, f"the resource is longer than {MAX_RESOURCE_LENGTH} characters")
         described = f"{domain}:{verb}" + (f":{resource}" if resource else "")
         allowed_by = None
         for rule in self._candidates(domain, verb):
