@@ -35,23 +35,33 @@ def _place_after_stars(pieces: Pieces, text: str, pos: int, end: int) -> int:
 
     A ``*`` cannot cross ``/``, so each piece must start at or before the next ``/``.
     """
-    slash = text.find("/", pos, end)
+    slash = -1
     for piece in pieces:
-        if slash < pos:  # the previous piece contained the "/": find the next one
+        if slash < pos:  # first piece, or the previous one held the "/": find the next one
             slash = text.find("/", pos, end)
-        latest = end - len(piece) if slash < 0 else min(slash, end - len(piece))
-        found = text.find(piece, pos, latest + len(piece))
+            if slash < 0:
+                slash = end
+        found = text.find(piece, pos, slash + len(piece))
         if found < 0:
             return -1
         pos = found + len(piece)
+    return pos if pos <= end else -1
+
+
+def _place_before_stars(pieces: Pieces, text: str, start: int, pos: int) -> int:
+    """The mirror of :func:`_place_after_stars`: place the pieces from the last, each at its
+    rightmost occurrence before the ``*`` after it, ending by ``pos`` and starting at or after
+    ``start``; return the start of the first piece, or -1."""
+    slash = pos
+    for piece in reversed(pieces):
+        if slash >= pos:  # first piece, or the previous one held the "/": find the next one
+            slash = text.rfind("/", start, pos)
+        lowest = slash + 1 - len(piece)  # the piece must reach past that "/"
+        found = text.rfind(piece, lowest if lowest > start else start, pos)
+        if found < 0:
+            return -1
+        pos = found
     return pos
-
-
-def _before_star(piece: str, text: str, start: int, pos: int) -> int:
-    """Start of ``piece`` at its rightmost place before a ``*`` ending at ``pos``, or -1."""
-    slash = text.rfind("/", start, pos)
-    found = text.rfind(piece, max(start, slash + 1 - len(piece)), pos)
-    return found
 
 
 def _fit(pieces: Pieces, text: str, start: int, end: int) -> bool:
@@ -81,11 +91,7 @@ def _latest_start_to(pieces: Pieces, text: str, start: int, end: int) -> int:
     pos = end - len(last)
     if pos < start or not text.startswith(last, pos):
         return -1
-    for piece in reversed(pieces[:-1]):
-        pos = _before_star(piece, text, start, pos)
-        if pos < 0:
-            return -1
-    return pos
+    return _place_before_stars(pieces[:-1], text, start, pos)
 
 
 def _earliest_end_within(pieces: Pieces, text: str, start: int, end: int) -> int:
@@ -123,6 +129,12 @@ class Glob:
     def literal(self) -> str | None:
         """The one resource this pattern matches, if it has no wildcard."""
         return self.text if len(self.parts) == 1 and len(self.parts[0]) == 1 else None
+
+    @property
+    def prefix(self) -> str | None:
+        """``P`` for a pattern ``P**`` (``P`` without wildcards): everything starting with ``P``."""
+        first, *rest = self.parts
+        return first[0] if len(first) == 1 and rest == [("",)] else None
 
     def matches(self, resource: str) -> bool:
         parts, end = self.parts, len(resource)

@@ -24,7 +24,7 @@ must lie inside one of them. An action with no region is allowed only by a ``GLO
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent_passport.errors import RegionError, RuleError
@@ -134,16 +134,50 @@ def split_action(action: str, resource: str | None = None) -> tuple[str, str, st
     return parts[0], parts[1], resource or ""
 
 
+class _RuleIndex:
+    """Rules of one kind (allow or deny) for one ``domain:action`` key, in scope order, indexed
+    so that the usual shapes cost no loop: a rule without a resource, exact resources (one dict
+    lookup) and ``prefix**`` rules (one ``str.startswith`` over all prefixes)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self.covers_all = next((i for i, r in enumerate(rules) if r.resource is None), len(rules))
+        self.exact: dict[str, int] = {}
+        self.prefixed: list[tuple[int, str]] = []
+        self.others: list[tuple[int, Glob]] = []
+        for i, rule in enumerate(rules):
+            if rule.resource is None:
+                continue
+            if rule.resource.literal is not None:
+                self.exact.setdefault(rule.resource.literal, i)
+            elif rule.resource.prefix is not None:
+                self.prefixed.append((i, rule.resource.prefix))
+            else:
+                self.others.append((i, rule.resource))
+        self.prefixes = tuple(prefix for _, prefix in self.prefixed)
+
+    def first_match(self, resource: str) -> Rule | None:
+        """The first rule (in scope order) that matches ``resource``."""
+        best = min(self.covers_all, self.exact.get(resource, len(self.rules)))
+        if self.prefixes and resource.startswith(self.prefixes):
+            best = min(best, next(i for i, p in self.prefixed if resource.startswith(p)))
+        for i, glob in self.others:
+            if i >= best:
+                break
+            if glob.matches(resource):
+                best = i
+                break
+        return self.rules[best] if best < len(self.rules) else None
+
+
 class Policy:
     """A parsed passport scope and jurisdiction. Immutable, thread-safe, and caches decisions."""
 
     def __init__(self, scope: Iterable[str], jurisdiction: Iterable[str]) -> None:
         self.rules = parse_scope(scope)
         self.jurisdiction = parse_jurisdiction(jurisdiction)
-        self._by_key: dict[tuple[str, str], tuple[Rule, ...]] = {}
-        for rule in self.rules:
-            key = (rule.domain, rule.action)
-            self._by_key[key] = (*self._by_key.get(key, ()), rule)
+        self._denies = self._index(rule for rule in self.rules if rule.deny)
+        self._allows = self._index(rule for rule in self.rules if not rule.deny)
         self._cache: dict[tuple[str, str | None, str | None], Decision] = {}
 
     @classmethod
@@ -170,14 +204,23 @@ class Policy:
         self._cache[key] = decision
         return decision
 
-    def _candidates(self, domain: str, action: str) -> Iterable[Rule]:
-        get = self._by_key.get
-        return (
-            *get((domain, action), ()),
-            *get((domain, "*"), ()),
-            *get(("*", action), ()),
-            *get(("*", "*"), ()),
-        )
+    @staticmethod
+    def _index(rules: Iterable[Rule]) -> dict[tuple[str, str], _RuleIndex]:
+        by_key: dict[tuple[str, str], list[Rule]] = {}
+        for rule in rules:
+            by_key.setdefault((rule.domain, rule.action), []).append(rule)
+        return {key: _RuleIndex(group) for key, group in by_key.items()}
+
+    @staticmethod
+    def _first_match(
+        index: dict[tuple[str, str], _RuleIndex], domain: str, verb: str, resource: str
+    ) -> Rule | None:
+        for key in ((domain, verb), (domain, "*"), ("*", verb), ("*", "*")):
+            group = index.get(key)
+            rule = group.first_match(resource) if group is not None else None
+            if rule is not None:
+                return rule
+        return None
 
     def _decide(self, action: str, resource: str | None, jurisdiction: str | None) -> Decision:
         try:
@@ -187,14 +230,12 @@ class Policy:
         if len(resource) > MAX_RESOURCE_LENGTH:
             return Decision(False, f"the resource is longer than {MAX_RESOURCE_LENGTH} characters")
         described = f"{domain}:{verb}" + (f":{resource}" if resource else "")
-        allowed_by = None
-        for rule in self._candidates(domain, verb):
-            if rule.matches_resource(resource):
-                if rule.deny:
-                    return Decision(
-                        False, f"{described} is denied by rule {rule.text!r}", rule.text
-                    )
-                allowed_by = allowed_by or rule
+        denied_by = self._first_match(self._denies, domain, verb, resource)
+        if denied_by is not None:
+            return Decision(
+                False, f"{described} is denied by rule {denied_by.text!r}", denied_by.text
+            )
+        allowed_by = self._first_match(self._allows, domain, verb, resource)
         if allowed_by is None:
             return Decision(False, f"{described} is not in the passport's scope")
         return self._decide_jurisdiction(described, jurisdiction, allowed_by)

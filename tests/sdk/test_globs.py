@@ -83,3 +83,22 @@ def test_a_resource_over_the_limit_is_denied_with_the_reason():
     decision = policy.decide("fs:read", "a" * (MAX_RESOURCE_LENGTH + 1))
     assert not decision.allowed
     assert decision.reason == f"the resource is longer than {MAX_RESOURCE_LENGTH} characters"
+
+
+@PROPERTY
+@given(
+    rules=st.lists(
+        st.tuples(st.booleans(), patterns.filter(bool) | st.sampled_from(["a**", "**", "a/b"])),
+        max_size=8,
+    ),
+    text=texts,
+)
+def test_prop_policy_names_the_first_matching_rule_in_scope_order(rules, text):
+    """Literal and ``prefix**`` rules are looked up, not looped over: the order still holds."""
+    scope = [("!" if deny else "") + f"fs:read:{pattern}" for deny, pattern in rules]
+    matching = [rule for rule in scope if glob_matches(rule.split(":", 2)[2], text)]
+    denies = [rule for rule in matching if rule.startswith("!")]
+    expected_rule = denies[0] if denies else (matching[0] if matching else None)
+    decision = Policy(scope, ["GLOBAL"]).decide("fs:read", text)
+    assert decision.rule == expected_rule
+    assert decision.allowed is (expected_rule is not None and not denies)
