@@ -4,8 +4,11 @@
 ``/``, every other character is literal. A resource comes from the agent (or an attacker), so the
 matcher must never backtrack: Python's ``re`` took seconds on ``*a*a*a*a*b`` against 200 ``a``s.
 
-The algorithm is greedy and uses only substring search (``str.find``/``rfind``/``startswith``,
-``indexOf``/``lastIndexOf`` in the TypeScript SDK); no dependency, and no engine to trust:
+Why not a linear-time regex engine such as ``google-re2``: every agent would need its C++
+wheel, ``re2.Set`` (one pass over many rules) fails silently when its DFA runs out of memory,
+and a TypeScript SDK has no such engine built in. The grammar has two wildcards, so a greedy
+matcher over substring search (``str.find``/``rfind``/``startswith``; ``indexOf``/``lastIndexOf``
+in TypeScript) is enough and small:
 
 * The pattern is split on ``**`` into parts, each part on ``*`` into literal pieces (a ``*`` right
   after ``**`` adds nothing and is dropped).
