@@ -20,9 +20,10 @@ in TypeScript) is enough and small:
   fails the same way for every later start before the next ``/``, so the next attempt begins
   after that ``/``: at most one attempt per path segment.
 
-Cost: ``O(len(resource) + len(pattern))`` character steps for patterns without ``**`` between two
-``*``-parts; a middle part that holds ``/`` as well as ``*`` is ``O(len(resource) * len(pattern))``
-at worst, like any automaton. Both are bounded by the length limits in :mod:`agent_passport.rules`.
+Cost: ``O(len(resource) + len(pattern))`` steps, except for a part between two ``**`` that holds
+both ``/`` and ``*``: it is tried once per path segment, ``O(len(resource) * len(pattern))`` at
+worst (the bound of any automaton; bench/bench_rules.py measures it). The lengths are bounded in
+:mod:`agent_passport.rules`.
 """
 
 from __future__ import annotations

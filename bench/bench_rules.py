@@ -43,7 +43,7 @@ from _server import (
 from agent_passport.rules import MAX_RESOURCE_LENGTH, MAX_RULE_LENGTH, MAX_RULES, Policy
 
 TARGET_US = 50.0
-ISSUABLE_RULES = 21  # rules of 512 characters that fit a 16 KiB token (tests/passports/test_api)
+ISSUABLE_RULES = 22  # rules of 512 characters that fit a 16 KiB token with the default issuer
 OLD_MATCHER = """
 import json, re, sys, time
 def compile(pattern):
@@ -109,15 +109,15 @@ def cases() -> list[Case]:
             "1 rule, 512 chars of '*a'",
             [f"fs:read:{wildcards('*a', suffix='*b')}"],
             "fs:read",
-            lambda i: padded("a", i),
-            "254 wildcards, resource 1000 'a'",
+            lambda i: "a" * 600 + "/" + padded("a", i, 398) + "b",
+            "every 'a' placed, then a '/' before the 'b': a full scan",
         ),
         Case(
             "1 rule, '**' then 'a*' x 250",
             [f"fs:read:{wildcards('a*', prefix='**', suffix='b')}"],
             "fs:read",
-            lambda i: padded("a", i),
-            "resource 1000 'a'",
+            lambda i: padded("a", i, 800) + "/" + "a" * 198 + "b",
+            "placed from the right until the '/': a full scan",
         ),
         Case(
             "1 rule, '**' + 'a/*' x 167 + 'b**'",
