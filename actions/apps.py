@@ -6,4 +6,4 @@ class ActionsConfig(AppConfig):
     name = "actions"
 
     def ready(self) -> None:
-        from actions import schema  # noqa: F401 (registers the OpenAPI auth extension)
+        from actions import lookups, schema  # noqa: F401 (SQLite's glob function; OpenAPI auth)

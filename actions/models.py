@@ -6,8 +6,8 @@ from agent_passport.reporter import (
     MAX_ACTION_LENGTH,
     MAX_JURISDICTION_LENGTH,
     MAX_REASON_LENGTH,
-    MAX_RESOURCE_LENGTH,
 )
+from agent_passport.rules import MAX_RESOURCE_LENGTH
 from agent_passport.tokens import CLOCK_SKEW_LEEWAY
 from passports.models import Agent, Passport
 

@@ -2,9 +2,10 @@
 
 from datetime import UTC, datetime
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils.dateparse import parse_datetime
 
+from actions.lookups import GlobMatch
 from actions.models import ActionEvent
 from agent_passport.errors import RuleError
 from agent_passport.rules import parse_rule
@@ -21,7 +22,8 @@ def _moment(value: str, field: str) -> datetime:
 
 
 def matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[ActionEvent]:
-    """Filter by a pattern in the scope-rule grammar (``net:*``, ``proc:exec:*miner*``)."""
+    """Filter by a pattern in the scope-rule grammar (``net:*``, ``proc:exec:*miner*``),
+    matched in linear time (see :mod:`actions.lookups`)."""
     try:
         rule = parse_rule(pattern)
     except RuleError as exc:
@@ -33,7 +35,7 @@ def matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[
     if rule.action != "*":
         queryset = queryset.filter(action__endswith=f":{rule.action}")
     if rule.resource is not None:
-        queryset = queryset.filter(resource__regex=f"^(?:{rule.resource.pattern})$")
+        queryset = queryset.filter(GlobMatch(F("resource"), rule.resource.text))
     return queryset
 
 

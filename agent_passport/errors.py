@@ -2,11 +2,19 @@
 
 
 class RuleError(ValueError):
-    """A scope rule or jurisdiction code is malformed. ``rule`` names the offending entry."""
+    """A scope rule is malformed. ``rule`` names the offending entry."""
+
+    kind = "rule"
 
     def __init__(self, rule: str, message: str) -> None:
         self.rule = rule
-        super().__init__(f"invalid rule {rule!r}: {message}")
+        super().__init__(f"invalid {self.kind} {rule!r}: {message}")
+
+
+class RegionError(RuleError):
+    """A jurisdiction (a list of regions) or one region code in it is malformed or unknown."""
+
+    kind = "region"
 
 
 class GuardError(PermissionError):

@@ -10,7 +10,7 @@ inside ``GLOBAL``. Subdivision codes are checked for shape and for a valid count
 import re
 from functools import lru_cache
 
-from agent_passport.errors import RuleError
+from agent_passport.errors import RegionError
 
 COUNTRIES = frozenset(
     """
@@ -38,11 +38,11 @@ _SUBDIVISION = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 
 
 def normalize_region(code: str) -> str:
-    """Return the canonical (upper-case) form of ``code`` or raise :class:`RuleError`."""
+    """Return the canonical (upper-case) form of ``code`` or raise :class:`RegionError`."""
     if not isinstance(code, str):
-        raise RuleError(repr(code), "a region must be a string")
+        raise RegionError(repr(code), "a region must be a string")
     if not code.isascii():  # str.upper() would turn e.g. "ß" into "SS" (South Sudan)
-        raise RuleError(code, "region codes are ASCII letters, digits and '-'")
+        raise RegionError(code, "region codes are ASCII letters, digits and '-'")
     canonical = code.strip().upper()
     if canonical in GROUPINGS or canonical in COUNTRIES:
         return canonical
@@ -50,8 +50,8 @@ def normalize_region(code: str) -> str:
     if match and match.group(1) in COUNTRIES:
         return canonical
     if match:
-        raise RuleError(code, f"unknown country {match.group(1)!r} in subdivision code")
-    raise RuleError(
+        raise RegionError(code, f"unknown country {match.group(1)!r} in subdivision code")
+    raise RegionError(
         code,
         "not a region: use an ISO 3166 country (DE), a subdivision (US-CA), "
         f"or one of {', '.join(sorted(GROUPINGS))}",

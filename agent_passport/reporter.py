@@ -53,13 +53,14 @@ from typing import Any
 import requests
 
 from agent_passport.revocations import DIGEST_LENGTH
+from agent_passport.rules import MAX_RESOURCE_LENGTH
 
 logger = logging.getLogger(__name__)
 
-# Limits of the registry's ``POST /api/v1/actions``; the server imports them from here.
+# Limits of the registry's ``POST /api/v1/actions``; the server imports them from here
+# (the resource's, which the rule engine also enforces, from agent_passport.rules).
 MAX_BATCH_EVENTS = 1000
 MAX_ACTION_LENGTH = 200
-MAX_RESOURCE_LENGTH = 1000
 MAX_JURISDICTION_LENGTH = 20
 MAX_REASON_LENGTH = 500
 MAX_HOST_LENGTH = 200

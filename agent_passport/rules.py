@@ -9,6 +9,10 @@ Scope grammar (one entry per string)::
     resource  := any non-blank text; "*" matches within one path segment (never "/"),
                  "**" matches anything including "/"; everything else is literal
 
+Resources are matched by :mod:`agent_passport.globs` in linear time, without regular
+expressions (a resource is attacker-controlled). Limits: ``MAX_RULES`` rules of at most
+``MAX_RULE_LENGTH`` characters; a resource longer than ``MAX_RESOURCE_LENGTH`` is denied.
+
 An entry without a resource covers every resource of that action. An action without a resource is
 matched as the empty resource (which "*" and "**" match). Entries starting with "!" deny and
 always win over allows; anything no entry allows is denied.
@@ -20,14 +24,16 @@ must lie inside one of them. An action with no region is allowed only by a ``GLO
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent_passport.errors import RuleError
+from agent_passport.errors import RegionError, RuleError
+from agent_passport.globs import Glob
 from agent_passport.regions import GLOBAL, normalize_region, region_within
 
 MAX_RULES = 256
 MAX_RULE_LENGTH = 512
+MAX_RESOURCE_LENGTH = 1000  # also the registry's column: longer resources are refused there
 MAX_REGIONS = 64
 
 _NAME = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*")
@@ -55,19 +61,10 @@ class Rule:
     deny: bool
     domain: str
     action: str
-    resource: re.Pattern[str] | None
+    resource: Glob | None
 
     def matches_resource(self, resource: str) -> bool:
-        return self.resource is None or self.resource.fullmatch(resource) is not None
-
-
-def _glob_to_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for i, chunk in enumerate(pattern.split("**")):
-        if i:
-            parts.append(".*")
-        parts.append("[^/]*".join(re.escape(piece) for piece in chunk.split("*")))
-    return re.compile("".join(parts), re.DOTALL)
+        return self.resource is None or self.resource.matches(resource)
 
 
 def parse_rule(text: str) -> Rule:
@@ -96,7 +93,7 @@ def parse_rule(text: str) -> Rule:
     if len(parts) == 3:
         if parts[2] == "":
             raise RuleError(text, "empty resource after ':' (omit it to cover every resource)")
-        resource = _glob_to_regex(parts[2])
+        resource = Glob.compile(parts[2])
     return Rule(text=text, deny=deny, domain=domain, action=action, resource=resource)
 
 
@@ -111,12 +108,12 @@ def parse_scope(entries: Iterable[str]) -> tuple[Rule, ...]:
 
 def parse_jurisdiction(regions: Iterable[str]) -> tuple[str, ...]:
     if isinstance(regions, str) or not isinstance(regions, Iterable):
-        raise RuleError(repr(regions), "jurisdiction must be a list of region codes")
+        raise RegionError(repr(regions), "jurisdiction must be a list of region codes")
     normalized = tuple(dict.fromkeys(normalize_region(code) for code in regions))
     if not normalized:
-        raise RuleError("[]", "at least one region is required (use GLOBAL for anywhere)")
+        raise RegionError("[]", "at least one region is required (use GLOBAL for anywhere)")
     if len(normalized) > MAX_REGIONS:
-        raise RuleError(f"{len(normalized)} regions", f"at most {MAX_REGIONS} regions")
+        raise RegionError(f"{len(normalized)} regions", f"at most {MAX_REGIONS} regions")
     return normalized
 
 
@@ -137,16 +134,50 @@ def split_action(action: str, resource: str | None = None) -> tuple[str, str, st
     return parts[0], parts[1], resource or ""
 
 
+class _RuleIndex:
+    """Rules of one kind (allow or deny) for one ``domain:action`` key, in scope order, indexed
+    so that the usual shapes cost no loop: a rule without a resource, exact resources (one dict
+    lookup) and ``prefix**`` rules (one ``str.startswith`` over all prefixes)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self.covers_all = next((i for i, r in enumerate(rules) if r.resource is None), len(rules))
+        self.exact: dict[str, int] = {}
+        self.prefixed: list[tuple[int, str]] = []
+        self.others: list[tuple[int, Glob]] = []
+        for i, rule in enumerate(rules):
+            if rule.resource is None:
+                continue
+            if rule.resource.literal is not None:
+                self.exact.setdefault(rule.resource.literal, i)
+            elif rule.resource.prefix is not None:
+                self.prefixed.append((i, rule.resource.prefix))
+            else:
+                self.others.append((i, rule.resource))
+        self.prefixes = tuple(prefix for _, prefix in self.prefixed)
+
+    def first_match(self, resource: str) -> Rule | None:
+        """The first rule (in scope order) that matches ``resource``."""
+        best = min(self.covers_all, self.exact.get(resource, len(self.rules)))
+        if self.prefixes and resource.startswith(self.prefixes):
+            best = min(best, next(i for i, p in self.prefixed if resource.startswith(p)))
+        for i, glob in self.others:
+            if i >= best:
+                break
+            if glob.matches(resource):
+                best = i
+                break
+        return self.rules[best] if best < len(self.rules) else None
+
+
 class Policy:
     """A parsed passport scope and jurisdiction. Immutable, thread-safe, and caches decisions."""
 
     def __init__(self, scope: Iterable[str], jurisdiction: Iterable[str]) -> None:
         self.rules = parse_scope(scope)
         self.jurisdiction = parse_jurisdiction(jurisdiction)
-        self._by_key: dict[tuple[str, str], tuple[Rule, ...]] = {}
-        for rule in self.rules:
-            key = (rule.domain, rule.action)
-            self._by_key[key] = (*self._by_key.get(key, ()), rule)
+        self._denies = self._index(rule for rule in self.rules if rule.deny)
+        self._allows = self._index(rule for rule in self.rules if not rule.deny)
         self._cache: dict[tuple[str, str | None, str | None], Decision] = {}
 
     @classmethod
@@ -173,29 +204,38 @@ class Policy:
         self._cache[key] = decision
         return decision
 
-    def _candidates(self, domain: str, action: str) -> Iterable[Rule]:
-        get = self._by_key.get
-        return (
-            *get((domain, action), ()),
-            *get((domain, "*"), ()),
-            *get(("*", action), ()),
-            *get(("*", "*"), ()),
-        )
+    @staticmethod
+    def _index(rules: Iterable[Rule]) -> dict[tuple[str, str], _RuleIndex]:
+        by_key: dict[tuple[str, str], list[Rule]] = {}
+        for rule in rules:
+            by_key.setdefault((rule.domain, rule.action), []).append(rule)
+        return {key: _RuleIndex(group) for key, group in by_key.items()}
+
+    @staticmethod
+    def _first_match(
+        index: dict[tuple[str, str], _RuleIndex], domain: str, verb: str, resource: str
+    ) -> Rule | None:
+        for key in ((domain, verb), (domain, "*"), ("*", verb), ("*", "*")):
+            group = index.get(key)
+            rule = group.first_match(resource) if group is not None else None
+            if rule is not None:
+                return rule
+        return None
 
     def _decide(self, action: str, resource: str | None, jurisdiction: str | None) -> Decision:
         try:
             domain, verb, resource = split_action(action, resource)
         except ValueError as exc:
             return Decision(False, str(exc))
+        if len(resource) > MAX_RESOURCE_LENGTH:
+            return Decision(False, f"the resource is longer than {MAX_RESOURCE_LENGTH} characters")
         described = f"{domain}:{verb}" + (f":{resource}" if resource else "")
-        allowed_by = None
-        for rule in self._candidates(domain, verb):
-            if rule.matches_resource(resource):
-                if rule.deny:
-                    return Decision(
-                        False, f"{described} is denied by rule {rule.text!r}", rule.text
-                    )
-                allowed_by = allowed_by or rule
+        denied_by = self._first_match(self._denies, domain, verb, resource)
+        if denied_by is not None:
+            return Decision(
+                False, f"{described} is denied by rule {denied_by.text!r}", denied_by.text
+            )
+        allowed_by = self._first_match(self._allows, domain, verb, resource)
         if allowed_by is None:
             return Decision(False, f"{described} is not in the passport's scope")
         return self._decide_jurisdiction(described, jurisdiction, allowed_by)

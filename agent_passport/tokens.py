@@ -1,11 +1,16 @@
 """Offline verification of passport tokens (JWS compact, EdDSA over Ed25519).
 
 Encoding and signature checks are PyJWT's; this module adds the policy: only EdDSA, our ``typ``,
-a known ``kid``, required claims, a size cap, and errors that say what is wrong.
+a known ``kid``, no ``crit`` (RFC 7515 §4.1.11: we implement no extension, so a token that
+requires one is refused) and no key-carrying headers (the key is chosen by ``kid`` alone),
+required claims of the right types, a size cap, and errors that say what is wrong. Every way a
+token can be malformed ends as :class:`PassportInvalid`; nothing else escapes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -15,10 +20,20 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
-from agent_passport.errors import PassportExpired, PassportInvalid, PassportNotYetValid
+from agent_passport.errors import (
+    PassportExpired,
+    PassportInvalid,
+    PassportNotYetValid,
+    RuleError,
+)
 from agent_passport.protocol import ALGORITHM, MAX_TOKEN_BYTES, TOKEN_TYPE
+from agent_passport.rules import parse_jurisdiction, parse_scope
 
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "jti", "iat", "nbf", "exp", "scope", "jurisdiction")
+TIME_CLAIMS = ("iat", "nbf", "exp")
+OPTIONAL_TEXT_CLAIMS = ("fleet", "agent_name")
+KEY_CARRYING_HEADERS = ("jku", "jwk", "x5u", "x5c")
+MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
 KeyLookup = Callable[[str], Ed25519PublicKey | None]
 
@@ -47,6 +62,17 @@ def keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
+def _decode_header(segment: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(segment.encode("ascii") + b"=" * (-len(segment) % 4))
+        header = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError) as exc:  # JSON and Unicode errors too
+        raise PassportInvalid("the token header is not base64url JSON", "malformed") from exc
+    if not isinstance(header, dict):
+        raise PassportInvalid("the token header is not a JSON object", "malformed")
+    return header
+
+
 def read_header(token: str) -> dict[str, Any]:
     """Return the unverified header after the cheap structural checks."""
     if not isinstance(token, str) or not token:
@@ -55,10 +81,11 @@ def read_header(token: str) -> dict[str, Any]:
         raise PassportInvalid(f"the token is larger than {MAX_TOKEN_BYTES} bytes", "too_large")
     if token.count(".") != 2:
         raise PassportInvalid("the token is not a JWS compact serialization", "malformed")
-    try:
-        header = jwt.get_unverified_header(token)
-    except (jwt.DecodeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise PassportInvalid(f"the token header cannot be decoded ({exc})", "malformed") from exc
+    header = _decode_header(token.split(".", 1)[0])
+    if "crit" in header:
+        raise PassportInvalid(
+            "the token requires header extensions ('crit'); none are supported", "unsupported_crit"
+        )
     if header.get("alg") != ALGORITHM:
         raise PassportInvalid(
             f"algorithm {header.get('alg')!r} is not accepted; passports are signed with EdDSA",
@@ -70,7 +97,37 @@ def read_header(token: str) -> dict[str, Any]:
         )
     if not isinstance(header.get("kid"), str) or not header["kid"]:
         raise PassportInvalid("the token header names no signing key (kid)", "unknown_key")
+    carried = [name for name in KEY_CARRYING_HEADERS if name in header]
+    if carried:
+        raise PassportInvalid(
+            f"the token header carries key material ({', '.join(carried)}); "
+            "keys are chosen by kid only",
+            "malformed",
+        )
     return header
+
+
+def _check_claim_types(claims: dict[str, Any]) -> None:
+    """What the guard and the registry read from the claims must have the type they expect."""
+    for name in TIME_CLAIMS:
+        value = claims[name]
+        if type(value) not in (int, float) or not 0 <= value <= MAX_NUMERIC_DATE:
+            raise PassportInvalid(f"the {name!r} claim is not a time in seconds", "malformed")
+    for name in OPTIONAL_TEXT_CLAIMS:
+        if not isinstance(claims.get(name, ""), str):
+            raise PassportInvalid(f"the {name!r} claim is not a string", "malformed")
+    rev = claims.get("rev", {})
+    if not isinstance(rev, dict) or not all(isinstance(v, str) for v in rev.values()):
+        raise PassportInvalid("the 'rev' claim is not an object of strings", "malformed")
+    for name in ("scope", "jurisdiction"):
+        value = claims[name]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise PassportInvalid(f"the {name!r} claim is not a list of strings", "malformed")
+    try:
+        parse_scope(claims["scope"])
+        parse_jurisdiction(claims["jurisdiction"])
+    except RuleError as exc:
+        raise PassportInvalid(f"the passport's rules are malformed ({exc})", "malformed") from exc
 
 
 def verify_token(
@@ -124,10 +181,7 @@ def verify_token(
         raise PassportInvalid(
             f"the passport lacks the {exc.claim!r} claim", "missing_claim"
         ) from exc
-    except jwt.InvalidTokenError as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise PassportInvalid(f"the token is malformed ({exc})", "malformed") from exc
-    for name in ("scope", "jurisdiction"):
-        value = claims[name]
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise PassportInvalid(f"the {name!r} claim is not a list of strings", "malformed")
+    _check_claim_types(claims)
     return claims

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agent_passport.errors import PassportError, RuleError
-from agent_passport.protocol import RevocationChannel
+from agent_passport.protocol import MAX_TOKEN_BYTES, RevocationChannel
 from agent_passport.rules import parse_jurisdiction, parse_scope
 from agent_passport.tokens import verify_token
 from killswitch.models import Revocation
@@ -109,6 +109,12 @@ def issue_passport(
         "rev": revocation_channel().as_claim(),
     }
     kid, token = signing.sign_claims(claims)
+    if len(token) > MAX_TOKEN_BYTES:  # no verifier would accept it, ours included
+        raise RequestRejected(
+            "scope",
+            f"the passport would be a {len(token)}-byte token and verification accepts at most "
+            f"{MAX_TOKEN_BYTES}: use fewer or shorter scope rules",
+        )
     passport = Passport.objects.create(
         jti=jti,
         agent=agent,

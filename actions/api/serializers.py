@@ -14,9 +14,8 @@ from agent_passport.reporter import (
     MAX_HOST_LENGTH,
     MAX_JURISDICTION_LENGTH,
     MAX_REASON_LENGTH,
-    MAX_RESOURCE_LENGTH,
 )
-from agent_passport.rules import split_action
+from agent_passport.rules import MAX_RESOURCE_LENGTH, split_action
 from agent_passport.tokens import CLOCK_SKEW_LEEWAY
 from passports.api.serializers import StrictCharField, StrictSerializer
 

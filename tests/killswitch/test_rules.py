@@ -176,6 +176,20 @@ def test_deny_pattern_uses_the_scope_rule_globs(admin_api, agent, agent_api):
     assert agent_status(agent) == Agent.Status.KILLED
 
 
+@pytest.mark.parametrize("kind", ["deny_pattern", "deny_rate"])
+def test_a_crafted_deny_does_not_stall_a_multi_wildcard_rule(admin_api, agent, agent_api, kind):
+    """Before the fix the backtracking regex never finished on this event (issue 8)."""
+    pattern = "proc:exec:" + "*a" * 30 + "*b"
+    extra = {"threshold": 1, "window_seconds": 60} if kind == "deny_rate" else {}
+    create_rule(admin_api, name="wildcards", kind=kind, pattern=pattern, **extra)
+    post_events(agent_api, event("proc:exec", resource="a" * 1000))
+    post_events(agent_api, event("proc:exec", resource="a" * 999))
+    assert agent_status(agent) == Agent.Status.ACTIVE
+    post_events(agent_api, event("proc:exec", resource="a" * 40 + "b"))
+    post_events(agent_api, event("proc:exec", resource="a" * 50 + "b"))
+    assert agent_status(agent) == Agent.Status.KILLED
+
+
 # --- deny_rate ---------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
+from agent_passport.protocol import MAX_TOKEN_BYTES
 from passports.models import Agent, Passport
 
 pytestmark = pytest.mark.django_db
@@ -84,6 +85,13 @@ def test_bad_issuance_input_names_the_field(operator_api, agent, body, field):
     assert response.status_code == 400, response.content
     assert field in response.json()["errors"]
     assert Passport.objects.count() == 0
+
+
+def test_unknown_region_is_named_as_a_region_in_the_jurisdiction_field(operator_api, agent):
+    body = {"agent": str(agent.id), "scope": ["gpu:use"], "jurisdiction": ["EU", "Mars"]}
+    response = operator_api.post("/api/v1/passports", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"]["jurisdiction"][0].startswith("invalid region 'Mars': ")
 
 
 def test_missing_fields_are_named(operator_api):
@@ -245,3 +253,31 @@ def test_openapi_schema_describes_endpoints(viewer_api):
     docs = viewer_api.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()
+
+
+def issue_with_scope_padding(operator_api, agent, padding: int):
+    """Issue with scope rules of ``padding`` resource characters in all (500 per rule)."""
+    sizes = [500] * (padding // 500) + ([padding % 500] if padding % 500 else [])
+    scope = [f"fs:read:/{i:03d}{'a' * size}" for i, size in enumerate(sizes)]
+    body = {"agent": str(agent.id), "scope": scope, "jurisdiction": ["EU"]}
+    return operator_api.post("/api/v1/passports", body, format="json")
+
+
+def test_issuance_refuses_a_passport_larger_than_verification_accepts(operator_api, agent):
+    too_large = issue_with_scope_padding(operator_api, agent, 256 * 500)
+    assert too_large.status_code == 400
+    assert f"at most {MAX_TOKEN_BYTES}" in too_large.json()["errors"]["scope"][0]
+    low, high = 0, 256 * 500  # the largest padding that is issued, by bisection
+    while high - low > 1:
+        middle = (low + high) // 2
+        response = issue_with_scope_padding(operator_api, agent, middle)
+        assert response.status_code in (201, 400), response.content
+        low, high = (middle, high) if response.status_code == 201 else (low, middle)
+    largest = issue_with_scope_padding(operator_api, agent, low).json()
+    assert MAX_TOKEN_BYTES - 4 < len(largest["token"]) <= MAX_TOKEN_BYTES
+    introspected = operator_api.post(
+        "/api/v1/passports/introspect", {"token": largest["token"]}, format="json"
+    ).json()
+    assert introspected["active"] is True
+    refused = issue_with_scope_padding(operator_api, agent, high)
+    assert refused.status_code == 400 and "scope" in refused.json()["errors"]

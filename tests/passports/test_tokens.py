@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from django.core.management import call_command
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jwcrypto import jwk
 from jwcrypto import jwt as jwcrypto_jwt
 from rest_framework.test import APIClient
@@ -20,6 +22,7 @@ from agent_passport.protocol import TOKEN_TYPE
 from passports import signing
 from passports.models import Passport, SigningKey
 from passports.services import expire_passports
+from tests.sdk.test_tokens import json_values
 
 pytestmark = pytest.mark.django_db
 
@@ -237,3 +240,63 @@ def test_public_key_in_db_matches_jwks_and_signatures():
     assert private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) == bytes(
         key.public_key
     )
+
+
+def sign_raw(header: object, payload: object) -> str:
+    """A compact JWS signed by the active key over any header and payload JSON."""
+    key = signing.active_signing_key()
+    private_key = signing._unwrap(key.kid, key.encrypted_private_key)
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64(private_key.sign(signing_input.encode()))}"
+
+
+def hostile_tokens(claims: dict) -> st.SearchStrategy:
+    header = {"alg": "EdDSA", "typ": TOKEN_TYPE, "kid": signing.active_signing_key().kid}
+    header_changes = st.dictionaries(
+        st.sampled_from(["alg", "typ", "kid", "crit", "jku", "jwk", "x5u", "b64"]),
+        json_values,
+        max_size=3,
+    )
+    claim_changes = st.dictionaries(st.sampled_from([*claims, "x"]), json_values, max_size=3)
+    signed = st.builds(
+        lambda h, c: sign_raw({**header, **h}, {**claims, **c}), header_changes, claim_changes
+    )
+    garbage = st.lists(st.text(max_size=20), min_size=1, max_size=4).map(".".join)
+    return signed | garbage
+
+
+HTTP_FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [({"kid": 5}, "unknown_key"), ({"crit": ["exp"]}, "unsupported_crit")],
+)
+def test_hostile_header_is_inactive_and_refused_by_ingestion(operator_api, issue, header, reason):
+    claims = issue()["claims"]
+    base = {"alg": "EdDSA", "typ": TOKEN_TYPE, "kid": signing.active_signing_key().kid}
+    token = sign_raw({**base, **header}, claims)
+    assert introspect(operator_api, token)["reason"] == reason
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    response = client.post("/api/v1/actions", {"events": []}, format="json")
+    assert response.status_code == 401
+    assert response.json()["reason"] == reason
+
+
+@HTTP_FUZZ
+@given(data=st.data())
+def test_prop_hostile_tokens_never_fail_the_server(operator_api, issue, data):
+    claims = issue()["claims"]
+    token = data.draw(hostile_tokens(claims))
+    response = operator_api.post("/api/v1/passports/introspect", {"token": token}, format="json")
+    assert response.status_code in (200, 400), response.content
+    client = APIClient()
+    wsgi_header = f"Bearer {token}".encode().decode("latin-1")  # as a WSGI server passes bytes
+    client.credentials(HTTP_AUTHORIZATION=wsgi_header)
+    response = client.post("/api/v1/actions", {"events": []}, format="json")
+    assert response.status_code < 500, response.content

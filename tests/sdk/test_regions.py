@@ -116,7 +116,7 @@ def test_normalize_region_invalid_names_the_code(code, hint):
     with pytest.raises(RuleError) as info:
         normalize_region(code)
     assert info.value.rule == code
-    assert str(info.value).startswith(f"invalid rule {code!r}: ")
+    assert str(info.value).startswith(f"invalid region {code!r}: ")
     assert hint in str(info.value)
 
 
