@@ -1,10 +1,8 @@
 import csv
 
-from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -27,10 +25,6 @@ FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
 
 def _filters(request: Request) -> dict[str, str | None]:
     return {name: request.query_params.get(name) for name in FILTERS}
-
-
-class BodyTooLarge(RequestRejected):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 
 NewestReceivedFirst = ordered_by("-received_at")
@@ -77,11 +71,7 @@ class ActionsView(ListAPIView):
 
     @extend_schema(request=ActionBatchSerializer, responses={200: IngestResultSerializer})
     def post(self, request: Request) -> Response:
-        try:
-            body = request.data
-        except RequestDataTooBig as exc:  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
-            raise BodyTooLarge("body", "the request body is too large; send fewer events") from exc
-        data = ActionBatchSerializer(data=body)
+        data = ActionBatchSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         batch = data.validated_data
         result = services.ingest_actions(

@@ -10,6 +10,7 @@ from killswitch.models import Revocation
 from passports.roles import ReadViewerWriteOperator
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
+from registry.params import boolean
 
 NewestEpochFirst = ordered_by("-epoch")
 
@@ -24,9 +25,7 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     def get_queryset(self):
         params = self.request.query_params
-        active = {"true": True, "false": False, None: None, "": None}.get(params.get("active"))
-        if active is None and params.get("active") not in (None, ""):
-            raise RequestRejected("active", "must be true or false")
+        active = boolean(params["active"], "active") if params.get("active") else None
         target_type = params.get("target_type")
         if target_type and target_type not in Revocation.TargetType.values:
             raise RequestRejected("target_type", "must be passport, agent, fleet or all")
