@@ -101,6 +101,18 @@ CSV_COLUMNS = (
 )
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """Text a spreadsheet shows instead of evaluating: a leading ``'`` before a formula
+    trigger (OWASP, CSV injection). Agents write these fields, so they are attacker-controlled."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 class _Echo:
     def write(self, value: str) -> str:
         return value
@@ -114,7 +126,8 @@ class _Echo:
 @permission_classes([IsViewer])
 def export_actions(request: Request) -> StreamingHttpResponse:
     """JSONL: whole chains of the selected agents plus signed checkpoints (verifiable offline
-    with ``python -m agent_passport verify-audit``). CSV: the filtered events, for spreadsheets."""
+    with ``python -m agent_passport verify-audit``), byte-exact. CSV: the filtered events, for
+    spreadsheets, with formula-like cells neutralised."""
     export_format = request.query_params.get("format", "jsonl")
     if export_format == "jsonl":
         agents = selectors.agents_for_export(
@@ -133,7 +146,7 @@ def export_actions(request: Request) -> StreamingHttpResponse:
     def rows():
         yield writer.writerow(CSV_COLUMNS)
         for document in map(audit.event_document, events.iterator(chunk_size=2000)):
-            yield writer.writerow([document[column] for column in CSV_COLUMNS])
+            yield writer.writerow([spreadsheet_cell(document[c]) for c in CSV_COLUMNS])
 
     response = StreamingHttpResponse(rows(), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="actions.csv"'
