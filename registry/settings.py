@@ -136,6 +136,11 @@ REVOCATION_REDIS_PREFIX = env.str("REVOCATION_REDIS_PREFIX", default="aps")
 KILL_RULE_WEBHOOK_TIMEOUT_SECONDS = env.float("KILL_RULE_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
 
 if PRODUCTION:
+    if DEBUG:
+        raise environ.ImproperlyConfigured(
+            "DEBUG=true is refused when PRODUCTION=true: debug pages show settings and stack "
+            "traces to anyone who can make an error."
+        )
     for name, value in (("SECRET_KEY", SECRET_KEY), ("KEY_ENCRYPTION_KEY", KEY_ENCRYPTION_KEY)):
         if value.startswith("insecure-dev-only"):
             raise environ.ImproperlyConfigured(f"{name} must be set when PRODUCTION=true")
