@@ -27,6 +27,14 @@ def _filters(request: Request) -> dict[str, str | None]:
     return {name: request.query_params.get(name) for name in FILTERS}
 
 
+FILTER_PARAMETERS = [
+    OpenApiParameter("agent", str, description="agent id (UUID)"),
+    OpenApiParameter("fleet", str),
+    OpenApiParameter("decision", str, enum=["allow", "deny"]),
+    OpenApiParameter("action", str, description="pattern, e.g. net:* or proc:exec:*miner*"),
+    OpenApiParameter("since", str, description="ISO 8601, inclusive (agent time)"),
+    OpenApiParameter("until", str, description="ISO 8601, exclusive (agent time)"),
+]
 NewestReceivedFirst = ordered_by("-received_at")
 
 
@@ -56,16 +64,7 @@ class ActionsView(ListAPIView):
     def get_queryset(self):
         return selectors.action_events(**_filters(self.request))
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("agent", str),
-            OpenApiParameter("fleet", str),
-            OpenApiParameter("decision", str, enum=["allow", "deny"]),
-            OpenApiParameter("action", str, description="pattern, e.g. net:* or proc:exec:*miner*"),
-            OpenApiParameter("since", str, description="ISO 8601, inclusive (agent time)"),
-            OpenApiParameter("until", str, description="ISO 8601, exclusive (agent time)"),
-        ]
-    )
+    @extend_schema(parameters=FILTER_PARAMETERS)
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
 
@@ -119,7 +118,7 @@ class _Echo:
 
 
 @extend_schema(
-    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv"])],
+    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv"]), *FILTER_PARAMETERS],
     responses={200: OpenApiTypes.STR},
 )
 @api_view(["GET"])

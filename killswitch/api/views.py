@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -15,6 +15,14 @@ from registry.params import boolean
 NewestEpochFirst = ordered_by("-epoch")
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("active", bool),
+            OpenApiParameter("target_type", str, enum=Revocation.TargetType.values),
+        ]
+    )
+)
 class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Revocations: one passport, one agent, a fleet, or all agents."""
 
