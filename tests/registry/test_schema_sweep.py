@@ -6,6 +6,7 @@ or parameter as soon as it is documented.
 """
 
 import json
+import time
 import uuid
 from urllib.parse import urlencode
 
@@ -13,6 +14,8 @@ import pytest
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
+from killswitch import services as killswitch
+from killswitch.models import KillRule, Revocation
 from passports.services import issue_passport
 from tests.conftest import api_client_for
 
@@ -85,32 +88,115 @@ def operation_id(operation: tuple) -> str:
 
 
 @pytest.fixture
-def clients(admin_user, agent, operator):
-    """The most privileged client for each operation (the agent's passport for posting)."""
+def sweep(admin_user, agent, operator):
+    """Clients, concrete URLs and a valid body for each operation, so that each hostile value
+    replaces one field of a request that would otherwise succeed (and reach the database)."""
     issued = issue_passport(
         agent=agent, scope=["fs:*:/**"], jurisdiction=["EU"], ttl_seconds=None, issued_by=operator
+    )
+    rule = KillRule.objects.create(
+        name="sweep", kind="deny_rate", threshold=5, window_seconds=60, created_by=admin_user
+    )
+    revocation = killswitch.revoke(
+        target=killswitch.parse_target({"fleet": agent.fleet}),
+        reason="r",
+        actor=admin_user,
+        source=Revocation.Source.API,
     )
     agent_client = APIClient()
     agent_client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.token}")
     admin_client = api_client_for(admin_user)
-    return lambda method, path: (
-        agent_client if (method, path) == ("post", "/api/v1/actions") else admin_client
-    )
+    jti = str(issued.passport.jti)
+    ids = {
+        "/api/v1/agents/": str(agent.id),
+        "/api/v1/killswitch/": str(revocation.pk),
+        "/api/v1/rules/": str(rule.pk),
+        "/api/v1/rules/matches/": "1",
+        "/api/v1/signals/": "1",
+    }
+    event = {
+        "id": str(uuid.uuid4()),
+        "action": "fs:read",
+        "resource": "/x",
+        "jurisdiction": "DE",
+        "decision": "allow",
+        "reason": "r",
+        "at": time.time(),
+        "details": {"k": "v"},
+    }
+    bodies = {
+        "/api/v1/actions": {"events": [event], "heartbeat": {"epoch": 1, "host": "h", "pid": 1}},
+        "/api/v1/agents": {"name": "n", "fleet": "f", "description": "d", "host": "h"},
+        "/api/v1/passports": {
+            "agent": str(agent.id),
+            "scope": ["fs:*:/x/**"],
+            "jurisdiction": ["EU"],
+            "ttl_seconds": 60,
+        },
+        "/api/v1/passports/{jti}/renew": {"ttl_seconds": 60},
+        "/api/v1/passports/{jti}/revoke": {"reason": "r"},
+        "/api/v1/passports/introspect": {"token": issued.token},
+        "/api/v1/killswitch": {"target": {"agent": str(agent.id)}, "reason": "r"},
+        "/api/v1/killswitch/{id}/lift": {"reason": "r"},
+        "/api/v1/rules": {
+            "name": "n",
+            "kind": "deny_rate",
+            "pattern": "net:*",
+            "threshold": 5,
+            "window_seconds": 60,
+            "category": "",
+            "enabled": True,
+            "dry_run": True,
+            "webhook_url": "https://hooks.example/x",
+        },
+        "/api/v1/rules/{id}": {
+            "pattern": "net:*",
+            "threshold": 5,
+            "window_seconds": 60,
+            "category": "",
+            "enabled": False,
+            "dry_run": True,
+            "webhook_url": "",
+        },
+        "/api/v1/signals": {
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "source_host": "h",
+            "source_ip": "10.0.0.9",
+            "destination": "d",
+            "category": "port-scan",
+            "raw": {"k": ["v"]},
+        },
+    }
+
+    def concrete(path: str) -> str:
+        """The path with the fixture's ids in place of ``{id}`` and ``{jti}``."""
+        prefix = max((p for p in ids if path.startswith(p)), key=len, default=None)
+        path = path.replace("{jti}", jti)
+        return path.replace("{id}", ids[prefix]) if prefix else path
+
+    def client(method: str, path: str) -> APIClient:
+        return agent_client if (method, path) == ("post", "/api/v1/actions") else admin_client
+
+    return client, concrete, bodies
 
 
-def concrete(path: str, agent) -> str:
-    """A path with existing-looking ids: the agent's id, an unknown passport, id 1."""
-    return path.replace(
-        "{id}", str(agent.id) if path.startswith("/api/v1/agents/") else "1"
-    ).replace("{jti}", str(uuid.uuid4()))
+def leaf_paths(document: object, prefix: tuple = ()) -> list[tuple]:
+    """Every key path of a body (into objects, and the first item of lists)."""
+    if isinstance(document, dict):
+        children = document.items()
+    elif isinstance(document, list) and document:
+        children = [(0, document[0])]
+    else:
+        return [prefix]
+    return [prefix] + [p for key, item in children for p in leaf_paths(item, (*prefix, key))]
 
 
-def body_fields(operation: dict, components: dict) -> list[str]:
-    content = operation.get("requestBody", {}).get("content", {}).get("application/json")
-    if not content:
-        return []
-    name = content["schema"]["$ref"].rsplit("/", 1)[-1]
-    return list(components[name].get("properties", {}))
+def replaced(document: object, path: tuple, value: object) -> object:
+    if not path:
+        return value
+    copy = dict(document) if isinstance(document, dict) else list(document)
+    copy[path[0]] = replaced(document[path[0]], path[1:], value)
+    return copy
 
 
 def call(client: APIClient, method: str, path: str, **kwargs):
@@ -120,41 +206,43 @@ def call(client: APIClient, method: str, path: str, **kwargs):
 
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=operation_id)
-def test_hostile_query_and_path_values_never_answer_5xx(operation, clients, agent):
+def test_hostile_query_and_path_values_never_answer_5xx(operation, sweep):
     method, path, spec, _ = operation
-    client = clients(method, path)
-    url = concrete(path, agent)
+    client, concrete, _ = sweep
+    client = client(method, path)
     for parameter in spec.get("parameters", []):
         if parameter["in"] == "query":
             for value in HOSTILE_TEXT:
-                call(client, method, url, data=None, QUERY_STRING=_query(parameter["name"], value))
+                query = urlencode({parameter["name"]: value})
+                call(client, method, concrete(path), QUERY_STRING=query)
         elif parameter["in"] == "path":
             for value in ("0", "9" * 25, str(uuid.uuid4()), "garbage"):
                 call(client, method, path.replace("{" + parameter["name"] + "}", value))
 
 
-def _query(name: str, value: str) -> str:
-    return urlencode({name: value})
+BODY_OPERATIONS = [op for op in OPERATIONS if "requestBody" in op[2]]
 
 
-@pytest.mark.parametrize(
-    "operation", [op for op in OPERATIONS if op[0] in ("post", "patch")], ids=operation_id
-)
-def test_hostile_body_fields_never_answer_5xx(operation, clients, agent):
+@pytest.mark.parametrize("operation", BODY_OPERATIONS, ids=operation_id)
+def test_hostile_body_fields_never_answer_5xx(operation, sweep):
     method, path, spec, components = operation
-    client = clients(method, path)
-    url = concrete(path, agent)
+    client, concrete, bodies = sweep
+    client, url = client(method, path), concrete(path)
+    valid = bodies[path]  # a new endpoint needs a valid body here to be swept
+    assert set(body_fields(spec, components)) <= set(valid), "sweep every documented field"
+    accepted = call(client, method, url, data=valid, format="json")
+    assert accepted.status_code in (200, 201), accepted.content  # the sweep reaches the database
     for body in HOSTILE_BODIES:
         call(client, method, url, data=body, format="json")
-    for field in body_fields(spec, components):
+    for key_path in leaf_paths(valid):
         for value in HOSTILE_JSON:
-            body = _encoded({field: value})
+            body = json.dumps(replaced(valid, key_path, value)).encode()  # "\ud800" escaped
             call(client, method, url, data=body, content_type="application/json")
 
 
-def _encoded(document: object) -> bytes:
-    """JSON as a hostile client may send it: lone surrogates escaped, not refused."""
-    return json.dumps(document, ensure_ascii=True).encode()
+def body_fields(operation: dict, components: dict) -> list[str]:
+    name = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    return list(components[name.rsplit("/", 1)[-1]].get("properties", {}))
 
 
 CONSOLE_PAGES = [
@@ -173,5 +261,5 @@ def test_hostile_console_query_values_never_answer_5xx(client, admin_user, page,
     client.force_login(admin_user)
     for name in names:
         for value in HOSTILE_TEXT:
-            response = client.get(page, QUERY_STRING=_query(name, value))
+            response = client.get(page, QUERY_STRING=urlencode({name: value}))
             assert response.status_code < 500, (page, name, value[:40], response.content[:300])
