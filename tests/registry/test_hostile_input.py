@@ -247,3 +247,43 @@ def test_several_wrong_fields_are_all_reported(admin_api):
     body = response.json()
     assert set(body["errors"]) == {"name", "fleet"}
     assert "'name'" in body["detail"] and "'fleet'" in body["detail"]
+
+
+@pytest.fixture
+def console(admin_user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+def test_console_form_over_the_upload_limit_is_a_413_page(console, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = console.post("/kill/?all=1", {"reason": "x" * 2000, "confirm": "KILL"})
+    assert response.status_code == 413
+    assert response["Content-Type"].startswith("text/html")
+    assert b"larger than 1000 bytes" in response.content
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("get", "/agents/", {"q": "a\x00"}),
+        ("get", "/actions/", {"fleet": "\x00"}),
+        ("get", "/kill/", {"fleet": "gpu\x00"}),
+        ("post", "/kill/", {"fleet": "gpu\x00", "reason": "r"}),
+    ],
+)
+def test_console_nul_in_a_parameter_is_a_400_page_naming_it(console, method, path, data):
+    response = getattr(console, method)(path, data)
+    assert response.status_code == 400
+    assert b"contains a NUL character" in response.content
+    name = next(iter(data)).encode()
+    assert b"&#x27;" + name + b"&#x27;" in response.content
+
+
+def test_console_impossible_date_is_a_message_on_the_action_log(console):
+    response = console.get("/actions/", {"since": "2026-02-30T00:00:00Z"})
+    assert response.status_code == 200
+    assert b"since: is not a real date-time" in response.content
