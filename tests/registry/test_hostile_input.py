@@ -287,3 +287,38 @@ def test_console_impossible_date_is_a_message_on_the_action_log(console):
     response = console.get("/actions/", {"since": "2026-02-30T00:00:00Z"})
     assert response.status_code == 200
     assert b"since: is not a real date-time" in response.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/agents/",
+        "/actions/",
+        "/kill/?all=1",
+        "/rules/",
+        "/keys/",
+        "/passports/new",
+        "/login/",
+        "/logout/",
+        "/console/live.json",
+        "/api/v1/agents",
+        "/api/v1/actions",
+        "/api/v1/actions/export",
+        "/api/v1/audit",
+        "/api/schema/",
+        "/.well-known/jwks.json",
+        "/healthz",
+    ],
+)
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND", "BREW"])
+def test_any_method_on_any_page_is_never_a_5xx(console, path, method):
+    assert console.generic(method, path).status_code < 500
+
+
+def test_sign_in_with_hostile_user_names_is_a_form_error(db):
+    from django.test import Client
+
+    for username in ["a\x00", "x" * 100_000, "\ufeff", "\uff41" * 151]:
+        response = Client().post("/login/", {"username": username, "password": "p"})
+        assert response.status_code in (200, 400), username[:10]
