@@ -6,6 +6,8 @@ text and jsonb columns); each used to become a 500 wherever the value went. Here
 naming the field, before any view sees the body.
 """
 
+import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +15,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 MAX_JSON_DEPTH = 32
+TOO_DEEP = f"is nested more than {MAX_JSON_DEPTH} levels deep"
 
 _Path = tuple[str | int, ...]
 
@@ -64,23 +67,46 @@ def _where(path: _Path) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{printable(part)}" for part in path)
 
 
-def check_document(document: Any) -> None:
-    """Refuse nesting deeper than MAX_JSON_DEPTH and text that is not storable Unicode."""
+def _too_deep(document: Any) -> bool:
+    """Nesting deeper than MAX_JSON_DEPTH, level by level over containers only (fast)."""
+    level = [document]
+    for _ in range(MAX_JSON_DEPTH + 1):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def check_text(document: Any) -> None:
+    """Refuse text (values and keys) that is not storable Unicode, naming where it is."""
     for path, value in _nodes(document):
-        if len(path) > MAX_JSON_DEPTH:
-            raise RefusedJSON("body", f"is nested more than {MAX_JSON_DEPTH} levels deep")
         if isinstance(value, str) and (problem := _problem(value)):
             where = _where(path).lstrip(".") or "the body"
             raise RefusedJSON(_field(path), f"{where} {problem}")
 
 
+# Only these escapes can put NUL or a surrogate into a parsed string (the raw bytes cannot:
+# JSON refuses control characters and UTF-8 refuses encoded surrogates), so a body without them
+# skips the walk over every string.
+_SUSPICIOUS_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])")
+
+
 class SafeJSONParser(JSONParser):
-    """``application/json`` bodies, checked by :func:`check_document`."""
+    """``application/json`` bodies with bounded nesting and only storable text."""
 
     def parse(self, stream, media_type=None, parser_context=None) -> Any:
+        raw = stream.read()
         try:
-            document = super().parse(stream, media_type, parser_context)
+            document = super().parse(io.BytesIO(raw), media_type, parser_context)
         except RecursionError as exc:
-            raise RefusedJSON("body", f"is nested more than {MAX_JSON_DEPTH} levels deep") from exc
-        check_document(document)
+            raise RefusedJSON("body", TOO_DEEP) from exc
+        if isinstance(document, dict | list) and _too_deep(document):
+            raise RefusedJSON("body", TOO_DEEP)
+        if _SUSPICIOUS_ESCAPE.search(raw):
+            check_text(document)
         return document
