@@ -309,9 +309,13 @@ def test_console_impossible_date_is_a_message_on_the_action_log(console):
         "/api/schema/",
         "/.well-known/jwks.json",
         "/healthz",
+        "/revocations/99999999999999999999/",
+        "/revocations/99999999999999999999/acks.json",
+        "/revocations/99999999999999999999/lift",
+        "/rules/99999999999999999999/toggle",
     ],
 )
-@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND", "BREW"])
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "OPTIONS", "PROPFIND", "BREW"])
 def test_any_method_on_any_page_is_never_a_5xx(console, path, method):
     assert console.generic(method, path).status_code < 500
 
