@@ -36,7 +36,8 @@ class BodyTooLarge(RequestRejected):
 
 
 def _rejection(exc: Exception) -> RequestRejected | None:
-    """Django's refusals of oversized requests, which DRF would otherwise answer with a 500."""
+    """``exc`` as a RequestRejected, including Django's refusals of oversized requests (which
+    DRF would otherwise answer with a 500); None for anything else."""
     if isinstance(exc, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return BodyTooLarge("body", f"is larger than {limit} bytes; send less per request")
@@ -46,12 +47,13 @@ def _rejection(exc: Exception) -> RequestRejected | None:
     return exc if isinstance(exc, RequestRejected) else None
 
 
+def _body(rejected: RequestRejected) -> dict:
+    return {"detail": rejected.message, "errors": {rejected.field: [rejected.message]}}
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     if rejected := _rejection(exc):
-        return Response(
-            {"detail": rejected.message, "errors": {rejected.field: [rejected.message]}},
-            status=rejected.status_code,
-        )
+        return Response(_body(rejected), status=rejected.status_code)
     response = exception_handler(exc, context)
     if response is None:
         logger.exception("unhandled API error", exc_info=exc)
@@ -98,8 +100,7 @@ def forbidden(request: HttpRequest, exception: Exception) -> HttpResponse:
 def reject(request: HttpRequest, rejected: RequestRejected) -> HttpResponse:
     """A refusal outside DRF's views: the API's error shape, or a page naming the input."""
     if _wants_json(request):
-        body = {"detail": rejected.message, "errors": {rejected.field: [rejected.message]}}
-        return JsonResponse(body, status=rejected.status_code)
+        return JsonResponse(_body(rejected), status=rejected.status_code)
     return _error(request, rejected.status_code, f"'{rejected.field}' {rejected.message}.")
 
 
