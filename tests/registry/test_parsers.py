@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from registry.parsers import MAX_JSON_DEPTH, RefusedJSON, SafeJSONParser
 
 TEXT = st.text(st.characters(codec=None, blacklist_categories=()), max_size=8)
-SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT
+)
 DOCUMENTS = st.recursive(
     SCALARS,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
