@@ -1,6 +1,7 @@
 """What the API's JSON parser costs: ``registry.parsers.SafeJSONParser`` (bounded nesting, no lone
 surrogates or NUL) against DRF's plain ``JSONParser``, on the largest body the SDK sends (1,000
-action events with details) and on a small one (an issuance request).
+action events with details) and on a small one (an issuance request); and for the action batch,
+``ItemwiseJSONParser`` plus ``check_text`` on each event, as ``POST /api/v1/actions`` does.
 
 Run: ``.venv/bin/python bench/bench_parser.py``. Prints a table; writes bench/results/parser.json.
 In-process, one core; the machine's busy cores during the run are reported alongside.
@@ -26,7 +27,12 @@ django.setup()
 from rest_framework.parsers import JSONParser  # noqa: E402
 
 from bench._server import busy_cores, machine_basics  # noqa: E402
-from registry.parsers import SafeJSONParser  # noqa: E402
+from registry.parsers import (  # noqa: E402
+    TEXT_TO_CHECK,
+    ItemwiseJSONParser,
+    SafeJSONParser,
+    check_text,
+)
 
 RESULTS_PATH = BASE_DIR / "bench" / "results" / "parser.json"
 ROUNDS = 30
@@ -52,6 +58,17 @@ def issue_body() -> bytes:
     return json.dumps({"agent": str(uuid.uuid4()), "scope": scope, "jurisdiction": ["EU"]}).encode()
 
 
+class ItemwiseChecked:
+    """The action batch's path: parse, then check each event's text on its own."""
+
+    def parse(self, stream, media_type, context):
+        document = ItemwiseJSONParser().parse(stream, media_type, context)
+        if context[TEXT_TO_CHECK]:
+            for event in document["events"]:
+                check_text(event)
+        return document
+
+
 def median_ms(parser, body: bytes) -> float:
     timings = []
     for _ in range(ROUNDS):
@@ -64,8 +81,14 @@ def median_ms(parser, body: bytes) -> float:
 def main() -> None:
     load = busy_cores(1.0)
     rows = []
-    for name, body in (("1,000-event batch", batch_body()), ("issuance request", issue_body())):
-        plain, safe = median_ms(JSONParser(), body), median_ms(SafeJSONParser(), body)
+    batch = batch_body()
+    cases = [
+        ("1,000-event batch", batch, SafeJSONParser()),
+        ("batch, per event", batch, ItemwiseChecked()),
+        ("issuance request", issue_body(), SafeJSONParser()),
+    ]
+    for name, body, parser in cases:
+        plain, safe = median_ms(JSONParser(), body), median_ms(parser, body)
         rows.append(
             {
                 "body": name,

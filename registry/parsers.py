@@ -7,6 +7,7 @@ naming the field, before any view sees the body.
 """
 
 import io
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,10 @@ MAX_JSON_DEPTH = 32
 TOO_DEEP = f"is nested more than {MAX_JSON_DEPTH} levels deep"
 
 _Path = tuple[str | int, ...]
+# Only these escapes can put NUL or a surrogate into a parsed string (the raw bytes cannot:
+# JSON refuses control characters and UTF-8 refuses encoded surrogates), so a body without them
+# skips the walk over every string.
+_SUSPICIOUS_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])")
 
 
 class RefusedJSON(ParseError):
@@ -83,21 +88,23 @@ def _too_deep(document: Any) -> bool:
 
 
 def check_text(document: Any) -> None:
-    """Refuse text (values and keys) that is not storable Unicode, naming where it is."""
+    """Refuse text (values and keys) that is not storable Unicode, naming where it is.
+
+    The document is first scanned as escaped JSON (C speed): without a suspicious escape no
+    string in it can hold NUL or a surrogate, and the walk is skipped.
+    """
+    if not _SUSPICIOUS_ESCAPE.search(json.dumps(document).encode()):
+        return
     for path, value in _nodes(document):
         if isinstance(value, str) and (problem := _problem(value)):
             where = _where(path).lstrip(".") or "the body"
             raise RefusedJSON(_field(path), f"{where} {problem}")
 
 
-# Only these escapes can put NUL or a surrogate into a parsed string (the raw bytes cannot:
-# JSON refuses control characters and UTF-8 refuses encoded surrogates), so a body without them
-# skips the walk over every string.
-_SUSPICIOUS_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])")
-
-
 class SafeJSONParser(JSONParser):
     """``application/json`` bodies with bounded nesting and only storable text."""
+
+    refuses_unstorable_text = True
 
     def parse(self, stream, media_type=None, parser_context=None) -> Any:
         raw = stream.read()
@@ -107,6 +114,24 @@ class SafeJSONParser(JSONParser):
             raise RefusedJSON("body", TOO_DEEP) from exc
         if isinstance(document, dict | list) and _too_deep(document):
             raise RefusedJSON("body", TOO_DEEP)
-        if _SUSPICIOUS_ESCAPE.search(raw):
+        if self.refuses_unstorable_text and _SUSPICIOUS_ESCAPE.search(raw):
             check_text(document)
         return document
+
+
+class ItemwiseJSONParser(SafeJSONParser):
+    """For a batch whose items are accepted or refused one by one: the view calls
+    :func:`check_text` per item, so that one bad item does not fail the others. Whether that is
+    needed at all is left in ``request.parser_context[TEXT_TO_CHECK]`` (usually it is not)."""
+
+    refuses_unstorable_text = False
+
+    def parse(self, stream, media_type=None, parser_context=None) -> Any:
+        raw = stream.read()
+        document = super().parse(io.BytesIO(raw), media_type, parser_context)
+        if parser_context is not None:
+            parser_context[TEXT_TO_CHECK] = bool(_SUSPICIOUS_ESCAPE.search(raw))
+        return document
+
+
+TEXT_TO_CHECK = "text_to_check"

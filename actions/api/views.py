@@ -18,6 +18,7 @@ from actions.auth import IsPassportHolder, PassportBearerAuthentication
 from passports.roles import IsViewer
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
+from registry.parsers import ItemwiseJSONParser
 from registry.throttling import PerAgentIngestThrottle
 
 FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
@@ -43,6 +44,7 @@ class ActionsView(ListAPIView):
 
     serializer_class = ActionEventSerializer
     pagination_class = NewestReceivedFirst
+    parser_classes = [ItemwiseJSONParser]  # one bad event must not fail the batch
 
     def get_authenticators(self):
         # Only the agent's passport may post; operator API tokens only read. (The schema
@@ -70,7 +72,8 @@ class ActionsView(ListAPIView):
 
     @extend_schema(request=ActionBatchSerializer, responses={200: IngestResultSerializer})
     def post(self, request: Request) -> Response:
-        data = ActionBatchSerializer(data=request.data)
+        body = request.data
+        data = ActionBatchSerializer(data=body, context=request.parser_context)
         data.is_valid(raise_exception=True)
         batch = data.validated_data
         result = services.ingest_actions(

@@ -110,13 +110,40 @@ def test_lone_surrogate_or_nul_in_any_string_is_a_400_naming_the_field(
     assert Signal.objects.count() == 0
 
 
-def test_lone_surrogate_in_event_details_is_a_400_naming_the_event(agent_api):
-    event = {"id": str(uuid.uuid4()), "action": "fs:read", "decision": "allow", "at": 1.0}
-    body = json.dumps({"events": [event]})[:-3] + ', "details": {"path": "\\udcff"}}]}'
+def test_unstorable_text_in_one_event_is_that_events_error_the_others_are_kept(agent_api):
+    """The batch contract: a malformed event does not fail the batch."""
+
+    def event(**extra: str) -> str:
+        fields = {"id": str(uuid.uuid4()), "action": "fs:read", "decision": "allow", "at": 1.0}
+        return json.dumps(fields)[:-1] + "".join(f", {k}: {v}" for k, v in extra.items()) + "}"
+
+    events = [
+        event(**{'"details"': '{"path": "\\udcff"}'}),
+        event(**{'"resource"': '"/etc/passwd\\u0000.png"'}),
+        event(**{'"d\\ud800"': "1"}),
+        event(**{'"decision"': '"\\ud800"'}),
+        event(),
+    ]
+    body = '{"events": [' + ", ".join(events) + "]}"
     response = send(agent_api, "post", "/api/v1/actions", body)
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["accepted"] == 1
+    errors = answer["errors"]
+    assert "details.path contains a lone surrogate" in errors["0"]["details"][0]
+    assert "resource contains a NUL character" in errors["1"]["resource"][0]
+    assert list(errors["2"]) == ["d\\ud800"]
+    assert "decision" in errors["3"]
+    assert ActionEvent.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    ['"heartbeat": {"host": "h\\u0000"}', '"heartbeat": {"h\\ud800": 1}', '"x\\udfff": 1'],
+)
+def test_unstorable_text_in_the_batch_envelope_is_a_400(agent_api, envelope):
+    response = send(agent_api, "post", "/api/v1/actions", '{"events": [], ' + envelope + "}")
     assert response.status_code == 400, response.content
-    assert "events[0].details.path" in response.json()["errors"]["events"][0]
-    assert ActionEvent.objects.count() == 0
 
 
 def test_valid_surrogate_pairs_and_escaped_backslashes_are_accepted(admin_api):
