@@ -17,6 +17,7 @@ from rest_framework.parsers import JSONParser
 
 MAX_JSON_DEPTH = 32
 TOO_DEEP = f"is nested more than {MAX_JSON_DEPTH} levels deep"
+TEXT_TO_CHECK = "text_to_check"  # parser_context key set by ItemwiseJSONParser
 
 _Path = tuple[str | int, ...]
 # Only these escapes can put NUL or a surrogate into a parsed string (the raw bytes cannot:
@@ -132,6 +133,3 @@ class ItemwiseJSONParser(SafeJSONParser):
         if parser_context is not None:
             parser_context[TEXT_TO_CHECK] = bool(_SUSPICIOUS_ESCAPE.search(raw))
         return document
-
-
-TEXT_TO_CHECK = "text_to_check"
