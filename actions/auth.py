@@ -20,6 +20,10 @@ from passports.services import verify_passport_token
 
 _KEYWORD = b"bearer"
 REPORTING_LEEWAY_SECONDS = 3600
+AGENTS_ONLY_MESSAGE = (
+    "Only an agent posts its actions, with its own passport: 'Authorization: Bearer <passport "
+    "token>'. Operator API tokens read the action log (GET) with 'Token <key>'."
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,10 +55,14 @@ class PassportBearerAuthentication(BaseAuthentication):
 
     def authenticate(self, request):
         parts = get_authorization_header(request).split()
+        if parts and parts[0].lower() == b"token":
+            raise _rejected("operator_token", AGENTS_ONLY_MESSAGE)
         if not parts or parts[0].lower() != _KEYWORD:
             return None
         if len(parts) != 2:
             raise _rejected("malformed", "Authorization header must be 'Bearer <passport token>'.")
+        if parts[1].startswith(b"aps_"):  # an operator token sent as Bearer
+            raise _rejected("operator_token", AGENTS_ONLY_MESSAGE)
         try:
             token = parts[1].decode("ascii")
         except UnicodeDecodeError as exc:

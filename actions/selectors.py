@@ -1,9 +1,6 @@
 """Read queries for the action log, with validated filters."""
 
-from datetime import UTC, datetime
-
 from django.db.models import F, QuerySet
-from django.utils.dateparse import parse_datetime
 
 from actions.lookups import GlobMatch
 from actions.models import ActionEvent
@@ -12,13 +9,7 @@ from agent_passport.rules import parse_rule
 from passports.models import Agent
 from passports.selectors import agent_id
 from registry.errors import RequestRejected
-
-
-def _moment(value: str, field: str) -> datetime:
-    moment = parse_datetime(value)
-    if moment is None:
-        raise RequestRejected(field, "must be an ISO 8601 date-time, e.g. 2026-11-25T10:00:00Z")
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+from registry.params import moment
 
 
 def matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[ActionEvent]:
@@ -60,9 +51,9 @@ def action_events(
     if action:
         queryset = matching_pattern(queryset, action)
     if since:
-        queryset = queryset.filter(occurred_at__gte=_moment(since, "since"))
+        queryset = queryset.filter(occurred_at__gte=moment(since, "since"))
     if until:
-        queryset = queryset.filter(occurred_at__lt=_moment(until, "until"))
+        queryset = queryset.filter(occurred_at__lt=moment(until, "until"))
     return queryset
 
 

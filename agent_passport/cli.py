@@ -46,7 +46,7 @@ def _keys(args: argparse.Namespace):
     if args.jwks_file:
         try:
             return keys_from_jwks(json.loads(Path(args.jwks_file).read_text()))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise CLIError(f"cannot read JWKS file {args.jwks_file}: {exc}") from exc
     if args.registry:
         return JWKSClient(args.registry.rstrip("/") + "/.well-known/jwks.json")
@@ -147,7 +147,7 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
             for number, line in enumerate(lines, 1):
                 try:
                     record = json.loads(line)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                     raise CLIError(f"{args.export}:{number} is not JSON ({exc})") from exc
                 kind = record.pop("type", None) if isinstance(record, dict) else None
                 if kind == "event":
@@ -156,6 +156,8 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
                     checkpoints.append(record)
     except OSError as exc:
         raise CLIError(f"cannot read {args.export}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{args.export} is not UTF-8 text ({exc.reason})") from exc
     keys = _keys(args)
     if isinstance(keys, JWKSClient):
         try:

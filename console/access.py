@@ -14,7 +14,8 @@ from passports.roles import Role, has_role, role_of
 
 logger = logging.getLogger(__name__)
 
-MAX_FAILED_SIGN_INS = 5
+MAX_FAILED_SIGN_INS = 5  # per user name, from one address
+MAX_FAILED_SIGN_INS_PER_ADDRESS = 20  # whatever the names tried
 LOCKOUT_SECONDS = 15 * 60
 
 
@@ -45,29 +46,40 @@ def role_context(request: HttpRequest) -> dict:
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
-    """Locks a user name (per client address) after repeated failures, for 15 minutes."""
+    """Locks a user name from one client address after repeated failures, and an address that
+    fails with many names, for 15 minutes.
 
-    def _key(self) -> str:
-        username = (self.data.get("username") or "").strip().lower()[:150]
+    The name is counted as Django authenticates it (NFKC-normalised by ``UsernameField``, so
+    full-width ``alice`` is ``alice``) and without regard to case, so no spelling of a name gets
+    another five tries.
+    """
+
+    def _counters(self) -> list[tuple[str, int]]:
+        username = self.fields["username"].to_python(self.data.get("username"))
         address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
-        return f"console-sign-in-failures:{address}:{username}"
+        per_address = f"console-sign-in-failures:{address}"
+        return [
+            (f"{per_address}:{username.lower()[:150]}", MAX_FAILED_SIGN_INS),
+            (per_address, MAX_FAILED_SIGN_INS_PER_ADDRESS),
+        ]
 
     def clean(self):
+        counters = self._counters()
         try:
-            failures = cache.get(self._key(), 0)
+            failures = cache.get_many([key for key, _ in counters])
         except Exception:  # the cache is Redis; an outage must not lock operators out
-            failures = 0
-        if failures >= MAX_FAILED_SIGN_INS:
+            failures = {}
+        if any(failures.get(key, 0) >= limit for key, limit in counters):
             raise ValidationError(
-                "Too many failed sign-ins for this user; try again in 15 minutes.",
-                code="throttled",
+                "Too many failed sign-ins; try again in 15 minutes.", code="throttled"
             )
         try:
             return super().clean()
         except ValidationError:
             try:
-                cache.add(self._key(), 0, LOCKOUT_SECONDS)
-                cache.incr(self._key())
+                for key, _ in counters:
+                    cache.add(key, 0, LOCKOUT_SECONDS)
+                    cache.incr(key)
             except Exception:
                 logger.warning("sign-in throttling unavailable (cache down)")
             raise

@@ -37,6 +37,7 @@ from passports.models import Agent
 from passports.roles import Role, has_role
 from passports.selectors import agent_id
 from registry.errors import RequestRejected, StateConflict
+from registry.params import boolean, database_id
 from signals.models import Signal
 
 logger = logging.getLogger(__name__)
@@ -380,13 +381,9 @@ def rule_matches(
     """Rule matches, newest first, filtered by rule id, agent id and dry run (query strings)."""
     queryset = RuleMatch.objects.select_related("rule", "revocation")
     if rule:
-        if not rule.isdigit():
-            raise RequestRejected("rule", "must be a rule id (an integer)")
-        queryset = queryset.filter(rule_id=int(rule))
+        queryset = queryset.filter(rule_id=database_id(rule, "rule"))
     if agent:
         queryset = queryset.filter(agent_id=agent_id(agent))
     if dry_run:
-        if dry_run not in ("true", "false"):
-            raise RequestRejected("dry_run", "must be true or false")
-        queryset = queryset.filter(dry_run=dry_run == "true")
+        queryset = queryset.filter(dry_run=boolean(dry_run, "dry_run"))
     return queryset

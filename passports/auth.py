@@ -11,6 +11,11 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from passports.models import ApiToken
 
 _KEYWORD = b"token"
+_PASSPORT_KEYWORD = b"bearer"
+WRONG_SCHEME = (
+    "Operator API tokens are sent as 'Authorization: Token <key>'. 'Bearer' carries an agent's "
+    "passport and is accepted only by POST /api/v1/actions."
+)
 
 
 def _digest(key: str) -> str:
@@ -33,6 +38,8 @@ class ApiTokenAuthentication(BaseAuthentication):
 
     def authenticate(self, request):
         parts = get_authorization_header(request).split()
+        if parts and parts[0].lower() == _PASSPORT_KEYWORD:
+            raise exceptions.AuthenticationFailed(WRONG_SCHEME)
         if not parts or parts[0].lower() != _KEYWORD:
             return None
         if len(parts) != 2:

@@ -39,7 +39,7 @@ def passports(
 ) -> QuerySet[Passport]:
     queryset = Passport.objects.select_related("agent", "issued_by", "revoked_by")
     if agent:
-        queryset = queryset.filter(agent_id=agent)
+        queryset = queryset.filter(agent_id=agent_id(agent))
     if fleet:
         queryset = queryset.filter(agent__fleet=fleet)
     now = timezone.now()

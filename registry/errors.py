@@ -1,7 +1,10 @@
 """One error shape for the whole API: ``{"detail": ..., "errors": {field: [messages]}}``."""
 
 import logging
+from http import HTTPStatus
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions, status
@@ -35,14 +38,35 @@ class ConcurrentConflict(StateConflict):
     retry_after = 0
 
 
+class BodyTooLarge(RequestRejected):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+def _rejection(exc: Exception) -> RequestRejected | None:
+    """``exc`` as a RequestRejected, including Django's refusals of oversized requests (which
+    DRF would otherwise answer with a 500); None for anything else."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return BodyTooLarge("body", f"is larger than {limit} bytes; send less per request")
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return RequestRejected("request", f"has more than {limit} parameters")
+    return exc if isinstance(exc, RequestRejected) else None
+
+
+def _body(rejected: RequestRejected) -> dict:
+    return {"detail": rejected.message, "errors": {rejected.field: [rejected.message]}}
+
+
+def _headers(rejected: RequestRejected) -> dict[str, str] | None:
+    if rejected.retry_after is None:
+        return None
+    return {"Retry-After": str(rejected.retry_after)}
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
-    if isinstance(exc, RequestRejected):
-        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return Response(
-            {"detail": exc.message, "errors": {exc.field: [exc.message]}},
-            status=exc.status_code,
-            headers=retry,
-        )
+    if rejected := _rejection(exc):
+        return Response(_body(rejected), status=rejected.status_code, headers=_headers(rejected))
     response = exception_handler(exc, context)
     if response is None:
         logger.exception("unhandled API error", exc_info=exc)
@@ -53,10 +77,11 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
             if isinstance(response.data, dict)
             else {"non_field_errors": response.data}
         )
-        first = next(iter(errors), "request")
-        response.data = {"detail": f"Invalid input in '{first}'.", "errors": errors}
+        names = ", ".join(f"'{name}'" for name in errors) or "'request'"
+        response.data = {"detail": f"Invalid input in {names}.", "errors": errors}
     elif isinstance(exc, exceptions.ParseError):
-        response.data = {"detail": str(exc.detail), "errors": {"body": [str(exc.detail)]}}
+        field = getattr(exc, "field", "body")  # registry.parsers.RefusedJSON names the field
+        response.data = {"detail": str(exc.detail), "errors": {field: [str(exc.detail)]}}
     return response
 
 
@@ -71,6 +96,9 @@ def _error(request: HttpRequest, status_code: int, detail: str) -> HttpResponse:
     template = {403: "403.html", 404: "404.html"}.get(status_code)
     if template:
         return render(request, template, {"detail": detail}, status=status_code)
+    if status_code < 500:
+        title = HTTPStatus(status_code).phrase
+        return render(request, "error.html", {"title": title, "detail": detail}, status=status_code)
     return HttpResponse(detail, status=status_code, content_type="text/plain")
 
 
@@ -82,7 +110,18 @@ def forbidden(request: HttpRequest, exception: Exception) -> HttpResponse:
     return _error(request, 403, "Forbidden.")
 
 
+def reject(request: HttpRequest, rejected: RequestRejected) -> HttpResponse:
+    """A refusal outside DRF's views: the API's error shape, or a page naming the input."""
+    if _wants_json(request):
+        return JsonResponse(
+            _body(rejected), status=rejected.status_code, headers=_headers(rejected)
+        )
+    return _error(request, rejected.status_code, f"'{rejected.field}' {rejected.message}.")
+
+
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if rejected := _rejection(exception):
+        return reject(request, rejected)
     return _error(request, 400, "Bad request.")
 
 

@@ -44,6 +44,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "registry.middleware.RejectNulCharacters",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -169,6 +170,11 @@ REVOCATION_HEARTBEAT_SECONDS = env.float("REVOCATION_HEARTBEAT_SECONDS", default
 REVOCATION_STREAM_MAXLEN = env.int("REVOCATION_STREAM_MAXLEN", default=STREAM_MAXLEN)
 
 if PRODUCTION:
+    if DEBUG:
+        raise environ.ImproperlyConfigured(
+            "DEBUG=true is refused when PRODUCTION=true: debug pages show settings and stack "
+            "traces to anyone who can make an error."
+        )
     for name, value in (("SECRET_KEY", SECRET_KEY), ("KEY_ENCRYPTION_KEY", KEY_ENCRYPTION_KEY)):
         if value.startswith("insecure-dev-only"):
             raise environ.ImproperlyConfigured(f"{name} must be set when PRODUCTION=true")
@@ -181,7 +187,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["passports.roles.IsViewer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["registry.parsers.SafeJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",

@@ -2,10 +2,10 @@ from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from console.access import ThrottledAuthenticationForm
 from passports.api.views import healthz, jwks_view
+from registry.apidocs import DocsView, SchemaView
 
 urlpatterns = [
     path(
@@ -22,8 +22,8 @@ urlpatterns = [
     path("api/v1/", include("actions.api.urls")),
     path("api/v1/", include("killswitch.api.urls")),
     path("api/v1/", include("signals.api.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", DocsView.as_view(url_name="schema"), name="api-docs"),
     path("", include("console.urls")),
 ]
 

@@ -44,7 +44,10 @@ def address_tokens(address: str) -> set[str]:
 def match_agents(*, source_host: str = "", source_ip: str | None = None) -> list[Agent]:
     """Agents whose host, or heartbeat address token, equals the host or IP; best match first.
 
-    Active agents come first, then the most recently seen.
+    Active agents first; among them, one whose registered host matches comes before any that
+    matches only by heartbeat: the host was set by an operator, a heartbeat's host is what the
+    agent says about itself, so an agent cannot draw another's signals onto itself by claiming
+    its host (it stays listed in ``other_candidates``). Then the most recently seen.
     """
     needles = {_normalized(value) for value in (source_host, source_ip) if value}
     if not needles:
@@ -58,7 +61,12 @@ def match_agents(*, source_host: str = "", source_ip: str | None = None) -> list
         if _normalized(agent.host) in needles or address_tokens(agent.last_seen_address) & needles
     ]
     matched.sort(
-        key=lambda a: (a.status == Agent.Status.ACTIVE, a.last_seen_at or _NEVER, a.created_at),
+        key=lambda a: (
+            a.status == Agent.Status.ACTIVE,
+            _normalized(a.host) in needles,
+            a.last_seen_at or _NEVER,
+            a.created_at,
+        ),
         reverse=True,
     )
     return matched

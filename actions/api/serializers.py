@@ -18,6 +18,7 @@ from agent_passport.reporter import (
 from agent_passport.rules import MAX_RESOURCE_LENGTH, split_action
 from agent_passport.tokens import CLOCK_SKEW_LEEWAY
 from passports.api.serializers import StrictCharField, StrictSerializer
+from registry.parsers import TEXT_TO_CHECK, RefusedJSON, check_text
 
 
 class StrictUUIDField(serializers.UUIDField):
@@ -154,12 +155,18 @@ class HeartbeatSerializer(StrictSerializer):
 
 class ActionBatchSerializer(StrictSerializer):
     """``{"events": [...], "heartbeat": {...}}``. A malformed event does not fail the batch:
-    ``validated_data["errors"]`` maps its index to its field errors, the others are kept."""
+    ``validated_data["errors"]`` maps its index to its field errors, the others are kept.
+    Context ``TEXT_TO_CHECK`` false (from ItemwiseJSONParser) skips the events' text check."""
 
     events = serializers.ListField(
         child=_EventItem(allow_null=True), max_length=MAX_BATCH_EVENTS, allow_empty=True
     )
     heartbeat = HeartbeatSerializer(required=False, allow_null=True)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):  # the envelope; events are checked one by one (validate)
+            check_text({key: value for key, value in data.items() if key != "events"})
+        return super().to_internal_value(data)
 
     def validate(self, attrs: dict) -> dict:
         valid, errors = [], {}
@@ -171,7 +178,11 @@ class ActionBatchSerializer(StrictSerializer):
                 errors[str(index)] = {"event": ["must be a JSON object"]}
                 continue
             try:
+                if self.context.get(TEXT_TO_CHECK, True):
+                    check_text(raw)
                 valid.append(event.run_validation(raw))
+            except RefusedJSON as exc:  # NUL or a lone surrogate somewhere in this event
+                errors[str(index)] = {exc.field: [str(exc.detail)]}
             except serializers.ValidationError as exc:
                 errors[str(index)] = exc.detail
         return {"events": valid, "errors": errors, "heartbeat": attrs.get("heartbeat")}

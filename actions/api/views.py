@@ -1,10 +1,8 @@
 import csv
 
-from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -20,6 +18,7 @@ from actions.auth import IsPassportHolder, PassportBearerAuthentication
 from passports.roles import IsViewer
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
+from registry.parsers import ItemwiseJSONParser
 from registry.throttling import PerAgentIngestThrottle
 
 FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
@@ -29,10 +28,14 @@ def _filters(request: Request) -> dict[str, str | None]:
     return {name: request.query_params.get(name) for name in FILTERS}
 
 
-class BodyTooLarge(RequestRejected):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-
-
+FILTER_PARAMETERS = [
+    OpenApiParameter("agent", str, description="agent id (UUID)"),
+    OpenApiParameter("fleet", str),
+    OpenApiParameter("decision", str, enum=["allow", "deny"]),
+    OpenApiParameter("action", str, description="pattern, e.g. net:* or proc:exec:*miner*"),
+    OpenApiParameter("since", str, description="ISO 8601, inclusive (agent time)"),
+    OpenApiParameter("until", str, description="ISO 8601, exclusive (agent time)"),
+]
 NewestReceivedFirst = ordered_by("-received_at")
 
 
@@ -41,6 +44,7 @@ class ActionsView(ListAPIView):
 
     serializer_class = ActionEventSerializer
     pagination_class = NewestReceivedFirst
+    parser_classes = [ItemwiseJSONParser]  # one bad event must not fail the batch
 
     def get_authenticators(self):
         # Only the agent's passport may post; operator API tokens only read. (The schema
@@ -62,26 +66,14 @@ class ActionsView(ListAPIView):
     def get_queryset(self):
         return selectors.action_events(**_filters(self.request))
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("agent", str),
-            OpenApiParameter("fleet", str),
-            OpenApiParameter("decision", str, enum=["allow", "deny"]),
-            OpenApiParameter("action", str, description="pattern, e.g. net:* or proc:exec:*miner*"),
-            OpenApiParameter("since", str, description="ISO 8601, inclusive (agent time)"),
-            OpenApiParameter("until", str, description="ISO 8601, exclusive (agent time)"),
-        ]
-    )
+    @extend_schema(parameters=FILTER_PARAMETERS)
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
 
     @extend_schema(request=ActionBatchSerializer, responses={200: IngestResultSerializer})
     def post(self, request: Request) -> Response:
-        try:
-            body = request.data
-        except RequestDataTooBig as exc:  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
-            raise BodyTooLarge("body", "the request body is too large; send fewer events") from exc
-        data = ActionBatchSerializer(data=body)
+        body = request.data
+        data = ActionBatchSerializer(data=body, context=request.parser_context)
         data.is_valid(raise_exception=True)
         batch = data.validated_data
         result = services.ingest_actions(
@@ -111,20 +103,33 @@ CSV_COLUMNS = (
 )
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """Text a spreadsheet shows instead of evaluating: a leading ``'`` before a formula
+    trigger (OWASP, CSV injection). Agents write these fields, so they are attacker-controlled."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 class _Echo:
     def write(self, value: str) -> str:
         return value
 
 
 @extend_schema(
-    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv"])],
+    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv"]), *FILTER_PARAMETERS],
     responses={200: OpenApiTypes.STR},
 )
 @api_view(["GET"])
 @permission_classes([IsViewer])
 def export_actions(request: Request) -> StreamingHttpResponse:
     """JSONL: whole chains of the selected agents plus signed checkpoints (verifiable offline
-    with ``python -m agent_passport verify-audit``). CSV: the filtered events, for spreadsheets."""
+    with ``python -m agent_passport verify-audit``), byte-exact. CSV: the filtered events, for
+    spreadsheets, with formula-like cells neutralised."""
     export_format = request.query_params.get("format", "jsonl")
     if export_format == "jsonl":
         agents = selectors.agents_for_export(
@@ -143,7 +148,7 @@ def export_actions(request: Request) -> StreamingHttpResponse:
     def rows():
         yield writer.writerow(CSV_COLUMNS)
         for document in map(audit.event_document, events.iterator(chunk_size=2000)):
-            yield writer.writerow([document[column] for column in CSV_COLUMNS])
+            yield writer.writerow([spreadsheet_cell(document[c]) for c in CSV_COLUMNS])
 
     response = StreamingHttpResponse(rows(), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="actions.csv"'

@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -15,10 +15,19 @@ from killswitch.models import Revocation
 from passports.roles import ReadViewerWriteOperator
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
+from registry.params import boolean
 
 NewestEpochFirst = ordered_by("-epoch")
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("active", bool),
+            OpenApiParameter("target_type", str, enum=Revocation.TargetType.values),
+        ]
+    )
+)
 class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Revocations: one passport, one agent, a fleet, or all agents."""
 
@@ -29,9 +38,7 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     def get_queryset(self):
         params = self.request.query_params
-        active = {"true": True, "false": False, None: None, "": None}.get(params.get("active"))
-        if active is None and params.get("active") not in (None, ""):
-            raise RequestRejected("active", "must be true or false")
+        active = boolean(params["active"], "active") if params.get("active") else None
         target_type = params.get("target_type")
         if target_type and target_type not in Revocation.TargetType.values:
             raise RequestRejected("target_type", "must be passport, agent, fleet or all")

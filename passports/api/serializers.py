@@ -11,10 +11,14 @@ class StrictSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"body": ["must be a JSON object"]})
-        unknown = sorted(set(data) - set(self.fields))
+        unknown = {name: ["unknown field"] for name in sorted(set(data) - set(self.fields))}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:  # report every wrong field at once
+            raise serializers.ValidationError({**unknown, **exc.detail}) from exc
         if unknown:
-            raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
-        return super().to_internal_value(data)
+            raise serializers.ValidationError(unknown)
+        return value
 
 
 class StrictCharField(serializers.CharField):

@@ -2,7 +2,12 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -21,7 +26,7 @@ from passports.api.serializers import (
     PassportSerializer,
     ReasonSerializer,
 )
-from passports.models import Agent
+from passports.models import Agent, Passport
 from passports.roles import IsViewer, ReadViewerWriteOperator
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
@@ -35,6 +40,14 @@ NewestFirst = ordered_by("-created_at")
 NewestIssuedFirst = ordered_by("-issued_at")
 
 
+FLEET = OpenApiParameter("fleet", str)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[FLEET, OpenApiParameter("status", str, enum=Agent.Status.values)]
+    )
+)
 class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = AgentSerializer
     permission_classes = [ReadViewerWriteOperator]
@@ -82,6 +95,15 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return Response(agent_timeline(agent=self.get_object(), **query.validated_data))
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("agent", str, description="agent id (UUID)"),
+            FLEET,
+            OpenApiParameter("status", str, enum=Passport.Status.values),
+        ]
+    )
+)
 class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = PassportSerializer
     permission_classes = [ReadViewerWriteOperator]

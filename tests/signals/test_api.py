@@ -75,7 +75,7 @@ def test_signal_registered_host_ip_matches(operator_api, agent):
     assert body["source_ip"] == "10.0.0.5"
 
 
-def test_several_candidates_prefer_active_then_most_recently_seen(operator_api, operator):
+def test_several_candidates_prefer_active_then_registered_host_then_recent(operator_api, operator):
     now = timezone.now()
     killed = Agent.objects.create(
         name="killed", owner=operator, host="shared-box", status=Agent.Status.KILLED
@@ -89,8 +89,19 @@ def test_several_candidates_prefer_active_then_most_recently_seen(operator_api, 
     fresh.last_seen_at, fresh.last_seen_address = now - timedelta(minutes=1), "shared-box (::1)"
     fresh.save()
     body = report(operator_api, source_host="shared-box").json()
-    assert body["matched_agent"] == str(fresh.id)
-    assert body["other_candidates"] == [str(stale.id), str(killed.id)]
+    assert body["matched_agent"] == str(stale.id)
+    assert body["other_candidates"] == [str(fresh.id), str(killed.id)]
+
+
+def test_heartbeat_claiming_another_agents_host_does_not_take_its_signals(
+    operator_api, operator, agent
+):
+    """``agent`` is registered on 10.0.0.5; an impostor's SDK says it runs there too."""
+    impostor = Agent.objects.create(name="impostor", owner=operator)
+    heartbeat_from(impostor, operator, host="10.0.0.5", remote_addr="192.0.2.66")
+    body = report(operator_api, source_ip="10.0.0.5").json()
+    assert body["matched_agent"] == str(agent.id)
+    assert body["other_candidates"] == [str(impostor.id)]
 
 
 def test_signal_matching_no_agent_is_still_recorded(operator_api, agent):

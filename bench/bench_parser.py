@@ -1,0 +1,113 @@
+"""What the API's JSON parser costs: ``registry.parsers.SafeJSONParser`` (bounded nesting, no lone
+surrogates or NUL) against DRF's plain ``JSONParser``, on the largest body the SDK sends (1,000
+action events with details) and on a small one (an issuance request); and for the action batch,
+``ItemwiseJSONParser`` plus ``check_text`` on each event, as ``POST /api/v1/actions`` does.
+
+Run: ``.venv/bin/python bench/bench_parser.py``. Prints a table; writes bench/results/parser.json.
+In-process, one core; the machine's busy cores during the run are reported alongside.
+"""
+
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "registry.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from rest_framework.parsers import JSONParser  # noqa: E402
+
+from bench._server import busy_cores, machine_basics  # noqa: E402
+from registry.parsers import (  # noqa: E402
+    TEXT_TO_CHECK,
+    ItemwiseJSONParser,
+    SafeJSONParser,
+    check_text,
+)
+
+RESULTS_PATH = BASE_DIR / "bench" / "results" / "parser.json"
+ROUNDS = 30
+
+
+def batch_body() -> bytes:
+    event = {
+        "action": "fs:write",
+        "resource": "/workspace/ckpt/épocha-0042.pt",
+        "jurisdiction": "DE",
+        "decision": "allow",
+        "reason": "allowed by fs:*:/workspace/**",
+        "at": 1795606592.1,
+        "details": {"bytes": 4096, "argv": ["python", "train.py", "--lr", "3e-4"], "k": "v" * 200},
+    }
+    events = [{**event, "id": str(uuid.uuid4())} for _ in range(1000)]
+    heartbeat = {"epoch": 41, "host": "trainer-1", "pid": 4242}
+    return json.dumps({"events": events, "heartbeat": heartbeat}).encode()
+
+
+def issue_body() -> bytes:
+    scope = ["fs:*:/workspace/**", "tool:python:*", "!net:connect:*:22"]
+    return json.dumps({"agent": str(uuid.uuid4()), "scope": scope, "jurisdiction": ["EU"]}).encode()
+
+
+class ItemwiseChecked:
+    """The action batch's path: parse, then check each event's text on its own."""
+
+    def parse(self, stream, media_type, context):
+        document = ItemwiseJSONParser().parse(stream, media_type, context)
+        if context[TEXT_TO_CHECK]:
+            for event in document["events"]:
+                check_text(event)
+        return document
+
+
+def median_ms(parser, body: bytes) -> float:
+    timings = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        parser.parse(io.BytesIO(body), "application/json", {})
+        timings.append((time.perf_counter() - start) * 1000)
+    return statistics.median(timings)
+
+
+def main() -> None:
+    load = busy_cores(1.0)
+    rows = []
+    batch = batch_body()
+    cases = [
+        ("1,000-event batch", batch, SafeJSONParser()),
+        ("batch, per event", batch, ItemwiseChecked()),
+        ("issuance request", issue_body(), SafeJSONParser()),
+    ]
+    for name, body, parser in cases:
+        plain, safe = median_ms(JSONParser(), body), median_ms(parser, body)
+        rows.append(
+            {
+                "body": name,
+                "bytes": len(body),
+                "drf_json_parser_ms": round(plain, 3),
+                "safe_json_parser_ms": round(safe, 3),
+                "added_ms": round(safe - plain, 3),
+            }
+        )
+    print(f"median of {ROUNDS} parses; busy cores before the run: {load}")
+    print(f"{'body':<20}{'bytes':>10}{'DRF ms':>10}{'safe ms':>10}{'added ms':>10}")
+    for row in rows:
+        print(
+            f"{row['body']:<20}{row['bytes']:>10}{row['drf_json_parser_ms']:>10}"
+            f"{row['safe_json_parser_ms']:>10}{row['added_ms']:>10}"
+        )
+    report = {"machine": {**machine_basics(), "busy_cores_before": load}, "rows": rows}
+    RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
