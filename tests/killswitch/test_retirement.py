@@ -71,3 +71,19 @@ def test_renewals_leave_the_channel_once_the_old_passport_is_long_expired(
     ).json()
     assert introspected["active"] is False
     assert Passport.objects.get(jti=first["jti"]).revoked_at is not None
+
+
+@pytest.mark.django_db
+def test_the_agents_timeline_does_not_call_a_retired_passport_revocation_reinstated(
+    issue, operator_api, agent
+):
+    from console.selectors import timeline_rows
+
+    first = issue()
+    renew(operator_api, first["jti"])
+    expire(first["jti"], ago=timedelta(days=1))
+    assert services.retire_expired_passport_revocations() == 1
+    texts = [row["what"] for row in timeline_rows(agent)]
+    retired = [t for t in texts if "retired from the channel" in t]
+    assert len(retired) == 1
+    assert "reinstated" not in retired[0]
