@@ -114,6 +114,9 @@ def _describe(item: dict[str, Any], agent: Agent) -> tuple[str, str]:
     if kind == "rule_match":
         return f"rule {item['rule']['name']}: {item['trigger']}", item["outcome"]
     detail = f"revocation #{item['id']} (epoch {item['epoch']})"
+    if kind == "lift" and Revocation.TargetType.PASSPORT in item["target"]:
+        # Only retirement lifts a passport's revocation: the passport stays stopped.
+        return f"{_stopped(item, agent)}: {item['reason']}", detail
     if kind == "lift":
         return f"{_stopped(item, agent)} reinstated: {item['reason'] or 'no reason given'}", detail
     if item["before_registration"]:

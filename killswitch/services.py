@@ -8,7 +8,9 @@ retried by Celery and the periodic reconciliation heals whatever is still missin
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -20,6 +22,7 @@ from registry.errors import RequestRejected, StateConflict
 logger = logging.getLogger(__name__)
 
 ALL_AGENTS = "*"
+RETIRE_BATCH = 1000  # passport revocations retired per run (the next run takes the rest)
 
 
 @dataclass(frozen=True)
@@ -162,3 +165,38 @@ def lift(*, revocation: Revocation, actor: AbstractBaseUser | None, reason: str 
         _after_commit_push()
     logger.warning("lifted revocation #%s (epoch %s)", revocation.pk, revocation.lift_epoch)
     return revocation
+
+
+def retire_expired_passport_revocations(*, now: datetime | None = None) -> int:
+    """Take revocations of long-expired passports off the channel, as lifts at new epochs.
+
+    Every renewal revokes the old passport, so without this each agent's snapshot would grow by
+    one entry per renewal for good. A passport ``PASSPORT_REVOCATION_RETENTION_SECONDS`` past its
+    expiry is refused by its expiry alone; its record stays revoked (introspection still says
+    so), only the channel entry goes. Returns how many were retired.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.PASSPORT_REVOCATION_RETENTION_SECONDS)
+    active = Revocation.objects.filter(
+        target_type=Revocation.TargetType.PASSPORT, lifted_at__isnull=True
+    )
+    expired = {
+        str(jti)
+        for jti in Passport.objects.filter(
+            jti__in=list(active.values_list("target_value", flat=True)), expires_at__lte=cutoff
+        ).values_list("jti", flat=True)[:RETIRE_BATCH]
+    }
+    if not expired:
+        return 0
+    retired = 0
+    with transaction.atomic():
+        retiring = active.select_for_update().filter(target_value__in=expired).order_by("pk")
+        for revocation in retiring:
+            retired += 1
+            revocation.lift_epoch = next_epoch()
+            revocation.lifted_at = now
+            revocation.lift_reason = "retired from the channel: the passport has expired"
+            revocation.save(update_fields=["lift_epoch", "lifted_at", "lift_reason"])
+        _after_commit_push()
+    logger.info("retired %s revocations of expired passports from the channel", retired)
+    return retired

@@ -6,7 +6,7 @@ import redis
 import requests
 from celery import shared_task
 
-from killswitch import notifications, publisher
+from killswitch import notifications, publisher, services
 
 
 @shared_task(
@@ -24,6 +24,11 @@ def push_revocations() -> int:
 def reconcile_revocations() -> bool:
     publisher.push_pending()
     return publisher.reconcile()
+
+
+@shared_task(acks_late=True)
+def retire_expired_passport_revocations() -> int:
+    return services.retire_expired_passport_revocations()
 
 
 @shared_task(

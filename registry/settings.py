@@ -157,6 +157,11 @@ PASSPORT_DEFAULT_TTL_SECONDS = env.int("PASSPORT_DEFAULT_TTL_SECONDS", default=3
 PASSPORT_MAX_TTL_SECONDS = env.int("PASSPORT_MAX_TTL_SECONDS", default=86400)
 # Longest grace period a renewal may give the old passport before guards refuse it.
 PASSPORT_RENEW_MAX_GRACE_SECONDS = env.int("PASSPORT_RENEW_MAX_GRACE_SECONDS", default=300)
+# How long after its expiry a revoked passport's entry stays on the revocation channel (a guard
+# whose clock runs this far behind could otherwise accept it again).
+PASSPORT_REVOCATION_RETENTION_SECONDS = env.int(
+    "PASSPORT_REVOCATION_RETENTION_SECONDS", default=3600
+)
 # Key-encryption key for private signing keys at rest. Any string; a 256-bit key is derived.
 KEY_ENCRYPTION_KEY = env.str("KEY_ENCRYPTION_KEY", default="insecure-dev-only-key-encryption-key")
 JWKS_CACHE_SECONDS = env.int("JWKS_CACHE_SECONDS", default=300)
@@ -239,6 +244,10 @@ CELERY_BEAT_SCHEDULE = {
     "checkpoint-audit-chains": {
         "task": "actions.tasks.create_checkpoints",
         "schedule": env.float("AUDIT_CHECKPOINT_SECONDS", default=60.0),
+    },
+    "retire-expired-passport-revocations": {
+        "task": "killswitch.tasks.retire_expired_passport_revocations",
+        "schedule": 300.0,
     },
     "reconcile-revocations": {
         "task": "killswitch.tasks.reconcile_revocations",

@@ -10,7 +10,7 @@ from actions.models import ActionEvent
 from killswitch.models import Revocation, RuleMatch
 from killswitch.notifications import outcome
 from killswitch.services import ALL_AGENTS
-from passports.models import Agent, Passport
+from passports.models import Agent
 from passports.selectors import agent_id
 from registry.errors import RequestRejected
 from signals.models import Signal
@@ -32,16 +32,15 @@ def signals(*, agent: str | None = None, category: str | None = None) -> QuerySe
 
 def revocations_affecting(agent: Agent) -> Q:
     """Revocations that stop (or stopped) this agent during its life: of it, its fleet,
-    everything, or one of its passports (only a revoked passport can have a passport
-    revocation). One lifted before the agent was registered never applied to it; one still in
-    force then did."""
+    everything, or one of its passports (revoked, or superseded by a renewal). One lifted before
+    the agent was registered never applied to it; one still in force then did."""
     applied = Q(lifted_at__isnull=True) | Q(lifted_at__gt=agent.created_at)
     match = Q(target_type=Revocation.TargetType.AGENT, target_value=str(agent.pk)) | Q(
         target_type=Revocation.TargetType.ALL, target_value=ALL_AGENTS
     )
     if agent.fleet:
         match |= Q(target_type=Revocation.TargetType.FLEET, target_value=agent.fleet)
-    revoked = agent.passports.filter(status=Passport.Status.REVOKED).values_list("jti", flat=True)
+    revoked = agent.passports.filter(revoked_at__isnull=False).values_list("jti", flat=True)
     if jtis := [str(jti) for jti in revoked]:
         match |= Q(target_type=Revocation.TargetType.PASSPORT, target_value__in=jtis)
     return match & applied
