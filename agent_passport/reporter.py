@@ -107,11 +107,14 @@ def _token_id(token: str) -> str:
 
 
 def _text(value: object, limit: int | None = None) -> str:
-    """``value`` as text that encodes to UTF-8 (lone surrogates, e.g. from undecodable file
-    names, are escaped), cut to ``limit`` characters."""
+    """``value`` as text the registry can store: lone surrogates (e.g. from undecodable file
+    names) and NUL (which PostgreSQL refuses in text) are escaped, so the event is kept as
+    evidence; cut to ``limit`` characters."""
     text = value if isinstance(value, str) else str(value)
     if not text.isascii():
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 

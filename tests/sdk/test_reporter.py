@@ -355,9 +355,11 @@ def test_large_batches_are_split_and_odd_text_survives(actions_url, token, make_
     for i in range(1000):  # about 3 MB of UTF-8: more than Django accepts in one body
         reporter.record(time.time(), "fs:read", f"/data/{i}/" + "é" * 1200, "FR", True, "ü" * 600)
     reporter.record(time.time(), "fs:read", "/data/\udcff.bin", None, True, "")
+    reporter.record(time.time(), "fs:read", "/etc/passwd\x00.png", None, False, "nul\x00")
     assert reporter.flush(timeout=20)
-    assert (reporter.sent, reporter.dropped) == (1001, 0)
-    assert ActionEvent.objects.count() == 1001 == len(set(reporter.posted_ids))
+    assert (reporter.sent, reporter.dropped) == (1002, 0)
+    assert ActionEvent.objects.count() == 1002 == len(set(reporter.posted_ids))
+    assert ActionEvent.objects.filter(resource="/etc/passwd\\x00.png", reason="nul\\x00").exists()
     longest = ActionEvent.objects.filter(resource__startswith="/data/0/").get()
     assert len(longest.resource) == 1000 and longest.resource.endswith("…")
     assert ActionEvent.objects.filter(resource="/data/\\udcff.bin").exists()
