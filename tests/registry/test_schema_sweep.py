@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation
+from passports.models import Agent
 from passports.services import issue_passport
 from tests.conftest import api_client_for
 
@@ -97,8 +98,10 @@ def sweep(admin_user, agent, operator):
     rule = KillRule.objects.create(
         name="sweep", kind="deny_rate", threshold=5, window_seconds=60, created_by=admin_user
     )
+    # A fleet kill to lift, of a fleet other than the agent's (nothing is issued under a kill).
+    Agent.objects.create(name="other", fleet="other-fleet", owner=operator)
     revocation = killswitch.revoke(
-        target=killswitch.parse_target({"fleet": agent.fleet}),
+        target=killswitch.parse_target({"fleet": "other-fleet"}),
         reason="r",
         actor=admin_user,
         source=Revocation.Source.API,
@@ -133,7 +136,7 @@ def sweep(admin_user, agent, operator):
             "jurisdiction": ["EU"],
             "ttl_seconds": 60,
         },
-        "/api/v1/passports/{jti}/renew": {"ttl_seconds": 60},
+        "/api/v1/passports/{jti}/renew": {"ttl_seconds": 60, "grace_seconds": 0},
         "/api/v1/passports/{jti}/revoke": {"reason": "r"},
         "/api/v1/passports/introspect": {"token": issued.token},
         "/api/v1/killswitch": {"target": {"agent": str(agent.id)}, "reason": "r"},
