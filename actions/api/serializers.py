@@ -17,7 +17,7 @@ from agent_passport.reporter import (
 )
 from agent_passport.rules import MAX_RESOURCE_LENGTH, split_action
 from agent_passport.tokens import CLOCK_SKEW_LEEWAY
-from passports.api.serializers import StrictCharField, StrictSerializer
+from registry.api import StrictCharField, StrictIntegerField, StrictSerializer
 from registry.parsers import TEXT_TO_CHECK, RefusedJSON, check_text
 
 
@@ -26,15 +26,6 @@ class StrictUUIDField(serializers.UUIDField):
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """An integer given as a JSON number (no strings, booleans or fractions)."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
 

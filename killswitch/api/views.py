@@ -13,6 +13,7 @@ from killswitch.api.serializers import (
 )
 from killswitch.models import Revocation
 from passports.roles import ReadViewerWriteOperator
+from registry.api import DATABASE_ID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
 from registry.params import boolean
@@ -34,7 +35,7 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     serializer_class = RevocationSerializer
     permission_classes = [ReadViewerWriteOperator]
     pagination_class = NewestEpochFirst
-    lookup_value_regex = r"[0-9]+"
+    lookup_value_regex = DATABASE_ID_PATTERN
 
     def get_queryset(self):
         params = self.request.query_params

@@ -28,13 +28,11 @@ from passports.api.serializers import (
 )
 from passports.models import Agent, Passport
 from passports.roles import IsViewer, ReadViewerWriteOperator
+from registry.api import UUID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
 from signals.api.serializers import TimelineQuerySerializer
 from signals.selectors import agent_timeline
-
-UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
-
 
 NewestFirst = ordered_by("-created_at")
 NewestIssuedFirst = ordered_by("-issued_at")

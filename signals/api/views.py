@@ -4,6 +4,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from passports.roles import ReadViewerWriteOperator
+from registry.api import DATABASE_ID_PATTERN
 from registry.pagination import ordered_by
 from signals import selectors, services
 from signals.api.serializers import SignalReportSerializer, SignalSerializer
@@ -18,7 +19,7 @@ class SignalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     serializer_class = SignalSerializer
     permission_classes = [ReadViewerWriteOperator]
     pagination_class = NewestFirst
-    lookup_value_regex = r"[0-9]+"
+    lookup_value_regex = DATABASE_ID_PATTERN
 
     def get_queryset(self):
         params = self.request.query_params
