@@ -5,7 +5,7 @@ API that takes input from agents and integrations refuses instead, naming the fi
 Pagination lives in :mod:`registry.pagination`.
 """
 
-from typing import Any
+from typing import Any, cast
 
 from rest_framework import serializers
 
@@ -26,7 +26,8 @@ class StrictSerializer(serializers.Serializer):
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:  # report every wrong field at once
-            raise serializers.ValidationError({**unknown, **exc.detail}) from exc
+            field_errors = cast(dict[str, Any], exc.detail)  # a serializer's are per field
+            raise serializers.ValidationError({**unknown, **field_errors}) from exc
         if unknown:
             raise serializers.ValidationError(unknown)
         return value

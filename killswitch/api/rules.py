@@ -16,7 +16,7 @@ from rest_framework.response import Response
 
 from killswitch import notifications, rules
 from killswitch.models import KillRule, RuleMatch
-from passports.roles import Role, has_role
+from passports.roles import Role, has_role, signed_in
 from registry.api import (
     DATABASE_ID_PATTERN,
     StrictCharField,
@@ -162,7 +162,7 @@ class KillRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def create(self, request: Request) -> Response:
         data = KillRuleCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        rule = rules.create_rule(**data.validated_data, created_by=request.user)
+        rule = rules.create_rule(**data.validated_data, created_by=signed_in(request.user))
         return Response(self.get_serializer(rule).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=KillRuleUpdateSerializer, responses={200: KillRuleSerializer})
@@ -170,7 +170,7 @@ class KillRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         data = KillRuleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         changes = data.validated_data
-        if not rules.may_change(request.user, dict(changes)):
+        if not rules.may_change(signed_in(request.user), dict(changes)):
             raise PermissionDenied(
                 "Operators may only disable a rule or switch it to dry run; "
                 "other changes need the admin role."

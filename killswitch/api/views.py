@@ -12,7 +12,7 @@ from killswitch.api.serializers import (
     RevokeSerializer,
 )
 from killswitch.models import Revocation
-from passports.roles import ReadViewerWriteOperator
+from passports.roles import ReadViewerWriteOperator, signed_in
 from registry.api import DATABASE_ID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
@@ -52,7 +52,7 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         revocation = services.revoke(
             target=services.parse_target(data.validated_data["target"]),
             reason=data.validated_data["reason"],
-            actor=request.user,
+            actor=signed_in(request.user),
             source=Revocation.Source.API,
         )
         return Response(RevocationSerializer(revocation).data, status=status.HTTP_201_CREATED)
@@ -63,7 +63,9 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         data = LiftSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         revocation = services.lift(
-            revocation=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
+            revocation=self.get_object(),
+            actor=signed_in(request.user),
+            reason=data.validated_data["reason"],
         )
         return Response(RevocationSerializer(revocation).data)
 
