@@ -16,6 +16,8 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m registry.devserver test $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -97,7 +97,9 @@ class Guard:
         self.jurisdiction = jurisdiction
         self.reporter = reporter
         if reporter is not None and getattr(reporter, "heartbeat", False) is None:
-            reporter.heartbeat = self.heartbeat  # report which revocation epoch we have seen
+            # report which revocation epoch we have seen (only a reporter that takes heartbeats
+            # has the attribute, so the protocol does not declare it)
+            reporter.heartbeat = self.heartbeat  # type: ignore[attr-defined]
         self._owns_watcher = watcher is None
         if watcher is None:
             if redis_url is None:

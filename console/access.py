@@ -55,7 +55,7 @@ class ThrottledAuthenticationForm(AuthenticationForm):
     """
 
     def _counters(self) -> list[tuple[str, int]]:
-        username = self.fields["username"].to_python(self.data.get("username"))
+        username = self.fields["username"].to_python(self.data.get("username")) or ""
         address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
         per_address = f"console-sign-in-failures:{address}"
         return [

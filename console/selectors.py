@@ -14,8 +14,7 @@ from agent_passport.revocations import describe_target
 from console.times import moment
 from killswitch import selectors as kill_selectors
 from killswitch.models import Revocation
-from killswitch.selectors import RUNNING_WITHIN, runnable_agents
-from killswitch.services import current_epoch
+from killswitch.selectors import RUNNING_WITHIN, current_epoch, runnable_agents
 from passports.models import Agent, Passport
 from signals.selectors import agent_timeline
 

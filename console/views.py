@@ -23,7 +23,7 @@ from passports import selectors as passport_selectors
 from passports import services as passports
 from passports import signing
 from passports.models import Agent, Passport, SigningKey
-from passports.roles import Role, has_role
+from passports.roles import Role, has_role, signed_in
 from registry.errors import RequestRejected
 
 
@@ -74,7 +74,7 @@ def agents(request: HttpRequest) -> HttpResponse:
         if not has_role(request.user, Role.OPERATOR):
             raise PermissionDenied
         if form.is_valid():
-            agent = passports.register_agent(owner=request.user, **form.cleaned_data)
+            agent = passports.register_agent(owner=signed_in(request.user), **form.cleaned_data)
             messages.success(request, f"Agent {agent.name} registered.")
             return redirect("console:agent", agent_id=agent.pk)
     query, fleet, status = (request.GET.get(k, "").strip() for k in ("q", "fleet", "status"))
@@ -158,7 +158,7 @@ def issue_passport(request: HttpRequest) -> HttpResponse:
                 scope=data["scope"],
                 jurisdiction=data["jurisdiction"],
                 ttl_seconds=data["ttl_seconds"],
-                issued_by=request.user,
+                issued_by=signed_in(request.user),
             )
         except RequestRejected as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
@@ -197,7 +197,7 @@ def kill(request: HttpRequest) -> HttpResponse:
             revocation = killswitch.revoke(
                 target=target,
                 reason=form.cleaned_data["reason"],
-                actor=request.user,
+                actor=signed_in(request.user),
                 source=Revocation.Source.CONSOLE,
                 suspend=suspend,
             )
@@ -255,7 +255,7 @@ def lift(request: HttpRequest, revocation_id: int) -> HttpResponse:
     form = LiftForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
     try:
-        killswitch.lift(revocation=revocation, actor=request.user, reason=reason)
+        killswitch.lift(revocation=revocation, actor=signed_in(request.user), reason=reason)
         messages.success(request, f"Revocation #{revocation.pk} lifted; agents reinstated.")
     except RequestRejected as exc:
         messages.error(request, exc.message)
@@ -315,7 +315,7 @@ def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     if field not in ("enabled", "dry_run"):
         raise Http404("unknown setting")
     changes = {field: not getattr(rule, field)}
-    if not kill_rules.may_change(request.user, changes):
+    if not kill_rules.may_change(signed_in(request.user), changes):
         raise PermissionDenied("only an admin may enable or arm a rule")
     rule = kill_rules.update_rule(rule=rule, changes=changes)
     state = "on" if getattr(rule, field) else "off"

@@ -17,6 +17,9 @@ class EpochCounter(models.Model):
         return f"epoch {self.value}"
 
 
+ALL_AGENTS = "*"  # the target_value of a revocation of every agent
+
+
 class Revocation(models.Model):
     class TargetType(models.TextChoices):
         PASSPORT = "passport"

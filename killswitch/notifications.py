@@ -2,13 +2,14 @@
 
 The :class:`~killswitch.models.RuleMatch` row is the console notification (``GET
 /api/v1/rules/matches``). A rule with a ``webhook_url`` also gets a JSON POST, delivered by the
-Celery task :func:`killswitch.tasks.notify_webhook` with bounded retries.
+Celery task :func:`notify_webhook` with bounded retries.
 """
 
 import logging
 from typing import Any
 
 import requests
+from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
@@ -34,8 +35,6 @@ def notify(match: RuleMatch) -> None:
     )
     if not match.rule.webhook_url:
         return
-    from killswitch.tasks import notify_webhook  # late: the task module imports this one
-
     try:
         notify_webhook.delay(match.pk)
     except Exception as exc:  # the broker (Redis) may be down; the match row is still there
@@ -103,3 +102,17 @@ def deliver_webhook(*, match_id: int) -> bool:
         notified_at=timezone.now()
     )
     return True
+
+
+@shared_task(
+    name="killswitch.tasks.notify_webhook",  # the established name, which queued messages carry
+    acks_late=True,
+    autoretry_for=(requests.RequestException,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
+def notify_webhook(match_id: int) -> bool:
+    """POST a kill-rule match to its rule's webhook; retried on network errors and 5xx."""
+    return deliver_webhook(match_id=match_id)

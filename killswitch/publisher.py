@@ -18,6 +18,7 @@ import time
 import uuid
 
 import redis
+from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections, transaction
 from django.db.models import F, Max
@@ -31,13 +32,19 @@ from agent_passport.protocol import (
     SNAPSHOT_GENERATION_FIELD,
     STREAM_ENTRY_FIELD,
     STREAM_PREV_FIELD,
+    RevocationChannel,
 )
 from agent_passport.revocations import RevocationEntry
 from killswitch.models import EpochCounter, Revocation
-from killswitch.services import current_epoch
-from passports.services import revocation_channel
+from killswitch.selectors import current_epoch
 
 logger = logging.getLogger(__name__)
+
+
+def revocation_channel() -> RevocationChannel:
+    """This registry's Redis keys, which every passport names in its ``rev`` claim."""
+    return RevocationChannel(prefix=settings.REVOCATION_REDIS_PREFIX)
+
 
 # Applies one entry atomically. Returns 0 if already applied, 1 if applied, 2 if applied to the
 # stream but the snapshot is missing or older than what the database knows was pushed (Redis
@@ -232,9 +239,20 @@ def push_pending_or_schedule() -> None:
         threading.Thread(target=_schedule_retry, name="schedule-push-retry", daemon=True).start()
 
 
-def _schedule_retry() -> None:
-    from killswitch.tasks import push_revocations
+@shared_task(
+    name="killswitch.tasks.push_revocations",  # the established name, which queued messages carry
+    acks_late=True,
+    autoretry_for=(redis.RedisError,),
+    retry_backoff=0.5,
+    retry_backoff_max=10,
+    max_retries=30,
+)
+def push_revocations() -> int:
+    """The retried push, for when Redis was down at commit time."""
+    return push_pending()
 
+
+def _schedule_retry() -> None:
     try:
         push_revocations.apply_async(retry=False)
     except Exception as broker_error:  # the broker is usually this same Redis
@@ -269,7 +287,9 @@ def reconcile() -> bool:
             try:
                 pipe.watch(keys.snapshot_key)
                 entries, versions, epoch = _desired_snapshot()
-                current = pipe.hgetall(keys.snapshot_key)
+                # redis-py's types cannot tell that decode_responses=True gives str, and they
+                # take mappings keyed by Mapping[EncodableT, ...], which no dict[str, str] fits.
+                current: dict[str, str] = pipe.hgetall(keys.snapshot_key)  # type: ignore[assignment]
                 current_entries = {k: v for k, v in current.items() if not k.startswith("_")}
                 published_epoch = int(current.get(SNAPSHOT_EPOCH_FIELD) or 0)
                 rewrite = not current or current_entries != entries or published_epoch < epoch
@@ -279,13 +299,13 @@ def reconcile() -> bool:
                     pipe.hset(
                         keys.snapshot_key,
                         mapping={
-                            **entries,
+                            **entries,  # type: ignore[dict-item]
                             SNAPSHOT_EPOCH_FIELD: str(max(epoch, published_epoch)),
                             SNAPSHOT_GENERATION_FIELD: uuid.uuid4().hex,
                         },
                     )
                     if versions:
-                        pipe.hset(keys.versions_key, mapping=versions)
+                        pipe.hset(keys.versions_key, mapping=versions)  # type: ignore[arg-type]
                     pipe.set(keys.epoch_key, max(epoch, published_epoch))
                     pipe.execute()
                 else:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
@@ -123,7 +123,7 @@ def create_rule(
     enabled: bool = True,
     dry_run: bool = False,
     webhook_url: str = "",
-    created_by: AbstractBaseUser,
+    created_by: User,
 ) -> KillRule:
     """Create a rule. Raises RequestRejected (bad input) or StateConflict (name taken)."""
     fields = _validated(
@@ -172,7 +172,7 @@ def update_rule(*, rule: KillRule, changes: dict[str, Any]) -> KillRule:
 DEFUSING_CHANGES = {"enabled": False, "dry_run": True}
 
 
-def may_change(user: AbstractBaseUser, changes: dict[str, Any]) -> bool:
+def may_change(user: User, changes: dict[str, Any]) -> bool:
     """Admins change anything; an operator may only disable a rule or put it in dry run."""
     defusing = all(DEFUSING_CHANGES.get(name, object()) == value for name, value in changes.items())
     return has_role(user, Role.ADMIN) or (defusing and has_role(user, Role.OPERATOR))
@@ -231,6 +231,8 @@ def _pattern_trigger(rule: KillRule, denies: Sequence[ActionEvent]) -> Trigger |
 
 
 def _rate_trigger(rule: KillRule, agent: Agent, denies: Sequence[ActionEvent]) -> Trigger | None:
+    # kill_rule_kind_has_its_fields: a deny_rate row has both
+    assert rule.threshold is not None and rule.window_seconds is not None
     pattern = parse_rule(rule.pattern) if rule.pattern else None
     fresh = {
         e.id: e.occurred_at
@@ -355,7 +357,7 @@ def evaluate_events(*, agent: Agent, events: Sequence[ActionEvent]) -> list[Rule
 
 def evaluate_signal(*, signal: Signal) -> list[RuleMatch]:
     """Run the signal rules for a signal just committed (nothing if it matched no agent)."""
-    if signal.agent_id is None:
+    if signal.agent is None:
         return []
     rules = list(
         KillRule.objects.filter(enabled=True, kind=KillRule.Kind.SIGNAL, category=signal.category)

@@ -1,5 +1,6 @@
 """Which revocations stop a passport or an agent right now, and which agents applied them."""
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
@@ -9,16 +10,20 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from agent_passport.revocations import describe_target, revocations_digest
-from killswitch.models import Revocation
-from killswitch.services import ALL_AGENTS
+from killswitch.models import ALL_AGENTS, EpochCounter, Revocation
 from passports.models import Agent
 
 RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
 ACKNOWLEDGED, WAITING, MISMATCHED = "acknowledged", "waiting", "mismatched"
 
 
+def current_epoch() -> int:
+    """The epoch of the latest revoke or lift committed (0 before the first)."""
+    return EpochCounter.objects.filter(pk=1).values_list("value", flat=True).first() or 0
+
+
 def blocking_revocations(
-    *, agent_id: str, fleet: str, jti: str | None = None
+    *, agent_id: uuid.UUID | str, fleet: str, jti: uuid.UUID | str | None = None
 ) -> QuerySet[Revocation]:
     """Active revocations that stop this agent (or this one passport of it), most specific first."""
     match = Q(target_type=Revocation.TargetType.AGENT, target_value=str(agent_id)) | Q(

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from killswitch.models import EpochCounter, Revocation
+from killswitch import publisher
+from killswitch.models import ALL_AGENTS, EpochCounter, Revocation
 from passports.models import Agent, Passport
 from registry.errors import RequestRejected, StateConflict
 
 logger = logging.getLogger(__name__)
 
-ALL_AGENTS = "*"
 RETIRE_BATCH = 1000  # passport revocations retired per run (the next run takes the rest)
 
 
@@ -37,10 +37,6 @@ def next_epoch() -> int:
     counter.value += 1
     counter.save(update_fields=["value"])
     return counter.value
-
-
-def current_epoch() -> int:
-    return EpochCounter.objects.filter(pk=1).values_list("value", flat=True).first() or 0
 
 
 def _parse_uuid(value: object, field: str) -> str:
@@ -82,8 +78,6 @@ def parse_target(data: object) -> Target:
 
 
 def _after_commit_push() -> None:
-    from killswitch import publisher  # imported late: publisher imports this module's models
-
     transaction.on_commit(publisher.push_pending_or_schedule)
 
 
@@ -91,7 +85,7 @@ def revoke(
     *,
     target: Target,
     reason: str,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     source: str,
     suspend: bool = False,
 ) -> Revocation:
@@ -145,7 +139,7 @@ def revoke(
     return revocation
 
 
-def lift(*, revocation: Revocation, actor: AbstractBaseUser | None, reason: str = "") -> Revocation:
+def lift(*, revocation: Revocation, actor: User | None, reason: str = "") -> Revocation:
     """Reinstate what a revocation stopped. Passport revocations are permanent."""
     with transaction.atomic():
         revocation = Revocation.objects.select_for_update().get(pk=revocation.pk)

@@ -3,7 +3,7 @@
 import hashlib
 import secrets
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -22,7 +22,7 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_token(*, user: AbstractBaseUser) -> str:
+def create_api_token(*, user: User) -> str:
     """Create a token for ``user`` and return the key; it cannot be recovered later."""
     key = "aps_" + secrets.token_urlsafe(32)
     ApiToken.objects.create(digest=_digest(key), prefix=key[4:12], user=user)

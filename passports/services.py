@@ -5,18 +5,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from agent_passport.errors import PassportError, RuleError
-from agent_passport.protocol import MAX_TOKEN_BYTES, RevocationChannel
+from agent_passport.protocol import MAX_TOKEN_BYTES
 from agent_passport.rules import parse_jurisdiction, parse_scope
 from agent_passport.tokens import verify_token
 from killswitch.models import Revocation
-from killswitch.selectors import blocking_revocations, describe_revocation
-from killswitch.services import Target, current_epoch, revoke
+from killswitch.publisher import revocation_channel
+from killswitch.selectors import blocking_revocations, current_epoch, describe_revocation
+from killswitch.services import Target, revoke
 from passports import signing
 from passports.models import Agent, Passport
 from registry.errors import RequestRejected, StateConflict
@@ -29,12 +31,8 @@ class IssuedPassport:
     claims: dict[str, Any]
 
 
-def revocation_channel() -> RevocationChannel:
-    return RevocationChannel(prefix=settings.REVOCATION_REDIS_PREFIX)
-
-
 def register_agent(
-    *, name: str, fleet: str = "", description: str = "", host: str = "", owner: AbstractBaseUser
+    *, name: str, fleet: str = "", description: str = "", host: str = "", owner: User
 ) -> Agent:
     return Agent.objects.create(
         name=name, fleet=fleet, description=description, host=host, owner=owner
@@ -73,7 +71,7 @@ def issue_passport(
     scope: list[str],
     jurisdiction: list[str],
     ttl_seconds: int | None,
-    issued_by: AbstractBaseUser,
+    issued_by: User,
     renewed_from: Passport | None = None,
 ) -> IssuedPassport:
     """Validate the rules, sign a token and record the passport. Raises RequestRejected."""
@@ -142,7 +140,7 @@ def renew_passport(
     *,
     passport: Passport,
     ttl_seconds: int | None,
-    issued_by: AbstractBaseUser,
+    issued_by: User,
     grace_seconds: int = 0,
 ) -> IssuedPassport:
     """Issue a successor with the same scope and jurisdiction; the old passport is superseded.
@@ -172,10 +170,10 @@ def renew_passport(
     if grace_seconds == 0:
         stop_superseded_passport(jti=passport.jti)
     else:
-        from passports.tasks import stop_superseded_passport as task  # tasks import services
-
         transaction.on_commit(
-            lambda: task.apply_async(args=[str(passport.jti)], countdown=grace_seconds)
+            lambda: stop_superseded_passport_later.apply_async(
+                args=[str(passport.jti)], countdown=grace_seconds
+            )
         )
     return issued
 
@@ -198,6 +196,15 @@ def stop_superseded_passport(*, jti: uuid.UUID | str) -> bool:
     except StateConflict:  # revoked meanwhile by someone else
         return False
     return True
+
+
+@shared_task(
+    name="passports.tasks.stop_superseded_passport",  # the established name, queued messages carry
+    acks_late=True,
+)
+def stop_superseded_passport_later(jti: str) -> bool:
+    """The delayed half of a renewal with a grace period."""
+    return stop_superseded_passport(jti=jti)
 
 
 def stop_overdue_superseded_passports(*, now: datetime | None = None) -> int:

@@ -42,7 +42,7 @@ def _wrap(kid: str, seed: bytes) -> bytes:
     return nonce + _key_wrapper().encrypt(nonce, seed, kid.encode())
 
 
-def _unwrap(kid: str, blob: bytes) -> Ed25519PrivateKey:
+def _unwrap(kid: str, blob: bytes | memoryview) -> Ed25519PrivateKey:
     blob = bytes(blob)
     seed = _key_wrapper().decrypt(blob[:12], blob[12:], kid.encode())
     return Ed25519PrivateKey.from_private_bytes(seed)

@@ -10,11 +10,5 @@ def expire_passports() -> int:
 
 
 @shared_task(acks_late=True)
-def stop_superseded_passport(jti: str) -> bool:
-    """The delayed half of a renewal with a grace period."""
-    return services.stop_superseded_passport(jti=jti)
-
-
-@shared_task(acks_late=True)
 def retire_signing_keys() -> list[str]:
     return signing.retire_signing_keys()

@@ -8,9 +8,10 @@ still gets the API's 401 JSON.
 from django.contrib.auth.views import redirect_to_login
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.exceptions import NotAuthenticated
+from rest_framework.views import APIView
 
 
-class _SignInBrowsers:
+class _SignInBrowsers(APIView):
     def handle_exception(self, exc: Exception):
         if isinstance(exc, NotAuthenticated) and "text/html" in self.request.headers.get(
             "Accept", ""

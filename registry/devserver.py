@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -92,7 +93,7 @@ def _terminate_with_parent() -> None:
 
 # Popen options of every process the run command starts: its own process group, and SIGTERM
 # if the run command itself is killed outright.
-OWN_GROUP = {
+OWN_GROUP: dict[str, Any] = {
     "start_new_session": True,
     "preexec_fn": _terminate_with_parent if sys.platform == "linux" else None,
 }

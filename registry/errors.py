@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 class RequestRejected(Exception):
     """A service refused a request for a reason the caller can fix. ``field`` names the input."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     retry_after: int | None = None  # seconds: the same request may succeed then (Retry-After)
 
     def __init__(self, field: str, message: str) -> None:

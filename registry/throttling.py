@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 _last_warning = 0.0
 
 
-class RedisTolerantMixin:
+class RedisTolerantMixin(SimpleRateThrottle):
     def allow_request(self, request: Request, view) -> bool:
         global _last_warning
         try:

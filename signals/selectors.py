@@ -7,9 +7,8 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from actions.models import ActionEvent
-from killswitch.models import Revocation, RuleMatch
+from killswitch.models import ALL_AGENTS, Revocation, RuleMatch
 from killswitch.notifications import outcome
-from killswitch.services import ALL_AGENTS
 from passports.models import Agent
 from passports.selectors import agent_id
 from registry.errors import RequestRejected

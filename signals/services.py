@@ -7,12 +7,13 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from actions.models import MAX_FUTURE_SKEW
+from killswitch import rules
 from passports.models import Agent
 from registry.errors import RequestRejected
 from signals.models import Signal
@@ -90,7 +91,7 @@ def record_signal(
     source_ip: str | None = None,
     destination: str = "",
     raw: Any = None,
-    reported_by: AbstractBaseUser,
+    reported_by: User,
 ) -> Signal:
     """Store a signal matched to its agent; after commit, the kill rules for signals run.
 
@@ -131,8 +132,6 @@ def record_signal(
 
 
 def _evaluate_rules(signal: Signal) -> None:
-    from killswitch import rules  # late: the rule engine imports this app's models
-
     try:
         rules.evaluate_signal(signal=signal)
     except Exception:  # a rule failure must never lose the signal

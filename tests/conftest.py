@@ -8,10 +8,10 @@ from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from killswitch import publisher
+from killswitch.publisher import revocation_channel
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
-from passports.services import revocation_channel
 
 
 @pytest.fixture(scope="session")

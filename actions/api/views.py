@@ -1,4 +1,5 @@
 import csv
+from typing import cast
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -15,6 +16,7 @@ from actions.api.serializers import (
     IngestResultSerializer,
 )
 from actions.auth import IsPassportHolder, PassportBearerAuthentication
+from passports.models import Passport
 from passports.roles import IsViewer
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
@@ -77,7 +79,7 @@ class ActionsView(ListAPIView):
         data.is_valid(raise_exception=True)
         batch = data.validated_data
         result = services.ingest_actions(
-            passport=request.auth,
+            passport=cast(Passport, request.auth),  # set by PassportBearerAuthentication
             events=batch["events"],
             heartbeat=batch["heartbeat"],
             remote_addr=request.META.get("REMOTE_ADDR", ""),

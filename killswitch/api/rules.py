@@ -14,11 +14,15 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from actions.api.serializers import StrictIntegerField
 from killswitch import notifications, rules
 from killswitch.models import KillRule, RuleMatch
-from passports.api.serializers import StrictCharField, StrictSerializer
-from passports.roles import Role, has_role
+from passports.roles import Role, has_role, signed_in
+from registry.api import (
+    DATABASE_ID_PATTERN,
+    StrictCharField,
+    StrictIntegerField,
+    StrictSerializer,
+)
 from registry.pagination import ordered_by
 
 KIND_ERROR = '"{input}" is not a kind of rule; use one of ' + ", ".join(KillRule.Kind.values)
@@ -152,13 +156,13 @@ class KillRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     serializer_class = KillRuleSerializer
     permission_classes = [RulePermission]
     pagination_class = OldestFirst
-    lookup_value_regex = r"[0-9]+"
+    lookup_value_regex = DATABASE_ID_PATTERN
 
     @extend_schema(request=KillRuleCreateSerializer, responses={201: KillRuleSerializer})
     def create(self, request: Request) -> Response:
         data = KillRuleCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        rule = rules.create_rule(**data.validated_data, created_by=request.user)
+        rule = rules.create_rule(**data.validated_data, created_by=signed_in(request.user))
         return Response(self.get_serializer(rule).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=KillRuleUpdateSerializer, responses={200: KillRuleSerializer})
@@ -166,7 +170,7 @@ class KillRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         data = KillRuleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         changes = data.validated_data
-        if not rules.may_change(request.user, dict(changes)):
+        if not rules.may_change(signed_in(request.user), dict(changes)):
             raise PermissionDenied(
                 "Operators may only disable a rule or switch it to dry run; "
                 "other changes need the admin role."
@@ -180,7 +184,7 @@ class RuleMatchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
 
     serializer_class = RuleMatchSerializer
     pagination_class = NewestFirst
-    lookup_value_regex = r"[0-9]+"
+    lookup_value_regex = DATABASE_ID_PATTERN
 
     def get_queryset(self):
         params = self.request.query_params

@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from killswitch.models import Revocation
 from killswitch.selectors import ACKNOWLEDGED, MISMATCHED, WAITING
-from passports.api.serializers import StrictCharField, StrictSerializer
+from registry.api import StrictCharField, StrictSerializer
 
 
 class RevokeSerializer(StrictSerializer):

@@ -12,7 +12,8 @@ from killswitch.api.serializers import (
     RevokeSerializer,
 )
 from killswitch.models import Revocation
-from passports.roles import ReadViewerWriteOperator
+from passports.roles import ReadViewerWriteOperator, signed_in
+from registry.api import DATABASE_ID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
 from registry.params import boolean
@@ -34,7 +35,7 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     serializer_class = RevocationSerializer
     permission_classes = [ReadViewerWriteOperator]
     pagination_class = NewestEpochFirst
-    lookup_value_regex = r"[0-9]+"
+    lookup_value_regex = DATABASE_ID_PATTERN
 
     def get_queryset(self):
         params = self.request.query_params
@@ -51,7 +52,7 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         revocation = services.revoke(
             target=services.parse_target(data.validated_data["target"]),
             reason=data.validated_data["reason"],
-            actor=request.user,
+            actor=signed_in(request.user),
             source=Revocation.Source.API,
         )
         return Response(RevocationSerializer(revocation).data, status=status.HTTP_201_CREATED)
@@ -62,7 +63,9 @@ class KillSwitchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         data = LiftSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         revocation = services.lift(
-            revocation=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
+            revocation=self.get_object(),
+            actor=signed_in(request.user),
+            reason=data.validated_data["reason"],
         )
         return Response(RevocationSerializer(revocation).data)
 

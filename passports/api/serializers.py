@@ -3,33 +3,7 @@ from rest_framework import serializers
 
 from passports.models import Agent, Passport
 from passports.services import effective_status
-
-
-class StrictSerializer(serializers.Serializer):
-    """Rejects a body that is not a JSON object or that carries fields this endpoint ignores."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"body": ["must be a JSON object"]})
-        unknown = {name: ["unknown field"] for name in sorted(set(data) - set(self.fields))}
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:  # report every wrong field at once
-            raise serializers.ValidationError({**unknown, **exc.detail}) from exc
-        if unknown:
-            raise serializers.ValidationError(unknown)
-        return value
-
-
-class StrictCharField(serializers.CharField):
-    """A CharField that refuses numbers, booleans and other non-strings instead of coercing."""
-
-    default_error_messages = {"not_a_string": "must be a string"}
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("not_a_string")
-        return super().to_internal_value(data)
+from registry.api import StrictCharField, StrictSerializer
 
 
 class AgentCreateSerializer(StrictSerializer):

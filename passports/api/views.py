@@ -27,14 +27,12 @@ from passports.api.serializers import (
     ReasonSerializer,
 )
 from passports.models import Agent, Passport
-from passports.roles import IsViewer, ReadViewerWriteOperator
+from passports.roles import IsViewer, ReadViewerWriteOperator, signed_in
+from registry.api import UUID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
 from signals.api.serializers import TimelineQuerySerializer
 from signals.selectors import agent_timeline
-
-UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
-
 
 NewestFirst = ordered_by("-created_at")
 NewestIssuedFirst = ordered_by("-issued_at")
@@ -62,7 +60,7 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def create(self, request: Request) -> Response:
         data = AgentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        agent = services.register_agent(owner=request.user, **data.validated_data)
+        agent = services.register_agent(owner=signed_in(request.user), **data.validated_data)
         return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -133,7 +131,7 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             scope=fields["scope"],
             jurisdiction=fields["jurisdiction"],
             ttl_seconds=fields["ttl_seconds"],
-            issued_by=request.user,
+            issued_by=signed_in(request.user),
         )
         return self._issued_response(issued)
 
@@ -145,7 +143,7 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         issued = services.renew_passport(
             passport=self.get_object(),
             ttl_seconds=data.validated_data["ttl_seconds"],
-            issued_by=request.user,
+            issued_by=signed_in(request.user),
             grace_seconds=data.validated_data["grace_seconds"],
         )
         return self._issued_response(issued)
@@ -159,7 +157,7 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         killswitch.revoke(
             target=killswitch.Target(Revocation.TargetType.PASSPORT, str(passport.jti)),
             reason=data.validated_data["reason"],
-            actor=request.user,
+            actor=signed_in(request.user),
             source=Revocation.Source.API,
         )
         passport.refresh_from_db()

@@ -1,7 +1,7 @@
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from passports.api.serializers import StrictCharField, StrictSerializer
+from registry.api import StrictCharField, StrictSerializer
 from signals.models import Signal
 
 CATEGORY_ERROR = '"{input}" is not a known category; use one of ' + ", ".join(

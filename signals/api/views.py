@@ -3,7 +3,8 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from passports.roles import ReadViewerWriteOperator
+from passports.roles import ReadViewerWriteOperator, signed_in
+from registry.api import DATABASE_ID_PATTERN
 from registry.pagination import ordered_by
 from signals import selectors, services
 from signals.api.serializers import SignalReportSerializer, SignalSerializer
@@ -18,7 +19,7 @@ class SignalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     serializer_class = SignalSerializer
     permission_classes = [ReadViewerWriteOperator]
     pagination_class = NewestFirst
-    lookup_value_regex = r"[0-9]+"
+    lookup_value_regex = DATABASE_ID_PATTERN
 
     def get_queryset(self):
         params = self.request.query_params
@@ -37,5 +38,5 @@ class SignalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def create(self, request: Request) -> Response:
         data = SignalReportSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        signal = services.record_signal(**data.validated_data, reported_by=request.user)
+        signal = services.record_signal(**data.validated_data, reported_by=signed_in(request.user))
         return Response(SignalSerializer(signal).data, status=status.HTTP_201_CREATED)

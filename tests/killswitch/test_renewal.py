@@ -11,7 +11,7 @@ from django.utils import timezone
 from agent_passport.errors import PassportRevoked
 from agent_passport.guard import Guard
 from killswitch import publisher
-from passports import services, tasks
+from passports import services
 from passports.models import Passport
 from registry.celery import app
 from tests.killswitch.conftest import wait_until
@@ -98,10 +98,11 @@ def test_a_grace_period_keeps_the_old_token_until_the_delayed_stop(issue, operat
     assert not wait_until(lambda: refuses(old_guard), timeout=0.3), "stopped during its grace"
     assert services.stop_overdue_superseded_passports() == 0  # not overdue yet
 
-    assert tasks.stop_superseded_passport(old["jti"]) is True  # what the worker runs at +30 s
+    # what the worker runs at +30 s
+    assert services.stop_superseded_passport_later(old["jti"]) is True
     publisher.push_pending()
     assert wait_until(lambda: refuses(old_guard), timeout=1.0)
-    assert tasks.stop_superseded_passport(old["jti"]) is False  # idempotent
+    assert services.stop_superseded_passport_later(old["jti"]) is False  # idempotent
 
 
 @pytest.mark.django_db

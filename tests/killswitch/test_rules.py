@@ -14,7 +14,7 @@ from agent_passport.errors import PassportRevoked
 from agent_passport.guard import Guard
 from killswitch import publisher
 from killswitch.models import KillRule, Revocation, RuleMatch
-from killswitch.tasks import notify_webhook
+from killswitch.notifications import notify_webhook
 from passports.models import Agent
 from registry.celery import app as celery_app
 from tests.conftest import api_client_for
