@@ -43,7 +43,7 @@ MAX_RESOURCE_LENGTH = 1000  # also the registry's column: longer resources are r
 MAX_REGIONS = 64
 MAX_RULE_WILDCARDS = 16  # "*" and "**" each count one
 MAX_SCOPE_WILDCARDS = 32  # not counting the "**" of prefix** rules
-MAX_SEARCHING_RULES = 8
+MAX_SEARCHING_RULES = 6
 
 _NAME = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*")
 _ACTION_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
