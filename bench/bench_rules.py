@@ -111,6 +111,7 @@ def scope_at_bounds(searching: list[str]) -> list[str]:
 def cases() -> list[Case]:
     realistic_256 = policy_rules() + [f"fs:read:/srv/archive/{i}/**" for i in range(206)]
     searching = range(MAX_SEARCHING_RULES)
+    at_bounds = scope_at_bounds([f"*:*:**a{i}x**" for i in searching])
     return [
         Case(
             "issue: *a*a*a*a*b vs 200 'a'",
@@ -163,7 +164,7 @@ def cases() -> list[Case]:
         ),
         Case(
             f"scope at bounds: {MAX_SEARCHING_RULES} '**a_x**' + 1-wildcard",
-            scope_at_bounds([f"*:*:**a{i}x**" for i in searching]),
+            at_bounds,
             "fs:read",
             lambda i: padded("a", i),
             f"{MAX_SCOPE_WILDCARDS} wildcards, each searching rule a full scan",
@@ -174,6 +175,13 @@ def cases() -> list[Case]:
             "fs:read",
             lambda i: padded("a", i),
             "each a reversal and a 1000-character KMP scan",
+        ),
+        Case(
+            f"{MAX_RULES} rules: the above, then prefixes; last matches",
+            at_bounds + [f"*:*:/srv/archive/{i}/**" for i in range(MAX_RULES - len(at_bounds))],
+            "fs:read",
+            lambda i: padded(f"/srv/archive/{MAX_RULES - len(at_bounds) - 1}/" + "a" * 990, i),
+            "every rule tried, the first matching prefix found last",
         ),
         Case(
             "realistic 50 rules",

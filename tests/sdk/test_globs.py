@@ -4,6 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent_passport.errors import RuleError
 from agent_passport.globs import Glob
 from agent_passport.rules import (
     MAX_RESOURCE_LENGTH,
@@ -11,6 +12,7 @@ from agent_passport.rules import (
     MAX_SCOPE_WILDCARDS,
     MAX_SEARCHING_RULES,
     Policy,
+    parse_scope,
 )
 from tests.sdk.test_rules import glob_matches
 
@@ -22,6 +24,15 @@ def grammatical(pattern: str) -> bool:
     try:
         Glob.compile(pattern)
     except ValueError:
+        return False
+    return True
+
+
+def within_bounds(scope: list[str]) -> bool:
+    """Is ``scope`` within the scope's matching bounds (tested in test_rules)?"""
+    try:
+        parse_scope(scope)
+    except RuleError:
         return False
     return True
 
@@ -140,7 +151,7 @@ def test_a_resource_over_the_limit_is_denied_with_the_reason():
     rules=st.lists(
         st.tuples(st.booleans(), patterns.filter(bool) | st.sampled_from(["a**", "**", "a/b"])),
         max_size=8,
-    ),
+    ).filter(lambda rules: within_bounds([f"fs:read:{pattern}" for _, pattern in rules])),
     text=texts,
 )
 def test_prop_policy_names_the_first_matching_rule_in_scope_order(rules, text):
