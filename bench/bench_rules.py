@@ -17,9 +17,10 @@ What is measured, in one run, single thread, no server:
    now refuses them, and the run checks that it does.
 
 Before measuring it waits (up to a minute) for the machine to be quiet and records how busy the
-other cores were. The verdict (p99 <= 50 µs) is on the thread's CPU time: on a shared machine the
-wall-clock tail measures when another process held the core, not the matcher. Prints a table;
-writes bench/results/rules.json.
+other cores were. Each case runs three times with a fresh policy; the verdict (<= 50 µs) is on
+the slowest resource's fastest run, because on a shared machine the wall-clock tail measures
+when another process held the core, not the matcher. Prints a table; writes
+bench/results/rules.json.
 
     .venv/bin/python bench/bench_rules.py [--quick] [--cap SECONDS]
 """
@@ -225,23 +226,24 @@ def refusals() -> dict[str, str]:
     return errors
 
 
-def measure_uncached(case: Case, calls: int) -> dict[str, float]:
-    """Per-call µs of ``decide`` on distinct resources (every call a cache miss): wall time, and
-    the thread's CPU time, which leaves out the time other processes held the core."""
-    policy = Policy(case.scope, ["GLOBAL"])
+def measure_uncached(case: Case, calls: int, rounds: int = 3) -> dict[str, float]:
+    """Per-call µs of ``decide`` on distinct resources (every call a cache miss), ``rounds``
+    times with a fresh policy. ``worst_us`` is the slowest resource's fastest round: a
+    decision that another process interrupted is timed again, one that is slow stays slow."""
     resources = [case.resource(i) for i in range(calls)]
     assert len(set(resources)) == calls
-    wall, cpu = time.perf_counter_ns, time.thread_time_ns
-    walls, cpus = [], []
-    for resource in resources:
-        start, start_cpu = wall(), cpu()
-        policy.decide(case.action, resource)
-        cpus.append((cpu() - start_cpu) / 1000)
-        walls.append((wall() - start) / 1000)
-    walls.sort()
-    cpus.sort()
-    return {"p50_us": percentile(walls, 50), "p99_us": percentile(walls, 99),
-            "max_us": walls[-1], "cpu_p99_us": percentile(cpus, 99)}  # fmt: skip
+    clock = time.perf_counter_ns
+    runs = []
+    for _ in range(rounds):
+        policy, run = Policy(case.scope, ["GLOBAL"]), []
+        for resource in resources:
+            start = clock()
+            policy.decide(case.action, resource)
+            run.append((clock() - start) / 1000)
+        runs.append(run)
+    samples = sorted(us for run in runs for us in run)
+    return {"p50_us": percentile(samples, 50), "p99_us": percentile(samples, 99),
+            "max_us": samples[-1], "worst_us": max(map(min, zip(*runs, strict=True)))}  # fmt: skip
 
 
 def measure_cached(case: Case, calls: int) -> float:
@@ -283,24 +285,23 @@ def run(calls: int, cap: float) -> list[dict[str, object]]:
                 "uncached": uncached,
                 "cached_us": measure_cached(case, calls * 10),
                 "old_regex": measure_old(case, cap),
-                "within_target": uncached["cpu_p99_us"] <= TARGET_US,
+                "within_target": uncached["worst_us"] <= TARGET_US,
             }
         )
     return rows
 
 
 def print_table(rows: list[dict], refused: dict[str, str], cap: float) -> None:
-    header = (
-        f"{'p50 µs':>7} {'p99 µs':>7} {'max µs':>7} {'cpu p99':>7} {'cached':>6} {'old regex':>11}"
-    )
-    print(f"\n{'case':52} {header}  cpu p99 <= {TARGET_US:.0f} µs")
+    header = " ".join(f"{name:>7}" for name in ("p50 µs", "p99 µs", "max µs", "worst", "cached"))
+    header += f" {'old regex':>11}"
+    print(f"\n{'case':52} {header}  worst <= {TARGET_US:.0f} µs")
     for row in rows:
         old = row["old_regex"]
         old_text = f"> {cap:.0f} s" if old["capped"] else f"{old['us']:.1f} µs"
         u = row["uncached"]
         print(
             f"{row['case']:52} {u['p50_us']:7.1f} {u['p99_us']:7.1f} {u['max_us']:7.1f} "
-            f"{u['cpu_p99_us']:7.1f} {row['cached_us']:6.2f} {old_text:>11}  "
+            f"{u['worst_us']:7.1f} {row['cached_us']:6.2f} {old_text:>11}  "
             f"{'yes' if row['within_target'] else 'NO'}"
         )
     print("\nrefused by the grammar (before the bounds, p50):")
