@@ -163,3 +163,16 @@ def test_prop_policy_names_the_first_matching_rule_in_scope_order(rules, text):
     decision = Policy(scope, ["GLOBAL"]).decide("fs:read", text)
     assert decision.rule == expected_rule
     assert decision.allowed is (expected_rule is not None and not denies)
+
+
+@pytest.mark.parametrize("matching", [0, 1, 100, 127, 128, 200, 251])
+def test_the_first_of_many_prefix_rules_in_scope_order_is_named(matching):
+    """The first matching ``prefix**`` rule is found by halving the prefixes."""
+    scope = [f"fs:read:/d/{i}/**" for i in range(252)] + ["fs:read:/d/**", "fs:read:/**"]
+    policy = Policy(scope, ["GLOBAL"])
+    assert policy.decide("fs:read", f"/d/{matching}/x").rule == f"fs:read:/d/{matching}/**"
+    assert policy.decide("fs:read", "/d/x").rule == "fs:read:/d/**"
+    assert policy.decide("fs:read", "/e").rule == "fs:read:/**"
+    assert Policy(scope[::-1], ["GLOBAL"]).decide("fs:read", f"/d/{matching}/x").rule == (
+        "fs:read:/**"
+    )
