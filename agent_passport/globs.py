@@ -37,7 +37,8 @@ Pieces = tuple[str, ...]
 # CPython's str.find/rfind compare the whole piece at each candidate position for texts under
 # 2,500 characters: O(len(text) * len(piece)), 38 µs for a 492-character piece. A longer piece
 # is searched by ``re`` instead: a pattern that is one literal runs only SRE's prefix search
-# (Knuth-Morris-Pratt over an overlap table), linear and without backtracking.
+# (Knuth-Morris-Pratt over an overlap table), linear and without backtracking. (Searching from
+# the right reverses the text first: one copy per such piece, at most MAX_RULE_WILDCARDS.)
 _SHORT_PIECE = 8
 
 
