@@ -246,14 +246,18 @@ def measure_uncached(case: Case, calls: int, rounds: int = 3) -> dict[str, float
             "max_us": samples[-1], "worst_us": max(map(min, zip(*runs, strict=True)))}  # fmt: skip
 
 
-def measure_cached(case: Case, calls: int) -> float:
+def measure_cached(case: Case, calls: int, rounds: int = 3) -> float:
+    """Mean µs of a cached ``decide`` in the fastest of ``rounds`` loops of ``calls``."""
     policy = Policy(case.scope, ["GLOBAL"])
     resource = case.resource(0)
     policy.decide(case.action, resource)
-    start = time.perf_counter_ns()
-    for _ in range(calls):
-        policy.decide(case.action, resource)
-    return (time.perf_counter_ns() - start) / calls / 1000
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            policy.decide(case.action, resource)
+        best = min(best, (time.perf_counter_ns() - start) / calls / 1000)
+    return best
 
 
 def measure_old(case: Case, cap: float) -> dict[str, object]:
