@@ -1,4 +1,4 @@
-"""Resource patterns of the scope grammar, matched in linear time without regular expressions.
+"""Resource patterns of the scope grammar, matched in linear time without backtracking.
 
 ``*`` matches any text within one path segment (never ``/``), ``**`` matches any text including
 ``/``, every other character is literal. A resource comes from the agent (or an attacker), so the
@@ -16,21 +16,52 @@ in TypeScript) is enough and small:
   keeps the ``*`` before it free of ``/``. Leftmost placement gives the earliest possible end (if
   any placement works, the leftmost does, and the text it skips holds no ``/``).
 * The last part is anchored at the end and placed the same way from the right (latest start).
-* Each middle part is placed at its earliest end between them. A failed attempt from a start
-  fails the same way for every later start before the next ``/``, so the next attempt begins
-  after that ``/``: at most one attempt per path segment.
+* A part between two ``**`` is literal (:meth:`Glob.compile` refuses a ``*`` there) and is placed
+  at its first occurrence after the previous part: the earliest end leaves the most room.
 
-Cost: ``O(len(resource) + len(pattern))`` steps, except for a part between two ``**`` that holds
-both ``/`` and ``*``: it is tried once per path segment, ``O(len(resource) * len(pattern))`` at
-worst (the bound of any automaton; bench/bench_rules.py measures it). The lengths are bounded in
-:mod:`agent_passport.rules`.
+Cost: each piece is one ``find``/``rfind``/``startswith`` over text no other piece of the pattern
+searches, so a match reads the resource about once, in C, plus one Python step per piece. A ``*``
+between two ``**`` would need one attempt per path segment (``O(len(resource) * len(pattern))``,
+11.8 ms at 1000 characters), hence the rule. The number of wildcards is bounded in
+:mod:`agent_passport.rules`; bench/bench_rules.py measures the worst cases.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 Pieces = tuple[str, ...]
+
+# CPython's str.find/rfind compare the whole piece at each candidate position for texts under
+# 2,500 characters: O(len(text) * len(piece)), 38 µs for a 492-character piece. A longer piece
+# is searched by ``re`` instead: a pattern that is one literal runs only SRE's prefix search
+# (Knuth-Morris-Pratt over an overlap table), linear and without backtracking. (Searching from
+# the right reverses the text first: one copy per such piece, at most MAX_RULE_WILDCARDS.)
+_SHORT_PIECE = 8
+
+
+@lru_cache(maxsize=1024)
+def _literal(piece: str) -> re.Pattern[str]:
+    return re.compile(re.escape(piece))
+
+
+def _find(text: str, piece: str, start: int, end: int) -> int:
+    """``text.find(piece, start, end)`` in linear time."""
+    if len(piece) <= _SHORT_PIECE:
+        return text.find(piece, start, end)
+    found = _literal(piece).search(text, start, end)
+    return found.start() if found else -1
+
+
+def _rfind(text: str, piece: str, start: int, end: int) -> int:
+    """``text.rfind(piece, start, end)`` in linear time: a forward search of the reversals."""
+    if len(piece) <= _SHORT_PIECE:
+        return text.rfind(piece, start, end)
+    size = len(text)
+    found = _literal(piece[::-1]).search(text[::-1], size - end, size - start)
+    return size - found.start() - len(piece) if found else -1
 
 
 def _place_after_stars(pieces: Pieces, text: str, pos: int, end: int) -> int:
@@ -45,7 +76,7 @@ def _place_after_stars(pieces: Pieces, text: str, pos: int, end: int) -> int:
             slash = text.find("/", pos, end)
             if slash < 0:
                 slash = end
-        found = text.find(piece, pos, slash + len(piece))
+        found = _find(text, piece, pos, slash + len(piece))
         if found < 0:
             return -1
         pos = found + len(piece)
@@ -61,7 +92,7 @@ def _place_before_stars(pieces: Pieces, text: str, start: int, pos: int) -> int:
         if slash >= pos:  # first piece, or the previous one held the "/": find the next one
             slash = text.rfind("/", start, pos)
         lowest = slash + 1 - len(piece)  # the piece must reach past that "/"
-        found = text.rfind(piece, lowest if lowest > start else start, pos)
+        found = _rfind(text, piece, lowest if lowest > start else start, pos)
         if found < 0:
             return -1
         pos = found
@@ -98,24 +129,6 @@ def _latest_start_to(pieces: Pieces, text: str, start: int, end: int) -> int:
     return _place_before_stars(pieces[:-1], text, start, pos)
 
 
-def _earliest_end_within(pieces: Pieces, text: str, start: int, end: int) -> int:
-    """Earliest end of a match of ``pieces`` anywhere in ``text[start:end]``, or -1."""
-    first = pieces[0]
-    found = text.find(first, start, end)
-    if len(pieces) == 1:
-        return -1 if found < 0 else found + len(first)
-    while found >= 0:
-        match_end = _earliest_end_from(pieces, text, found, end)
-        if match_end >= 0:
-            return match_end
-        # Every start before the next "/" fails the same way (module docstring).
-        slash = text.find("/", found, end)
-        if slash < 0:
-            return -1
-        found = text.find(first, slash + 1, end)
-    return -1
-
-
 @dataclass(frozen=True)
 class Glob:
     """A compiled resource pattern; :meth:`matches` tells whether a whole resource matches."""
@@ -125,8 +138,11 @@ class Glob:
 
     @classmethod
     def compile(cls, pattern: str) -> Glob:
+        """Raises ValueError for a ``*`` between two ``**`` (see the module docstring)."""
         parts = pattern.split("**")
         parts[1:] = [part.removeprefix("*") for part in parts[1:]]  # "**" "*" is "**"
+        if any("*" in part for part in parts[1:-1]):
+            raise ValueError("a '*' between two '**' is not supported (it makes matching slow)")
         return cls(pattern, tuple(tuple(part.split("*")) for part in parts))
 
     @property
@@ -140,6 +156,22 @@ class Glob:
         first, *rest = self.parts
         return first[0] if len(first) == 1 and rest == [("",)] else None
 
+    @property
+    def wildcards(self) -> int:
+        """How many ``*`` and ``**`` (one each) the pattern holds."""
+        return len(self.parts) - 1 + sum(len(pieces) - 1 for pieces in self.parts)
+
+    @property
+    def searches(self) -> bool:
+        """Does some literal text sit between two wildcards? Then matching searches the
+        resource (``*miner*``, ``**/.ssh/**``); otherwise it only compares at both ends."""
+        if len(self.parts) == 1:
+            searched = self.parts[0][1:-1]
+        else:
+            first, *middle, last = self.parts
+            searched = (*first[1:], *(literal for (literal,) in middle), *last[:-1])
+        return any(searched)
+
     def matches(self, resource: str) -> bool:
         parts, end = self.parts, len(resource)
         if len(parts) == 1:
@@ -148,12 +180,11 @@ class Glob:
         if pos < 0:
             return False
         limit = _latest_start_to(parts[-1], resource, pos, end)
-        for pieces in parts[1:-1]:
-            if limit < 0:
+        for (literal,) in parts[1:-1]:
+            found = _find(resource, literal, pos, limit) if limit >= 0 else -1
+            if found < 0:
                 return False
-            pos = _earliest_end_within(pieces, resource, pos, limit)
-            if pos < 0:
-                return False
+            pos = found + len(literal)
         return limit >= pos
 
     def to_posix_regex(self) -> str:

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from agent_passport.errors import PassportRevoked
 from agent_passport.guard import Guard
+from agent_passport.rules import MAX_RULE_WILDCARDS
 from killswitch import publisher
 from killswitch.models import KillRule, Revocation, RuleMatch
 from killswitch.notifications import notify_webhook
@@ -179,7 +180,7 @@ def test_deny_pattern_uses_the_scope_rule_globs(admin_api, agent, agent_api):
 @pytest.mark.parametrize("kind", ["deny_pattern", "deny_rate"])
 def test_a_crafted_deny_does_not_stall_a_multi_wildcard_rule(admin_api, agent, agent_api, kind):
     """Before the fix the backtracking regex never finished on this event (issue 8)."""
-    pattern = "proc:exec:" + "*a" * 30 + "*b"
+    pattern = "proc:exec:" + "*a" * (MAX_RULE_WILDCARDS - 1) + "*b"  # at the bound
     extra = {"threshold": 1, "window_seconds": 60} if kind == "deny_rate" else {}
     create_rule(admin_api, name="wildcards", kind=kind, pattern=pattern, **extra)
     post_events(agent_api, event("proc:exec", resource="a" * 1000))
@@ -448,6 +449,12 @@ def test_rules_are_listed_for_viewers_and_created_by_admins_only(
         ({"kind": "deny_pattern", "pattern": "net tunnel"}, "pattern", "'net tunnel'"),
         ({"kind": "deny_pattern", "pattern": "net:tun*:x"}, "pattern", "'net:tun*:x'"),
         ({"kind": "deny_pattern", "pattern": "!net:tunnel"}, "pattern", "'!'"),
+        ({"kind": "deny_pattern", "pattern": "fs:read:**a*b**"}, "pattern", "between two '**'"),
+        (
+            {"kind": "deny_pattern", "pattern": "fs:read:" + "*a" * 17},
+            "pattern",
+            "more than 16 wildcards",
+        ),
         ({"kind": "deny_pattern", "pattern": "net:tunnel", "threshold": 3}, "threshold", "not"),
         ({"kind": "signal", "category": "malware", "pattern": "a:b"}, "pattern", "not used"),
         ({"kind": "kill_everything"}, "kind", "deny_pattern"),

@@ -6,6 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from agent_passport.protocol import MAX_TOKEN_BYTES
+from agent_passport.rules import MAX_SEARCHING_RULES
 from passports.models import Agent, Passport
 
 pytestmark = pytest.mark.django_db
@@ -62,6 +63,18 @@ def test_bad_rule_is_rejected_naming_the_rule(operator_api, agent):
     assert response.status_code == 400
     assert "NET CONNECT" in response.json()["errors"]["scope"][0]
     assert Passport.objects.count() == 0
+
+
+def test_a_scope_beyond_the_matching_bounds_is_rejected_naming_the_rule(operator_api, agent):
+    searching = [f"proc:exec:*miner{i}*" for i in range(MAX_SEARCHING_RULES)]
+    body = {"agent": str(agent.id), "scope": searching, "jurisdiction": ["EU"]}
+    assert operator_api.post("/api/v1/passports", body, format="json").status_code == 201
+    body["scope"] = [*searching, "!fs:*:**/.ssh/**"]
+    response = operator_api.post("/api/v1/passports", body, format="json")
+    assert response.status_code == 400
+    error = response.json()["errors"]["scope"][0]
+    assert "'!fs:*:**/.ssh/**'" in error and f"more than {MAX_SEARCHING_RULES} rules" in error
+    assert Passport.objects.count() == 1
 
 
 @pytest.mark.parametrize(

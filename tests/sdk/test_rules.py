@@ -17,7 +17,10 @@ from agent_passport.rules import (
     _DECISION_CACHE_SIZE,
     MAX_REGIONS,
     MAX_RULE_LENGTH,
+    MAX_RULE_WILDCARDS,
     MAX_RULES,
+    MAX_SCOPE_WILDCARDS,
+    MAX_SEARCHING_RULES,
     Decision,
     Policy,
     decide,
@@ -244,6 +247,62 @@ def test_parse_scope_limits_rule_count():
         parse_scope(["gpu:use"] * (MAX_RULES + 1))
     assert info.value.rule == f"{MAX_RULES + 1} rules"
     assert f"at most {MAX_RULES}" in str(info.value)
+
+
+REALISTIC_RULES = [
+    "fs:*:/workspace/**",
+    "fs:read:/workspace/**/*.py",
+    "net:connect:*.*.*.*:443",
+    "data:read:eu/customers/*",
+    "proc:exec:*miner*",
+    "!fs:*:**/.ssh/**",
+    "!net:connect:*.evil.example.com:*",
+]
+
+
+def test_realistic_rules_are_within_the_matching_bounds():
+    assert [rule.text for rule in parse_scope(REALISTIC_RULES)] == REALISTIC_RULES
+
+
+def test_parse_rule_limits_wildcards():
+    at_bound = "fs:read:/w/**/" + "*-" * (MAX_RULE_WILDCARDS - 1)
+    assert parse_rule(at_bound).resource.wildcards == MAX_RULE_WILDCARDS
+    with pytest.raises(RuleError) as info:
+        parse_rule(at_bound + "*")
+    assert info.value.rule == at_bound + "*"
+    assert f"more than {MAX_RULE_WILDCARDS} wildcards" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["fs:read:**a*b**", "fs:read:**/b/*/c/**", "fs:read:/**/*/**/x"])
+def test_parse_rule_refuses_a_star_between_two_double_stars(text):
+    with pytest.raises(RuleError) as info:
+        parse_rule(text)
+    assert info.value.rule == text
+    assert "a '*' between two '**' is not supported" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["fs:read:**a**b**", "fs:read:*/**/x/**/*.py", "fs:read:**a***"])
+def test_literal_text_between_two_double_stars_is_accepted(text):
+    assert parse_rule(text).resource is not None
+
+
+def test_parse_scope_limits_wildcards_but_not_prefix_rules():
+    at_bound = [f"fs:read:/d{i}/*" for i in range(MAX_SCOPE_WILDCARDS)]
+    prefixes = [f"fs:read:/p{i}/**" for i in range(MAX_RULES - MAX_SCOPE_WILDCARDS - 1)]
+    assert len(parse_scope(at_bound + prefixes)) == MAX_RULES - 1
+    with pytest.raises(RuleError) as info:
+        parse_scope([*at_bound, *prefixes, "fs:read:/over/*"])
+    assert info.value.rule == "fs:read:/over/*"
+    assert f"more than {MAX_SCOPE_WILDCARDS} wildcards" in str(info.value)
+
+
+def test_parse_scope_limits_rules_that_search():
+    at_bound = [f"proc:exec:*miner{i}*" for i in range(MAX_SEARCHING_RULES)]
+    assert len(parse_scope([*at_bound, "fs:read:/a/*", "fs:read:**.py"])) == MAX_SEARCHING_RULES + 2
+    with pytest.raises(RuleError) as info:
+        parse_scope([*at_bound, "!fs:*:**/.ssh/**"])
+    assert info.value.rule == "!fs:*:**/.ssh/**"
+    assert f"more than {MAX_SEARCHING_RULES} rules with literal text" in str(info.value)
 
 
 def test_parse_scope_accepts_any_iterable_and_keeps_order():
