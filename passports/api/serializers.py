@@ -119,6 +119,19 @@ class PassportSerializer(serializers.ModelSerializer):
         return effective_status(passport)
 
 
+class AgentRunStatusSerializer(serializers.Serializer):
+    agent = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Agent.Status.choices)
+    allowed = serializers.BooleanField(help_text="whether the agent may run right now")
+    reasons = serializers.ListField(
+        child=serializers.CharField(), help_text="every reason it may not (empty if allowed)"
+    )
+    active_passports = serializers.IntegerField()
+    epoch = serializers.IntegerField(help_text="the registry's current revocation epoch")
+    last_seen_at = serializers.DateTimeField(allow_null=True)
+    last_seen_epoch = serializers.IntegerField(allow_null=True)
+
+
 class IssuedPassportSerializer(serializers.Serializer):
     jti = serializers.UUIDField(source="passport.jti")
     token = serializers.CharField()

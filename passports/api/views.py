@@ -18,6 +18,7 @@ from killswitch.models import Revocation
 from passports import selectors, services, signing
 from passports.api.serializers import (
     AgentCreateSerializer,
+    AgentRunStatusSerializer,
     AgentSerializer,
     IntrospectSerializer,
     IssuedPassportSerializer,
@@ -65,15 +66,12 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         agent = services.register_agent(owner=request.user, **data.validated_data)
         return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(
-        responses={
-            200: inline_serializer("AgentRunStatus", {"allowed": serializers.BooleanField()})
-        }
-    )
+    @extend_schema(responses={200: AgentRunStatusSerializer})
     @action(detail=True, methods=["get"], url_path="status")
     def run_status(self, request: Request, pk: str) -> Response:
         """Is the agent allowed to run right now, and if not, why not."""
-        return Response(services.agent_run_status(self.get_object()))
+        run_status = services.agent_run_status(self.get_object())
+        return Response(AgentRunStatusSerializer(run_status).data)
 
     @extend_schema(
         parameters=[TimelineQuerySerializer],
