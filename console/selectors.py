@@ -5,7 +5,7 @@ Lookups by id raise Http404: the console's views are their only callers.
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,15 @@ from passports import selectors as passport_selectors
 from passports.models import Agent, Passport, SigningKey
 from passports.services import RunStatus, agent_run_status, effective_status
 from registry.errors import RequestRejected
-from signals.selectors import agent_timeline
+from signals.selectors import (
+    ActionItem,
+    LiftItem,
+    RevocationItem,
+    RuleMatchItem,
+    SignalItem,
+    TimelineItem,
+    agent_timeline,
+)
 
 EXPIRING_WITHIN = timedelta(hours=1)
 
@@ -78,7 +86,7 @@ def stopped_by_group_kill(agents: Iterable[Agent]) -> set[uuid.UUID]:
 
 def acknowledgements(revocation: Revocation) -> dict[str, Any]:
     """The kill switch's acknowledgements, with times in the console's one format."""
-    acks = kill_selectors.acknowledgements(revocation)
+    acks = asdict(kill_selectors.acknowledgements(revocation))
     rows = [{**row, "last_seen": moment(row["last_seen"])} for row in acks["agents"]]
     return {**acks, "agents": rows}
 
@@ -107,50 +115,49 @@ def revoked_records(revocation: Revocation) -> tuple[Agent | None, Passport | No
     return None, None
 
 
-def _stopped(item: dict[str, Any], agent: Agent) -> str:
+def _stopped(item: RevocationItem | LiftItem, agent: Agent) -> str:
     """What a timeline revocation or lift targets, in the SDK's wording (this agent by name)."""
-    ((kind, value),) = item["target"].items()
+    ((kind, value),) = item.target.items()
     if kind == Revocation.TargetType.ALL:
         return describe_target(kind, "*")
-    return describe_target(kind, agent.name if kind == Revocation.TargetType.AGENT else value)
+    return describe_target(kind, agent.name if kind == Revocation.TargetType.AGENT else str(value))
 
 
-def _describe(item: dict[str, Any], agent: Agent) -> tuple[str, str]:
+def _describe(item: TimelineItem, agent: Agent) -> tuple[str, str]:
     """What happened and its decision/detail, as one line each."""
-    kind = item["type"]
-    if kind == "action":
-        resource = f":{item['resource']}" if item["resource"] else ""
-        return f"{item['action']}{resource}", f"{item['decision']} — {item['reason']}"
-    if kind == "signal":
-        source = item["source_ip"] or item["source_host"]
-        return f"{item['category']} from {source} → {item['destination']}", "external signal"
-    if kind == "rule_match":
-        return f"rule {item['rule']['name']}: {item['trigger']}", item["outcome"]
-    detail = f"revocation #{item['id']} (epoch {item['epoch']})"
-    if kind == "lift" and Revocation.TargetType.PASSPORT in item["target"]:
+    if isinstance(item, ActionItem):
+        resource = f":{item.resource}" if item.resource else ""
+        return f"{item.action}{resource}", f"{item.decision} — {item.reason}"
+    if isinstance(item, SignalItem):
+        source = item.source_ip or item.source_host
+        return f"{item.category} from {source} → {item.destination}", "external signal"
+    if isinstance(item, RuleMatchItem):
+        return f"rule {item.rule['name']}: {item.trigger}", item.outcome
+    detail = f"revocation #{item.id} (epoch {item.epoch})"
+    if isinstance(item, LiftItem) and Revocation.TargetType.PASSPORT in item.target:
         # Only retirement lifts a passport's revocation: the passport stays stopped.
-        return f"{_stopped(item, agent)}: {item['reason']}", detail
-    if kind == "lift":
-        return f"{_stopped(item, agent)} reinstated: {item['reason'] or 'no reason given'}", detail
-    if item["before_registration"]:
+        return f"{_stopped(item, agent)}: {item.reason}", detail
+    if isinstance(item, LiftItem):
+        return f"{_stopped(item, agent)} reinstated: {item.reason or 'no reason given'}", detail
+    if item.before_registration:
         detail += ", already in force when this agent was registered"
-    return f"{_stopped(item, agent)} stopped: {item['reason']}", detail
+    return f"{_stopped(item, agent)} stopped: {item.reason}", detail
 
 
 def timeline_rows(agent: Agent, limit: int = 100) -> list[dict[str, Any]]:
     """The agent's timeline, newest first, ready to display (the page and its live updates)."""
     rows = []
-    for item in reversed(agent_timeline(agent=agent, limit=limit)["items"]):
+    for item in reversed(agent_timeline(agent=agent, limit=limit).items):
         what, detail = _describe(item, agent)
-        css = [item["decision"] if item["type"] == "action" else item["type"]]
-        if item.get("highlight"):
+        css = [item.decision if isinstance(item, ActionItem) else item.type]
+        if item.highlight:
             css.append("hl")
-        if item["type"] == "revocation":
+        if item.type == "revocation":
             css.append("kill")
         rows.append(
             {
-                "at": moment(item["at"]),
-                "type": item["type"],
+                "at": moment(item.at),
+                "type": item.type,
                 "what": what,
                 "detail": detail,
                 "css": " ".join(css),

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from killswitch.models import Revocation
@@ -12,6 +13,15 @@ class RevokeSerializer(StrictSerializer):
 
 class LiftSerializer(StrictSerializer):
     reason = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class RevocationTargetSerializer(serializers.Serializer):
+    """What a revocation stops: exactly one of these keys."""
+
+    passport = serializers.UUIDField(required=False)
+    agent = serializers.UUIDField(required=False)
+    fleet = serializers.CharField(required=False)
+    all = serializers.BooleanField(required=False)
 
 
 class RevocationSerializer(serializers.ModelSerializer):
@@ -37,7 +47,8 @@ class RevocationSerializer(serializers.ModelSerializer):
             "lift_epoch",
         ]
 
-    def get_target(self, revocation: Revocation) -> dict:
+    @extend_schema_field(RevocationTargetSerializer)
+    def get_target(self, revocation: Revocation) -> dict[str, str | bool]:
         if revocation.target_type == Revocation.TargetType.ALL:
             return {"all": True}
         return {revocation.target_type: revocation.target_value}

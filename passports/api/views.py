@@ -6,9 +6,8 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
     extend_schema_view,
-    inline_serializer,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +19,7 @@ from passports.api.serializers import (
     AgentCreateSerializer,
     AgentRunStatusSerializer,
     AgentSerializer,
+    IntrospectionSerializer,
     IntrospectSerializer,
     IssuedPassportSerializer,
     PassportIssueSerializer,
@@ -31,7 +31,7 @@ from passports.models import Agent, Passport
 from passports.roles import IsViewer, ReadViewerWriteOperator
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
-from signals.api.serializers import TimelineQuerySerializer
+from signals.api.serializers import TimelineQuerySerializer, TimelineSerializer
 from signals.selectors import agent_timeline
 
 UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
@@ -73,24 +73,14 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         run_status = services.agent_run_status(self.get_object())
         return Response(AgentRunStatusSerializer(run_status).data)
 
-    @extend_schema(
-        parameters=[TimelineQuerySerializer],
-        responses={
-            200: inline_serializer(
-                "AgentTimeline",
-                {
-                    "truncated": serializers.BooleanField(),
-                    "items": serializers.ListField(child=serializers.DictField()),
-                },
-            )
-        },
-    )
+    @extend_schema(parameters=[TimelineQuerySerializer], responses={200: TimelineSerializer})
     @action(detail=True, methods=["get"])
     def timeline(self, request: Request, pk: str) -> Response:
         """Actions, signals, revocations, lifts and rule matches of the agent, in time order."""
         query = TimelineQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response(agent_timeline(agent=self.get_object(), **query.validated_data))
+        timeline = agent_timeline(agent=self.get_object(), **query.validated_data)
+        return Response(TimelineSerializer(timeline).data)
 
 
 @extend_schema_view(
@@ -163,15 +153,13 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         passport.refresh_from_db()
         return Response(PassportSerializer(passport).data)
 
-    @extend_schema(
-        request=IntrospectSerializer,
-        responses={200: inline_serializer("Introspection", {"active": serializers.BooleanField()})},
-    )
+    @extend_schema(request=IntrospectSerializer, responses={200: IntrospectionSerializer})
     @action(detail=False, methods=["post"], permission_classes=[IsViewer])
     def introspect(self, request: Request) -> Response:
         data = IntrospectSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(services.introspect(data.validated_data["token"]))
+        introspection = services.introspect(data.validated_data["token"])
+        return Response(IntrospectionSerializer(introspection).data)
 
 
 @require_GET
