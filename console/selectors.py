@@ -1,6 +1,7 @@
 """Read models for the console: one per page (what its view renders), and the parts they share.
 
-Lookups by id raise Http404: the console's views are their only callers.
+Lookups (by id, or of the kill page's target) raise Http404: the console's views are their only
+callers.
 """
 
 import uuid

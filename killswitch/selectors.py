@@ -100,7 +100,7 @@ class AgentAcknowledgement:
     name: str
     fleet: str
     epoch_seen: int | None
-    last_seen: datetime
+    last_seen: datetime | None  # never None here: only agents that reported are listed
     state: str  # ACKNOWLEDGED, WAITING or MISMATCHED
     acknowledged: bool
 

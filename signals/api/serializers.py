@@ -120,7 +120,8 @@ class RevocationItemSerializer(serializers.Serializer):
     epoch = serializers.IntegerField()
     target = RevocationTargetSerializer()
     reason = serializers.CharField()
-    source = serializers.ChoiceField(choices=Revocation.Source.choices)
+    # DRF takes declared fields off the class, so this does not shadow Field.source.
+    source = serializers.ChoiceField(choices=Revocation.Source.choices)  # type: ignore[assignment]
     actor = serializers.CharField(allow_null=True)
     before_registration = serializers.BooleanField(
         help_text="already in force when the agent was registered"
@@ -165,7 +166,7 @@ TIMELINE_ITEM_SERIALIZERS: dict[str, type[serializers.Serializer]] = {
 @extend_schema_field(
     PolymorphicProxySerializer(
         component_name="TimelineItem",
-        serializers=TIMELINE_ITEM_SERIALIZERS,
+        serializers={**TIMELINE_ITEM_SERIALIZERS},
         resource_type_field_name="type",
     )
 )
