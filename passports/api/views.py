@@ -31,7 +31,7 @@ from passports.models import Agent, Passport
 from passports.roles import IsViewer, ReadViewerWriteOperator
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
-from signals.api.serializers import TimelineQuerySerializer, TimelineSerializer
+from signals.api.serializers import AgentTimelineSerializer, TimelineQuerySerializer
 from signals.selectors import agent_timeline
 
 UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
@@ -73,14 +73,14 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         run_status = services.agent_run_status(self.get_object())
         return Response(AgentRunStatusSerializer(run_status).data)
 
-    @extend_schema(parameters=[TimelineQuerySerializer], responses={200: TimelineSerializer})
+    @extend_schema(parameters=[TimelineQuerySerializer], responses={200: AgentTimelineSerializer})
     @action(detail=True, methods=["get"])
     def timeline(self, request: Request, pk: str) -> Response:
         """Actions, signals, revocations, lifts and rule matches of the agent, in time order."""
         query = TimelineQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         timeline = agent_timeline(agent=self.get_object(), **query.validated_data)
-        return Response(TimelineSerializer(timeline).data)
+        return Response(AgentTimelineSerializer(timeline).data)
 
 
 @extend_schema_view(

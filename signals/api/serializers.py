@@ -177,7 +177,7 @@ class TimelineItemField(serializers.Field):
         return TIMELINE_ITEM_SERIALIZERS[value.type](value).data
 
 
-class TimelineSerializer(serializers.Serializer):
+class AgentTimelineSerializer(serializers.Serializer):
     agent = serializers.UUIDField()
     since = serializers.DateTimeField(allow_null=True)
     until = serializers.DateTimeField(allow_null=True)
