@@ -28,6 +28,7 @@ FREE_FORM = {
     ("Signal", "raw"): "the IDS/firewall/EDR's original payload",
 }
 COMBINATIONS = ("allOf", "oneOf", "anyOf")
+TIMELINE_KINDS = ("action", "signal", "rule_match", "revocation", "lift")
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +114,27 @@ def _response_schema(schema: Schema, path: str, method: str, code: int) -> Schem
     return operation["responses"][str(code)]["content"]["application/json"]["schema"]
 
 
-def test_answers_built_by_services_are_fully_described(
-    schema: Schema, admin_user, agent, issue, django_capture_on_commit_callbacks
-) -> None:
-    """Run status, timeline items of every kind, introspection (active and not), an issued
-    passport's claims, acknowledgements, rule matches and the audit report."""
+def _report_a_denied_tunnel(token: str) -> None:
+    """The agent reports a deny (and a heartbeat: it is running, so it acknowledges kills)."""
+    event = {
+        "id": "6f1f7ab1-7a4e-4a53-9a1e-2f6c2c1f0a01",
+        "action": "net:tunnel:203.0.113.9:22",
+        "resource": "",
+        "jurisdiction": "EU",
+        "decision": "deny",
+        "reason": "not in scope",
+        "at": timezone.now().timestamp(),
+    }
+    body = {"events": [event], "heartbeat": {"epoch": 0, "host": "h"}}
+    agent_api = APIClient()
+    agent_api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    reported = agent_api.post("/api/v1/actions", body, format="json")
+    assert reported.status_code == 200 and reported.json()["accepted"] == 1, reported.content
+
+
+@pytest.fixture
+def history(admin_user, agent, issue, django_capture_on_commit_callbacks) -> dict[str, Any]:
+    """An agent with one timeline item of every kind, a lifted kill and a rotated key."""
     api = api_client_for(admin_user)
     issued = issue()
     KillRule.objects.create(
@@ -127,74 +144,55 @@ def test_answers_built_by_services_are_fully_described(
         dry_run=True,
         created_by=admin_user,
     )
-    events = [
-        {
-            "id": "6f1f7ab1-7a4e-4a53-9a1e-2f6c2c1f0a01",
-            "action": "net:tunnel:203.0.113.9:22",
-            "resource": "",
-            "jurisdiction": "EU",
-            "decision": "deny",
-            "reason": "not in scope",
-            "at": timezone.now().timestamp(),
-        }
-    ]
     with django_capture_on_commit_callbacks(execute=True):  # the kill rules run on commit
-        reported = APIClient().post(
-            "/api/v1/actions",
-            {"events": events},
-            format="json",
-            HTTP_AUTHORIZATION=f"Bearer {issued['token']}",
-        )
-    assert reported.status_code == 200 and reported.json()["accepted"] == 1, reported.content
-    api.post(
-        "/api/v1/signals",
-        {
-            "category": Signal.Category.values[0],
-            "source_ip": agent.host,
-            "destination": "evil.example",
-            "occurred_at": timezone.now().isoformat(),
-        },
-        format="json",
-    )
-    revocation = api.post(
-        "/api/v1/killswitch", {"target": {"agent": str(agent.pk)}, "reason": "drill"}, format="json"
-    ).json()
-    api.post(f"/api/v1/killswitch/{revocation['id']}/lift", {"reason": "done"}, format="json")
+        _report_a_denied_tunnel(issued["token"])
+    signal = {
+        "category": Signal.Category.values[0],
+        "source_ip": agent.host,
+        "destination": "evil.example",
+        "occurred_at": timezone.now().isoformat(),
+    }
+    assert api.post("/api/v1/signals", signal, format="json").status_code == 201
+    kill = {"target": {"agent": str(agent.pk)}, "reason": "drill"}
+    revocation = api.post("/api/v1/killswitch", kill, format="json").json()["id"]
+    api.post(f"/api/v1/killswitch/{revocation}/lift", {"reason": "done"}, format="json")
     rotate_signing_key()
     rule_match = api.get("/api/v1/rules/matches").json()["results"][0]["id"]
+    return {"issued": issued, "revocation": revocation, "rule_match": rule_match}
+
+
+def test_answers_built_by_services_are_fully_described(
+    schema: Schema, admin_user, agent, history
+) -> None:
+    """Run status, timeline items of every kind, introspection (active and not), an issued
+    passport's claims, acknowledgements, rule matches and the audit report."""
+    api = api_client_for(admin_user)
+    components = schema["components"]["schemas"]
+    token = history["issued"]["token"]
     answers = [
-        ("/api/v1/agents/{id}/status", "get", f"/api/v1/agents/{agent.pk}/status", None),
-        ("/api/v1/agents/{id}/timeline", "get", f"/api/v1/agents/{agent.pk}/timeline", None),
-        ("/api/v1/passports/introspect", "post", "/api/v1/passports/introspect", issued["token"]),
-        ("/api/v1/passports/introspect", "post", "/api/v1/passports/introspect", "x.y.z"),
-        ("/api/v1/audit", "get", "/api/v1/audit", None),
-        ("/api/v1/rules/matches/{id}", "get", f"/api/v1/rules/matches/{rule_match}", None),
+        ("/api/v1/agents/{id}/status", f"/api/v1/agents/{agent.pk}/status", None),
+        ("/api/v1/agents/{id}/timeline", f"/api/v1/agents/{agent.pk}/timeline", None),
+        ("/api/v1/passports/introspect", "/api/v1/passports/introspect", {"token": token}),
+        ("/api/v1/passports/introspect", "/api/v1/passports/introspect", {"token": "x.y.z"}),
+        ("/api/v1/audit", "/api/v1/audit", None),
+        ("/api/v1/rules/matches/{id}", f"/api/v1/rules/matches/{history['rule_match']}", None),
         (
             "/api/v1/killswitch/{id}/acknowledgements",
-            "get",
-            f"/api/v1/killswitch/{revocation['id']}/acknowledgements",
+            f"/api/v1/killswitch/{history['revocation']}/acknowledgements",
             None,
         ),
     ]
     undescribed = {}
-    for number, (documented, method, url, token) in enumerate(answers):
-        if method == "get":
-            response = api.get(url)
-        else:
-            response = api.post(url, {"token": token}, format="json")
+    for number, (documented, url, body) in enumerate(answers):
+        method = "get" if body is None else "post"
+        response = api.get(url) if body is None else api.post(url, body, format="json")
         assert response.status_code == 200, (url, response.content)
         node = _response_schema(schema, documented, method, 200)
-        undescribed[f"{number}: {url}"] = _undescribed(
-            response.json(), node, schema["components"]["schemas"], ""
-        )
-    issued_schema = _response_schema(schema, "/api/v1/passports", "post", 201)
-    undescribed["issued"] = _undescribed(issued, issued_schema, schema["components"]["schemas"], "")
+        undescribed[f"{number}: {url}"] = _undescribed(response.json(), node, components, "")
+    issued = _response_schema(schema, "/api/v1/passports", "post", 201)
+    undescribed["issued"] = _undescribed(history["issued"], issued, components, "")
     timeline = api.get(f"/api/v1/agents/{agent.pk}/timeline").json()["items"]
-    assert {item["type"] for item in timeline} == {
-        "action",
-        "signal",
-        "rule_match",
-        "revocation",
-        "lift",
-    }
+    assert {item["type"] for item in timeline} == {*TIMELINE_KINDS}
+    acks = api.get(f"/api/v1/killswitch/{history['revocation']}/acknowledgements").json()
+    assert len(acks["agents"]) == 1
     assert {url: fields for url, fields in undescribed.items() if fields} == {}
