@@ -131,12 +131,6 @@ class Timeline:
     items: list[TimelineItem]  # oldest first
 
 
-def _target(revocation: Revocation) -> dict[str, str | bool]:
-    if revocation.target_type == Revocation.TargetType.ALL:
-        return {"all": True}
-    return {revocation.target_type: revocation.target_value}
-
-
 def _action_item(event: ActionEvent) -> ActionItem:
     return ActionItem(
         at=event.occurred_at,
@@ -169,7 +163,7 @@ def _revocation_item(revocation: Revocation, agent: Agent) -> RevocationItem:
         at=revocation.created_at,
         id=revocation.pk,
         epoch=revocation.epoch,
-        target=_target(revocation),
+        target=revocation.target,
         reason=revocation.reason,
         source=revocation.source,
         actor=revocation.actor.username if revocation.actor else None,
@@ -184,7 +178,7 @@ def _lift_item(revocation: Revocation) -> LiftItem:
         at=revocation.lifted_at,
         id=revocation.pk,
         epoch=revocation.lift_epoch,
-        target=_target(revocation),
+        target=revocation.target,
         reason=revocation.lift_reason,
         actor=revocation.lifted_by.username if revocation.lifted_by else None,
     )

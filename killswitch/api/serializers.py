@@ -1,4 +1,3 @@
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from killswitch.models import Revocation
@@ -25,7 +24,7 @@ class RevocationTargetSerializer(serializers.Serializer):
 
 
 class RevocationSerializer(serializers.ModelSerializer):
-    target = serializers.SerializerMethodField()
+    target = RevocationTargetSerializer(read_only=True)
     actor = serializers.CharField(source="actor.username", default=None, read_only=True)
     lifted_by = serializers.CharField(source="lifted_by.username", default=None, read_only=True)
     active = serializers.BooleanField(source="is_active", read_only=True)
@@ -46,12 +45,6 @@ class RevocationSerializer(serializers.ModelSerializer):
             "lift_reason",
             "lift_epoch",
         ]
-
-    @extend_schema_field(RevocationTargetSerializer)
-    def get_target(self, revocation: Revocation) -> dict[str, str | bool]:
-        if revocation.target_type == Revocation.TargetType.ALL:
-            return {"all": True}
-        return {revocation.target_type: revocation.target_value}
 
 
 class AgentAcknowledgementSerializer(serializers.Serializer):
