@@ -1,4 +1,7 @@
-"""Action reporting: store the events an agent reports (once per id) and record its heartbeat."""
+"""Action reporting: store the events an agent reports (once per id) and record its heartbeat.
+
+Also signing-key rotation, which re-signs every audit chain (``passports`` knows nothing of the
+audit log, so the workflow lives here rather than there)."""
 
 import logging
 import uuid
@@ -15,7 +18,8 @@ from django.utils import timezone
 from actions import audit
 from actions.models import ActionEvent
 from killswitch import rules
-from passports.models import Agent, Passport
+from passports import signing
+from passports.models import Agent, Passport, SigningKey
 from registry.errors import ConcurrentConflict
 
 logger = logging.getLogger(__name__)
@@ -144,3 +148,18 @@ def record_heartbeat(
     if dropped := heartbeat.get("dropped"):
         fields["events_dropped"] = models.F("events_dropped") + dropped
     Agent.objects.filter(pk=agent_id).update(**fields)
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    key: SigningKey  # the new active key
+    resigned: int  # audit checkpoints re-signed with it
+    retired: list[str]  # kids of verify-only keys no unexpired passport needs any more
+
+
+def rotate_signing_key() -> KeyRotation:
+    """Make a new active signing key, re-sign every audit chain's checkpoint with it (so each chain
+    stays verifiable from the JWKS after the old key retires), then retire unneeded old keys."""
+    key = signing.activate_new_signing_key()
+    resigned = audit.create_checkpoints(everyone=True)
+    return KeyRotation(key=key, resigned=resigned, retired=signing.retire_signing_keys())

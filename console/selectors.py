@@ -1,22 +1,44 @@
-"""Read models for the console: dashboard figures, kill acknowledgements, timeline rows."""
+"""Read models for the console: one per page (what its view renders), and the parts they share.
+
+Lookups (by id, or of the kill page's target) raise Http404: the console's views are their only
+callers.
+"""
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.core.paginator import Page, Paginator
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
+from actions import audit
 from actions import selectors as action_selectors
 from actions.models import ActionEvent
+from agent_passport.audit import ChainReport
 from agent_passport.revocations import describe_target
 from console.times import moment
 from killswitch import selectors as kill_selectors
-from killswitch.models import Revocation
+from killswitch import services as killswitch
+from killswitch.models import KillRule, Revocation, RuleMatch
 from killswitch.selectors import RUNNING_WITHIN, current_epoch, runnable_agents
-from passports.models import Agent, Passport
-from signals.selectors import agent_timeline
+from passports import selectors as passport_selectors
+from passports.models import Agent, Passport, SigningKey
+from passports.services import RunStatus, agent_run_status, effective_status
+from registry.errors import RequestRejected
+from signals.selectors import (
+    ActionItem,
+    LiftItem,
+    RevocationItem,
+    RuleMatchItem,
+    SignalItem,
+    TimelineItem,
+    agent_timeline,
+)
 
 EXPIRING_WITHIN = timedelta(hours=1)
 
@@ -64,7 +86,7 @@ def stopped_by_group_kill(agents: Iterable[Agent]) -> set[uuid.UUID]:
 
 def acknowledgements(revocation: Revocation) -> dict[str, Any]:
     """The kill switch's acknowledgements, with times in the console's one format."""
-    acks = kill_selectors.acknowledgements(revocation)
+    acks = asdict(kill_selectors.acknowledgements(revocation))
     rows = [{**row, "last_seen": moment(row["last_seen"])} for row in acks["agents"]]
     return {**acks, "agents": rows}
 
@@ -83,60 +105,59 @@ def target_labels(revocations: list[Revocation]) -> dict[int, str]:
     }
 
 
-def revoked_records(revocation: Revocation) -> dict[str, Agent | Passport | None]:
-    """The agent or passport a revocation names, to link to (none for fleets and everyone)."""
+def revoked_records(revocation: Revocation) -> tuple[Agent | None, Passport | None]:
+    """The agent or passport a revocation names, to link to (neither for fleets and everyone)."""
     if revocation.target_type == Revocation.TargetType.AGENT:
-        return {"target_agent": Agent.objects.filter(pk=revocation.target_value).first()}
+        return Agent.objects.filter(pk=revocation.target_value).first(), None
     if revocation.target_type == Revocation.TargetType.PASSPORT:
         passport = Passport.objects.select_related("agent").filter(jti=revocation.target_value)
-        return {"target_passport": passport.first()}
-    return {}
+        return None, passport.first()
+    return None, None
 
 
-def _stopped(item: dict[str, Any], agent: Agent) -> str:
+def _stopped(item: RevocationItem | LiftItem, agent: Agent) -> str:
     """What a timeline revocation or lift targets, in the SDK's wording (this agent by name)."""
-    ((kind, value),) = item["target"].items()
+    ((kind, value),) = item.target.items()
     if kind == Revocation.TargetType.ALL:
         return describe_target(kind, "*")
-    return describe_target(kind, agent.name if kind == Revocation.TargetType.AGENT else value)
+    return describe_target(kind, agent.name if kind == Revocation.TargetType.AGENT else str(value))
 
 
-def _describe(item: dict[str, Any], agent: Agent) -> tuple[str, str]:
+def _describe(item: TimelineItem, agent: Agent) -> tuple[str, str]:
     """What happened and its decision/detail, as one line each."""
-    kind = item["type"]
-    if kind == "action":
-        resource = f":{item['resource']}" if item["resource"] else ""
-        return f"{item['action']}{resource}", f"{item['decision']} — {item['reason']}"
-    if kind == "signal":
-        source = item["source_ip"] or item["source_host"]
-        return f"{item['category']} from {source} → {item['destination']}", "external signal"
-    if kind == "rule_match":
-        return f"rule {item['rule']['name']}: {item['trigger']}", item["outcome"]
-    detail = f"revocation #{item['id']} (epoch {item['epoch']})"
-    if kind == "lift" and Revocation.TargetType.PASSPORT in item["target"]:
+    if isinstance(item, ActionItem):
+        resource = f":{item.resource}" if item.resource else ""
+        return f"{item.action}{resource}", f"{item.decision} — {item.reason}"
+    if isinstance(item, SignalItem):
+        source = item.source_ip or item.source_host
+        return f"{item.category} from {source} → {item.destination}", "external signal"
+    if isinstance(item, RuleMatchItem):
+        return f"rule {item.rule['name']}: {item.trigger}", item.outcome
+    detail = f"revocation #{item.id} (epoch {item.epoch})"
+    if isinstance(item, LiftItem) and Revocation.TargetType.PASSPORT in item.target:
         # Only retirement lifts a passport's revocation: the passport stays stopped.
-        return f"{_stopped(item, agent)}: {item['reason']}", detail
-    if kind == "lift":
-        return f"{_stopped(item, agent)} reinstated: {item['reason'] or 'no reason given'}", detail
-    if item["before_registration"]:
+        return f"{_stopped(item, agent)}: {item.reason}", detail
+    if isinstance(item, LiftItem):
+        return f"{_stopped(item, agent)} reinstated: {item.reason or 'no reason given'}", detail
+    if item.before_registration:
         detail += ", already in force when this agent was registered"
-    return f"{_stopped(item, agent)} stopped: {item['reason']}", detail
+    return f"{_stopped(item, agent)} stopped: {item.reason}", detail
 
 
 def timeline_rows(agent: Agent, limit: int = 100) -> list[dict[str, Any]]:
     """The agent's timeline, newest first, ready to display (the page and its live updates)."""
     rows = []
-    for item in reversed(agent_timeline(agent=agent, limit=limit)["items"]):
+    for item in reversed(agent_timeline(agent=agent, limit=limit).items):
         what, detail = _describe(item, agent)
-        css = [item["decision"] if item["type"] == "action" else item["type"]]
-        if item.get("highlight"):
+        css = [item.decision if isinstance(item, ActionItem) else item.type]
+        if item.highlight:
             css.append("hl")
-        if item["type"] == "revocation":
+        if item.type == "revocation":
             css.append("kill")
         rows.append(
             {
-                "at": moment(item["at"]),
-                "type": item["type"],
+                "at": moment(item.at),
+                "type": item.type,
                 "what": what,
                 "detail": detail,
                 "css": " ".join(css),
@@ -154,3 +175,183 @@ def action_log(*, agent: str | None = None, **filters: str | None) -> QuerySet[A
         events = action_selectors.action_events(**filters)
         return events.filter(agent__name__icontains=agent) if agent else events
     return action_selectors.action_events(agent=agent, **filters)
+
+
+# --- Pages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DashboardPage:
+    stats: dict[str, Any]
+    revocations: list[tuple[Revocation, str]]  # the newest, each with what it stopped
+
+
+def dashboard_page() -> DashboardPage:
+    recent = recent_revocations()
+    labels = target_labels(recent)
+    return DashboardPage(stats=dashboard(), revocations=[(r, labels[r.pk]) for r in recent])
+
+
+@dataclass(frozen=True)
+class AgentsPage:
+    page: Page
+    stopped: set[uuid.UUID]
+    status: str  # the status filter applied: "" when the one asked for is not a status
+    fleets: list[str]
+
+
+def agents_page(*, query: str, fleet: str, status: str, page: str | None) -> AgentsPage:
+    """Agents by name, 50 a page, whose name contains ``query``, of ``fleet``, in ``status``."""
+    try:
+        found = passport_selectors.agents(fleet=fleet or None, status=status or None)
+    except RequestRejected:
+        found, status = passport_selectors.agents(fleet=fleet or None), ""
+    if query:
+        found = found.filter(name__icontains=query)
+    listed = Paginator(found.order_by("name"), 50).get_page(page)
+    fleets = Agent.objects.exclude(fleet="").order_by("fleet").values_list("fleet", flat=True)
+    return AgentsPage(
+        page=listed,
+        stopped=stopped_by_group_kill(listed.object_list),
+        status=status,
+        fleets=list(fleets.distinct()),
+    )
+
+
+@dataclass(frozen=True)
+class AgentNow:
+    """What the agent page shows and refreshes while it is open."""
+
+    agent: Agent
+    run_status: RunStatus
+    timeline: list[dict[str, Any]]
+
+
+def agent_now(agent_id: uuid.UUID) -> AgentNow:
+    agent = get_object_or_404(Agent, pk=agent_id)
+    return AgentNow(agent=agent, run_status=agent_run_status(agent), timeline=timeline_rows(agent))
+
+
+@dataclass(frozen=True)
+class AgentPage(AgentNow):
+    passports: list[tuple[Passport, str]]  # the 20 newest, each with its effective status
+    stopped: set[uuid.UUID]
+    active_revocation: Revocation | None  # of the agent itself (not its fleet or everyone)
+
+
+def agent_page(agent_id: uuid.UUID) -> AgentPage:
+    now = agent_now(agent_id)
+    agent = now.agent
+    held = agent.passports.select_related("issued_by").order_by("-issued_at")[:20]
+    return AgentPage(
+        agent=agent,
+        run_status=now.run_status,
+        timeline=now.timeline,
+        passports=[(p, effective_status(p)) for p in held],
+        stopped=stopped_by_group_kill([agent]),
+        active_revocation=Revocation.objects.filter(
+            target_type=Revocation.TargetType.AGENT,
+            target_value=str(agent.pk),
+            lifted_at__isnull=True,
+        ).first(),
+    )
+
+
+@dataclass(frozen=True)
+class KillTarget:
+    target: killswitch.Target
+    label: str  # for people: "every agent", "fleet eu", "agent Copilot"
+    affected: int  # agents it would stop
+
+
+def kill_target(*, everything: bool, fleet: str, agent: str) -> KillTarget:
+    """The target the kill page was asked for: all agents, else a fleet, else an agent."""
+    try:
+        if everything:
+            target, label = killswitch.parse_target({"all": True}), "every agent"
+        elif fleet:
+            target, label = killswitch.parse_target({"fleet": fleet}), f"fleet {fleet}"
+        elif agent:
+            target = killswitch.parse_target({"agent": agent})
+            label = f"agent {Agent.objects.get(pk=target.value).name}"
+        else:
+            raise Http404("choose an agent, a fleet or all agents")
+    except RequestRejected as exc:
+        raise Http404(exc.message) from exc
+    stops = Revocation(target_type=target.type, target_value=target.value)
+    return KillTarget(
+        target=target, label=label, affected=kill_selectors.targeted_agents(stops).count()
+    )
+
+
+def revocation(revocation_id: int) -> Revocation:
+    return get_object_or_404(Revocation, pk=revocation_id)
+
+
+@dataclass(frozen=True)
+class RevocationPage:
+    revocation: Revocation
+    label: str
+    target_agent: Agent | None
+    target_passport: Passport | None
+    acks: dict[str, Any]
+
+
+def revocation_page(revocation_id: int) -> RevocationPage:
+    found = get_object_or_404(
+        Revocation.objects.select_related("actor", "lifted_by"), pk=revocation_id
+    )
+    target_agent, target_passport = revoked_records(found)
+    return RevocationPage(
+        revocation=found,
+        label=target_labels([found])[found.pk],
+        target_agent=target_agent,
+        target_passport=target_passport,
+        acks=acknowledgements(found),
+    )
+
+
+@dataclass(frozen=True)
+class ActionLogPage:
+    page: Page
+    error: str | None  # a filter that was refused (the page then shows the whole log)
+    report: ChainReport | None  # the audit verification, when asked for
+
+
+def action_log_page(
+    *, filters: dict[str, str | None], page: str | None, verify: bool
+) -> ActionLogPage:
+    """The action log, newest first, 100 a page; the audit chains verified if ``verify``."""
+    error = None
+    try:
+        events = action_log(**filters)
+    except RequestRejected as exc:
+        error, events = f"{exc.field}: {exc.message}", action_log()
+    ordered = events.select_related("agent").order_by("-occurred_at", "-seq")
+    return ActionLogPage(
+        page=Paginator(ordered, 100).get_page(page),
+        error=error,
+        report=audit.verify() if verify else None,
+    )
+
+
+@dataclass(frozen=True)
+class RulesPage:
+    rules: list[KillRule]
+    matches: list[RuleMatch]  # the 50 newest
+
+
+def rules_page() -> RulesPage:
+    matches = RuleMatch.objects.select_related("rule", "agent").order_by("-matched_at")
+    return RulesPage(rules=list(KillRule.objects.order_by("name")), matches=list(matches[:50]))
+
+
+def rule(rule_id: int) -> KillRule:
+    return get_object_or_404(KillRule, pk=rule_id)
+
+
+def signing_keys() -> list[tuple[SigningKey, int]]:
+    """Every signing key, newest first, with how many active passports it signed."""
+    signed = Passport.objects.filter(status=Passport.Status.ACTIVE).values_list("kid")
+    counts = dict(signed.annotate(n=Count("pk")))
+    return [(key, counts.get(key.kid, 0)) for key in SigningKey.objects.order_by("-created_at")]

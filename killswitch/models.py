@@ -81,6 +81,13 @@ class Revocation(models.Model):
         return self.lifted_at is None
 
     @property
+    def target(self) -> dict[str, str | bool]:
+        """What it stops, as the API writes it: ``{"agent": id}``, ``{"all": true}``..."""
+        if self.target_type == self.TargetType.ALL:
+            return {"all": True}
+        return {self.target_type: self.target_value}
+
+    @property
     def current_epoch(self) -> int:
         return self.lift_epoch or self.epoch
 

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
@@ -176,6 +177,20 @@ def may_change(user: User, changes: dict[str, Any]) -> bool:
     """Admins change anything; an operator may only disable a rule or put it in dry run."""
     defusing = all(DEFUSING_CHANGES.get(name, object()) == value for name, value in changes.items())
     return has_role(user, Role.ADMIN) or (defusing and has_role(user, Role.OPERATOR))
+
+
+SWITCHES = ("enabled", "dry_run")
+
+
+def toggle_rule(*, rule: KillRule, switch: str, actor: User) -> KillRule:
+    """Flip a rule's ``enabled`` or ``dry_run`` switch, with the API's permissions (see
+    :func:`may_change`). Raises RequestRejected (not a switch) or PermissionDenied."""
+    if switch not in SWITCHES:
+        raise RequestRejected("field", f"must be one of {', '.join(SWITCHES)}")
+    changes = {switch: not getattr(rule, switch)}
+    if not may_change(actor, changes):
+        raise PermissionDenied("only an admin may enable or arm a rule")
+    return update_rule(rule=rule, changes=changes)
 
 
 def _summary(rule: KillRule) -> str:

@@ -2,9 +2,9 @@
 
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -98,7 +98,29 @@ def acknowledgement(agent: Agent, epoch: int, expected: Callable[[int], str]) ->
     return ACKNOWLEDGED if agent.last_seen_digest == expected(seen) else MISMATCHED
 
 
-def acknowledgements(revocation: Revocation) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AgentAcknowledgement:
+    id: uuid.UUID
+    name: str
+    fleet: str
+    epoch_seen: int | None
+    last_seen: datetime | None  # never None here: only agents that reported are listed
+    state: str  # ACKNOWLEDGED, WAITING or MISMATCHED
+    acknowledged: bool
+
+
+@dataclass(frozen=True)
+class Acknowledgements:
+    revocation: int
+    epoch: int
+    active: bool
+    running: int  # targeted agents that reported in the last RUNNING_WITHIN
+    acknowledged: int
+    mismatched: int
+    agents: list[AgentAcknowledgement]
+
+
+def acknowledgements(revocation: Revocation) -> Acknowledgements:
     """Which running targeted agents have applied this revocation (from SDK heartbeats)."""
     now = timezone.now()
     running = targeted_agents(revocation).filter(last_seen_at__gte=now - RUNNING_WITHIN)
@@ -107,22 +129,22 @@ def acknowledgements(revocation: Revocation) -> dict[str, Any]:
     for agent in running.order_by("name"):
         state = acknowledgement(agent, revocation.epoch, expected)
         rows.append(
-            {
-                "id": str(agent.pk),
-                "name": agent.name,
-                "fleet": agent.fleet,
-                "epoch_seen": agent.last_seen_epoch,
-                "last_seen": agent.last_seen_at,
-                "state": state,
-                "acknowledged": state == ACKNOWLEDGED,
-            }
+            AgentAcknowledgement(
+                id=agent.pk,
+                name=agent.name,
+                fleet=agent.fleet,
+                epoch_seen=agent.last_seen_epoch,
+                last_seen=agent.last_seen_at,
+                state=state,
+                acknowledged=state == ACKNOWLEDGED,
+            )
         )
-    return {
-        "revocation": revocation.pk,
-        "epoch": revocation.epoch,
-        "active": revocation.is_active,
-        "running": len(rows),
-        "acknowledged": sum(row["state"] == ACKNOWLEDGED for row in rows),
-        "mismatched": sum(row["state"] == MISMATCHED for row in rows),
-        "agents": rows,
-    }
+    return Acknowledgements(
+        revocation=revocation.pk,
+        epoch=revocation.epoch,
+        active=revocation.is_active,
+        running=len(rows),
+        acknowledged=sum(row.state == ACKNOWLEDGED for row in rows),
+        mismatched=sum(row.state == MISMATCHED for row in rows),
+        agents=rows,
+    )

@@ -271,7 +271,21 @@ def introspect(token: str) -> dict[str, Any]:
     return {"active": True, "token_type": "passport", **claims}
 
 
-def agent_run_status(agent: Agent) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunStatus:
+    """Whether an agent may run right now (``allowed``), and every reason it may not."""
+
+    agent: uuid.UUID
+    status: str
+    allowed: bool
+    reasons: list[str]
+    active_passports: int
+    epoch: int  # the registry's current revocation epoch
+    last_seen_at: datetime | None
+    last_seen_epoch: int | None
+
+
+def agent_run_status(agent: Agent) -> RunStatus:
     """Whether the agent may run right now, and every reason it may not."""
     reasons = [
         describe_revocation(r) for r in blocking_revocations(agent_id=agent.pk, fleet=agent.fleet)
@@ -282,13 +296,13 @@ def agent_run_status(agent: Agent) -> dict[str, Any]:
     active_passports = agent.passports.filter(status=Passport.Status.ACTIVE, expires_at__gt=now)
     if not active_passports.exists():
         reasons.append("agent holds no active passport")
-    return {
-        "agent": str(agent.pk),
-        "status": agent.status,
-        "allowed": not reasons,
-        "reasons": reasons,
-        "active_passports": active_passports.count(),
-        "epoch": current_epoch(),
-        "last_seen_at": agent.last_seen_at,
-        "last_seen_epoch": agent.last_seen_epoch,
-    }
+    return RunStatus(
+        agent=agent.pk,
+        status=agent.status,
+        allowed=not reasons,
+        reasons=reasons,
+        active_passports=active_passports.count(),
+        epoch=current_epoch(),
+        last_seen_at=agent.last_seen_at,
+        last_seen_epoch=agent.last_seen_epoch,
+    )

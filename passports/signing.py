@@ -75,8 +75,10 @@ def active_signing_key() -> SigningKey:
 
 
 @transaction.atomic
-def rotate_signing_key() -> SigningKey:
-    """Make a new active key; the previous one stays verify-only until its tokens expire."""
+def activate_new_signing_key() -> SigningKey:
+    """Make a new active key; the previous one stays verify-only until its tokens expire.
+
+    The key swap alone: rotating keys is ``actions.services.rotate_signing_key``."""
     now = timezone.now()
     SigningKey.objects.select_for_update().filter(state=SigningKey.State.ACTIVE).update(
         state=SigningKey.State.VERIFY_ONLY, deactivated_at=now

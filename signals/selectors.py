@@ -1,8 +1,11 @@
 """Read queries: signals with validated filters, and an agent's merged timeline."""
 
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from django.db.models import Q, QuerySet
 
@@ -45,84 +48,153 @@ def revocations_affecting(agent: Agent) -> Q:
     return match & applied
 
 
-def _target(revocation: Revocation) -> dict[str, Any]:
-    if revocation.target_type == Revocation.TargetType.ALL:
-        return {"all": True}
-    return {revocation.target_type: revocation.target_value}
+@dataclass(frozen=True)
+class ActionItem:
+    at: datetime  # occurred_at, the agent's clock
+    id: uuid.UUID
+    seq: int
+    action: str
+    resource: str
+    jurisdiction: str
+    decision: str
+    reason: str
+    passport: uuid.UUID
+    highlight: bool  # a deny
+    type: Literal["action"] = "action"
 
 
-def _action_item(event: ActionEvent) -> dict[str, Any]:
-    return {
-        "type": "action",
-        "at": event.occurred_at,
-        "id": str(event.id),
-        "seq": event.seq,
-        "action": event.action,
-        "resource": event.resource,
-        "jurisdiction": event.jurisdiction,
-        "decision": event.decision,
-        "reason": event.reason,
-        "passport": str(event.passport_id),
-        "highlight": event.decision == ActionEvent.Decision.DENY,
-    }
+@dataclass(frozen=True)
+class SignalItem:
+    at: datetime  # occurred_at, the reporter's clock
+    id: int
+    category: str
+    source_host: str
+    source_ip: str | None
+    destination: str
+    received_at: datetime
+    highlight: bool = True
+    type: Literal["signal"] = "signal"
 
 
-def _signal_item(signal: Signal) -> dict[str, Any]:
-    return {
-        "type": "signal",
-        "at": signal.occurred_at,
-        "id": signal.pk,
-        "category": signal.category,
-        "source_host": signal.source_host,
-        "source_ip": signal.source_ip,
-        "destination": signal.destination,
-        "received_at": signal.received_at,
-        "highlight": True,
-    }
+@dataclass(frozen=True)
+class RevocationItem:
+    at: datetime
+    id: int
+    epoch: int
+    target: dict[str, str | bool]  # {"agent": id}, {"fleet": name}, {"all": true}...
+    reason: str
+    source: str
+    actor: str | None
+    before_registration: bool  # already in force when the agent was registered
+    highlight: bool = False
+    type: Literal["revocation"] = "revocation"
 
 
-def _revocation_item(revocation: Revocation, agent: Agent) -> dict[str, Any]:
-    return {
-        "type": "revocation",
-        "at": revocation.created_at,
-        "id": revocation.pk,
-        "epoch": revocation.epoch,
-        "target": _target(revocation),
-        "reason": revocation.reason,
-        "source": revocation.source,
-        "actor": revocation.actor.username if revocation.actor else None,
-        "before_registration": revocation.created_at < agent.created_at,
-        "highlight": False,
-    }
+@dataclass(frozen=True)
+class LiftItem:
+    at: datetime
+    id: int  # the revocation lifted
+    epoch: int  # the lift's epoch
+    target: dict[str, str | bool]
+    reason: str
+    actor: str | None
+    highlight: bool = False
+    type: Literal["lift"] = "lift"
 
 
-def _lift_item(revocation: Revocation) -> dict[str, Any]:
-    return {
-        "type": "lift",
-        "at": revocation.lifted_at,
-        "id": revocation.pk,
-        "epoch": revocation.lift_epoch,
-        "target": _target(revocation),
-        "reason": revocation.lift_reason,
-        "actor": revocation.lifted_by.username if revocation.lifted_by else None,
-        "highlight": False,
-    }
+@dataclass(frozen=True)
+class RuleMatchItem:
+    at: datetime
+    id: int
+    rule: dict[str, int | str]  # id, name, kind
+    dry_run: bool
+    outcome: str
+    trigger: str
+    event_ids: list[str]
+    signal: int | None
+    revocation: int | None
+    highlight: bool = False
+    type: Literal["rule_match"] = "rule_match"
 
 
-def _rule_match_item(match: RuleMatch) -> dict[str, Any]:
-    return {
-        "type": "rule_match",
-        "at": match.matched_at,
-        "id": match.pk,
-        "rule": {"id": match.rule_id, "name": match.rule.name, "kind": match.rule.kind},
-        "dry_run": match.dry_run,
-        "outcome": outcome(match),
-        "trigger": match.trigger,
-        "event_ids": match.event_ids,
-        "signal": match.signal_id,
-        "revocation": match.revocation_id,
-        "highlight": False,
-    }
+TimelineItem = ActionItem | SignalItem | RevocationItem | LiftItem | RuleMatchItem
+
+
+@dataclass(frozen=True)
+class Timeline:
+    agent: uuid.UUID
+    since: datetime | None
+    until: datetime | None
+    limit: int
+    truncated: bool  # older items were left out
+    items: list[TimelineItem]  # oldest first
+
+
+def _action_item(event: ActionEvent) -> ActionItem:
+    return ActionItem(
+        at=event.occurred_at,
+        id=event.id,
+        seq=event.seq,
+        action=event.action,
+        resource=event.resource,
+        jurisdiction=event.jurisdiction,
+        decision=event.decision,
+        reason=event.reason,
+        passport=event.passport_id,
+        highlight=event.decision == ActionEvent.Decision.DENY,
+    )
+
+
+def _signal_item(signal: Signal) -> SignalItem:
+    return SignalItem(
+        at=signal.occurred_at,
+        id=signal.pk,
+        category=signal.category,
+        source_host=signal.source_host,
+        source_ip=signal.source_ip,
+        destination=signal.destination,
+        received_at=signal.received_at,
+    )
+
+
+def _revocation_item(revocation: Revocation, agent: Agent) -> RevocationItem:
+    return RevocationItem(
+        at=revocation.created_at,
+        id=revocation.pk,
+        epoch=revocation.epoch,
+        target=revocation.target,
+        reason=revocation.reason,
+        source=revocation.source,
+        actor=revocation.actor.username if revocation.actor else None,
+        before_registration=revocation.created_at < agent.created_at,
+    )
+
+
+def _lift_item(revocation: Revocation) -> LiftItem:
+    # A lifted revocation has both (a constraint of the table).
+    assert revocation.lifted_at is not None and revocation.lift_epoch is not None
+    return LiftItem(
+        at=revocation.lifted_at,
+        id=revocation.pk,
+        epoch=revocation.lift_epoch,
+        target=revocation.target,
+        reason=revocation.lift_reason,
+        actor=revocation.lifted_by.username if revocation.lifted_by else None,
+    )
+
+
+def _rule_match_item(match: RuleMatch) -> RuleMatchItem:
+    return RuleMatchItem(
+        at=match.matched_at,
+        id=match.pk,
+        rule={"id": match.rule_id, "name": match.rule.name, "kind": match.rule.kind},
+        dry_run=match.dry_run,
+        outcome=outcome(match),
+        trigger=match.trigger,
+        event_ids=match.event_ids,
+        signal=match.signal_id,
+        revocation=match.revocation_id,
+    )
 
 
 def _newest(
@@ -143,7 +215,7 @@ def agent_timeline(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 200,
-) -> dict[str, Any]:
+) -> Timeline:
     """The agent's action events, matched signals, revocations and lifts that affect it, and rule
     matches, oldest first: the newest ``limit`` items with ``since <= at < until``.
 
@@ -153,7 +225,7 @@ def agent_timeline(
     that older items were left out (ask again with ``until`` = the first item's ``at``).
     """
     affecting = Revocation.objects.filter(revocations_affecting(agent))
-    sources: list[tuple[list, Any]] = [
+    sources: list[tuple[list, Callable[[Any], TimelineItem]]] = [
         (
             _newest(agent.action_events.all(), "occurred_at", since, until, limit),
             _action_item,
@@ -181,15 +253,16 @@ def agent_timeline(
     items = [to_item(row) for rows, to_item in sources for row in rows]
     items.sort(key=_chronological)
     truncated = len(items) > limit  # each source gave up to limit + 1 rows
-    return {
-        "agent": str(agent.pk),
-        "since": since,
-        "until": until,
-        "limit": limit,
-        "truncated": truncated,
-        "items": items[-limit:],
-    }
+    return Timeline(
+        agent=agent.pk,
+        since=since,
+        until=until,
+        limit=limit,
+        truncated=truncated,
+        items=items[-limit:],
+    )
 
 
-def _chronological(item: dict[str, Any]) -> tuple[datetime, int, int]:
-    return item["at"], _TYPE_ORDER[item["type"]], item.get("seq", item["id"])
+def _chronological(item: TimelineItem) -> tuple[datetime, int, int]:
+    tiebreak = item.seq if isinstance(item, ActionItem) else item.id
+    return item.at, _TYPE_ORDER[item.type], tiebreak

@@ -191,6 +191,18 @@ class IngestResultSerializer(serializers.Serializer):
     )
 
 
+class AuditReportSerializer(serializers.Serializer):
+    """Every chain recomputed and checked against its signed checkpoints (``ChainReport``)."""
+
+    ok = serializers.BooleanField()
+    chains = serializers.IntegerField()
+    events = serializers.IntegerField()
+    checkpoints = serializers.IntegerField()
+    problems = serializers.ListField(
+        child=serializers.CharField(), help_text="each names the first bad event of a chain"
+    )
+
+
 class ActionEventSerializer(serializers.ModelSerializer):
     clock_skewed = serializers.BooleanField(
         read_only=True,

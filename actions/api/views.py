@@ -13,6 +13,7 @@ from actions import audit, selectors, services
 from actions.api.serializers import (
     ActionBatchSerializer,
     ActionEventSerializer,
+    AuditReportSerializer,
     IngestResultSerializer,
 )
 from actions.auth import IsPassportHolder, PassportBearerAuthentication
@@ -157,18 +158,9 @@ def export_actions(request: Request) -> StreamingHttpResponse:
     return response
 
 
-@extend_schema(responses={200: OpenApiTypes.OBJECT})
+@extend_schema(responses={200: AuditReportSerializer})
 @api_view(["GET"])
 @permission_classes([IsViewer])
 def audit_status(request: Request) -> Response:
     """Recompute every chain and check it against the signed checkpoints."""
-    report = audit.verify()
-    return Response(
-        {
-            "ok": report.ok,
-            "chains": report.chains,
-            "events": report.events,
-            "checkpoints": report.checkpoints,
-            "problems": report.problems,
-        }
-    )
+    return Response(AuditReportSerializer(audit.verify()).data)

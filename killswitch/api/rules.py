@@ -7,7 +7,7 @@ misfires, without letting them add standing kill policies or outbound webhooks.
 
 from urllib.parse import urlsplit
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -99,8 +99,22 @@ class KillRuleSerializer(serializers.ModelSerializer):
         return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/…"
 
 
+class RuleSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=KillRule.Kind.choices)
+
+
+class RevocationReferenceSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    epoch = serializers.IntegerField()
+
+
 class RuleMatchSerializer(serializers.ModelSerializer):
     rule = serializers.SerializerMethodField()
+    event_ids = serializers.ListField(
+        child=serializers.CharField(), help_text="the action events that made it fire"
+    )
     revocation = serializers.SerializerMethodField()
     outcome = serializers.SerializerMethodField()
 
@@ -121,13 +135,15 @@ class RuleMatchSerializer(serializers.ModelSerializer):
             "notified_at",
         ]
 
-    def get_rule(self, match: RuleMatch) -> dict:
+    @extend_schema_field(RuleSummarySerializer)
+    def get_rule(self, match: RuleMatch) -> dict[str, int | str]:
         return {"id": match.rule_id, "name": match.rule.name, "kind": match.rule.kind}
 
-    def get_revocation(self, match: RuleMatch) -> dict | None:
+    @extend_schema_field(RevocationReferenceSerializer(allow_null=True))
+    def get_revocation(self, match: RuleMatch) -> dict[str, int] | None:
         if match.revocation is None:
             return None
-        return {"id": match.revocation_id, "epoch": match.revocation.epoch}
+        return {"id": match.revocation.pk, "epoch": match.revocation.epoch}
 
     def get_outcome(self, match: RuleMatch) -> str:
         """``revoked``, ``already_killed`` (matched a killed agent) or ``dry_run``."""

@@ -14,8 +14,17 @@ class LiftSerializer(StrictSerializer):
     reason = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
 
 
+class RevocationTargetSerializer(serializers.Serializer):
+    """What a revocation stops: exactly one of these keys."""
+
+    passport = serializers.UUIDField(required=False)
+    agent = serializers.UUIDField(required=False)
+    fleet = serializers.CharField(required=False)
+    all = serializers.BooleanField(required=False)
+
+
 class RevocationSerializer(serializers.ModelSerializer):
-    target = serializers.SerializerMethodField()
+    target = RevocationTargetSerializer(read_only=True)
     actor = serializers.CharField(source="actor.username", default=None, read_only=True)
     lifted_by = serializers.CharField(source="lifted_by.username", default=None, read_only=True)
     active = serializers.BooleanField(source="is_active", read_only=True)
@@ -36,11 +45,6 @@ class RevocationSerializer(serializers.ModelSerializer):
             "lift_reason",
             "lift_epoch",
         ]
-
-    def get_target(self, revocation: Revocation) -> dict:
-        if revocation.target_type == Revocation.TargetType.ALL:
-            return {"all": True}
-        return {revocation.target_type: revocation.target_value}
 
 
 class AgentAcknowledgementSerializer(serializers.Serializer):

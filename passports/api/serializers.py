@@ -66,6 +66,8 @@ class IntrospectSerializer(StrictSerializer):
 
 
 class PassportSerializer(serializers.ModelSerializer):
+    scope = serializers.ListField(child=serializers.CharField())
+    jurisdiction = serializers.ListField(child=serializers.CharField())
     status = serializers.SerializerMethodField()
     issued_by = serializers.CharField(source="issued_by.username", read_only=True)
     revoked_by = serializers.CharField(source="revoked_by.username", read_only=True, default=None)
@@ -93,8 +95,64 @@ class PassportSerializer(serializers.ModelSerializer):
         return effective_status(passport)
 
 
+class AgentRunStatusSerializer(serializers.Serializer):
+    agent = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Agent.Status.choices)
+    allowed = serializers.BooleanField(help_text="whether the agent may run right now")
+    reasons = serializers.ListField(
+        child=serializers.CharField(), help_text="every reason it may not (empty if allowed)"
+    )
+    active_passports = serializers.IntegerField()
+    epoch = serializers.IntegerField(help_text="the registry's current revocation epoch")
+    last_seen_at = serializers.DateTimeField(allow_null=True)
+    last_seen_epoch = serializers.IntegerField(allow_null=True)
+
+
+class RevocationChannelClaimSerializer(serializers.Serializer):
+    """Where an agent follows revocations (``agent_passport.protocol.RevocationChannel``)."""
+
+    transport = serializers.CharField()
+    epoch = serializers.CharField(help_text="Redis key of the current revocation epoch")
+    stream = serializers.CharField(help_text="Redis stream of revocations and lifts")
+    snapshot = serializers.CharField(help_text="Redis hash of the revocations in force")
+
+
+class PassportClaimsSerializer(serializers.Serializer):
+    """The claims a passport token carries (JWT, RFC 7519)."""
+
+    iss = serializers.CharField()
+    sub = serializers.CharField(help_text="the agent's id")
+    aud = serializers.CharField()
+    jti = serializers.CharField()
+    iat = serializers.IntegerField()
+    nbf = serializers.IntegerField()
+    exp = serializers.IntegerField()
+    scope = serializers.ListField(child=serializers.CharField())
+    jurisdiction = serializers.ListField(child=serializers.CharField())
+    fleet = serializers.CharField(allow_blank=True)
+    agent_name = serializers.CharField()
+    rev = RevocationChannelClaimSerializer()
+
+
 class IssuedPassportSerializer(serializers.Serializer):
     jti = serializers.UUIDField(source="passport.jti")
     token = serializers.CharField()
-    claims = serializers.DictField()
+    claims = PassportClaimsSerializer()
     expires_at = serializers.DateTimeField(source="passport.expires_at")
+
+
+class IntrospectionSerializer(serializers.Serializer):
+    """RFC 7662: ``active`` and an active passport's claims, or why it is not active."""
+
+    active = serializers.BooleanField()
+    token_type = serializers.CharField(required=False)
+    reason = serializers.CharField(
+        required=False, help_text="why the token is inactive, e.g. revoked, expired, unknown_key"
+    )
+    detail = serializers.CharField(required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        claims = PassportClaimsSerializer().get_fields()
+        for field in claims.values():
+            field.required = False  # absent when inactive
+        return {**super().get_fields(), **claims}

@@ -6,9 +6,8 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
     extend_schema_view,
-    inline_serializer,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,7 +17,9 @@ from killswitch.models import Revocation
 from passports import selectors, services, signing
 from passports.api.serializers import (
     AgentCreateSerializer,
+    AgentRunStatusSerializer,
     AgentSerializer,
+    IntrospectionSerializer,
     IntrospectSerializer,
     IssuedPassportSerializer,
     PassportIssueSerializer,
@@ -31,7 +32,7 @@ from passports.roles import IsViewer, ReadViewerWriteOperator, signed_in
 from registry.api import UUID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
-from signals.api.serializers import TimelineQuerySerializer
+from signals.api.serializers import AgentTimelineSerializer, TimelineQuerySerializer
 from signals.selectors import agent_timeline
 
 NewestFirst = ordered_by("-created_at")
@@ -63,34 +64,21 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         agent = services.register_agent(owner=signed_in(request.user), **data.validated_data)
         return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(
-        responses={
-            200: inline_serializer("AgentRunStatus", {"allowed": serializers.BooleanField()})
-        }
-    )
+    @extend_schema(responses={200: AgentRunStatusSerializer})
     @action(detail=True, methods=["get"], url_path="status")
     def run_status(self, request: Request, pk: str) -> Response:
         """Is the agent allowed to run right now, and if not, why not."""
-        return Response(services.agent_run_status(self.get_object()))
+        run_status = services.agent_run_status(self.get_object())
+        return Response(AgentRunStatusSerializer(run_status).data)
 
-    @extend_schema(
-        parameters=[TimelineQuerySerializer],
-        responses={
-            200: inline_serializer(
-                "AgentTimeline",
-                {
-                    "truncated": serializers.BooleanField(),
-                    "items": serializers.ListField(child=serializers.DictField()),
-                },
-            )
-        },
-    )
+    @extend_schema(parameters=[TimelineQuerySerializer], responses={200: AgentTimelineSerializer})
     @action(detail=True, methods=["get"])
     def timeline(self, request: Request, pk: str) -> Response:
         """Actions, signals, revocations, lifts and rule matches of the agent, in time order."""
         query = TimelineQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response(agent_timeline(agent=self.get_object(), **query.validated_data))
+        timeline = agent_timeline(agent=self.get_object(), **query.validated_data)
+        return Response(AgentTimelineSerializer(timeline).data)
 
 
 @extend_schema_view(
@@ -163,15 +151,13 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         passport.refresh_from_db()
         return Response(PassportSerializer(passport).data)
 
-    @extend_schema(
-        request=IntrospectSerializer,
-        responses={200: inline_serializer("Introspection", {"active": serializers.BooleanField()})},
-    )
+    @extend_schema(request=IntrospectSerializer, responses={200: IntrospectionSerializer})
     @action(detail=False, methods=["post"], permission_classes=[IsViewer])
     def introspect(self, request: Request) -> Response:
         data = IntrospectSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(services.introspect(data.validated_data["token"]))
+        introspection = services.introspect(data.validated_data["token"])
+        return Response(IntrospectionSerializer(introspection).data)
 
 
 @require_GET

@@ -460,7 +460,7 @@ def test_global_kill_needs_a_reason_and_the_typed_word(page, user_with, agent, o
     revocation = Revocation.objects.get()
     assert revocation.target_type == "all" and revocation.reason == "fleet-wide credential leak"
     for stopped in (agent, other):
-        assert not passport_services.agent_run_status(stopped)["allowed"]
+        assert not passport_services.agent_run_status(stopped).allowed
     nav(page, "Dashboard").click()
     expect(page.locator("[data-revocations] tr.kill")).to_contain_text("all agents")
     # Nothing may run: no agent and no passport counts as active, and every page says why.

@@ -298,7 +298,7 @@ def test_every_check_is_reported_with_the_agent_heartbeat(
     from killswitch.selectors import acknowledgements
 
     acks = acknowledgements(revocation)
-    assert [row["state"] for row in acks["agents"]] == ["acknowledged"]
+    assert [row.state for row in acks.agents] == ["acknowledged"]
 
 
 def _epoch_seen(agent):

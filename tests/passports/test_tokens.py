@@ -229,7 +229,7 @@ def test_rotation_keeps_old_tokens_valid_then_retires_the_key(issue, operator_ap
 def test_exactly_one_key_is_active_after_rotations():
     signing.active_signing_key()
     for _ in range(3):
-        signing.rotate_signing_key()
+        signing.activate_new_signing_key()
     assert SigningKey.objects.filter(state="active").count() == 1
     assert SigningKey.objects.filter(state="verify-only").count() == 3
 

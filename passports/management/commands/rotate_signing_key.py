@@ -1,19 +1,14 @@
 from django.core.management.base import BaseCommand
 
-from actions import audit
-from passports import signing
+from actions.services import rotate_signing_key
 
 
 class Command(BaseCommand):
     help = "Make a new active signing key; the old one verifies until its passports expire."
 
-    def handle(self, **options) -> None:
-        key = signing.rotate_signing_key()
-        # Re-sign every audit chain's checkpoint with the new key, so each chain stays
-        # verifiable from the JWKS after the old key retires.
-        resigned = audit.create_checkpoints(everyone=True)
-        retired = signing.retire_signing_keys()
-        self.stdout.write(f"active key: {key.kid}")
-        self.stdout.write(f"re-signed:  {resigned} audit checkpoint(s)")
-        if retired:
-            self.stdout.write(f"retired:    {', '.join(retired)}")
+    def handle(self, **options: object) -> None:
+        rotation = rotate_signing_key()
+        self.stdout.write(f"active key: {rotation.key.kid}")
+        self.stdout.write(f"re-signed:  {rotation.resigned} audit checkpoint(s)")
+        if rotation.retired:
+            self.stdout.write(f"retired:    {', '.join(rotation.retired)}")
