@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from agent_passport.globs import Glob
 from agent_passport.rules import MAX_RESOURCE_LENGTH, MAX_RULE_LENGTH, MAX_RULES, Policy
-from tests.sdk.test_rules import glob_matches
+from test_rules import glob_matches
 
 PROPERTY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
