@@ -16,6 +16,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	PYTHON=$(PY) sdk/python/test-installed-wheel -q
 	$(PY) -m registry.devserver test $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
