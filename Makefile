@@ -16,6 +16,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy --strict --config-file sdk/python/pyproject.toml sdk/python/agent_passport
 	PYTHON=$(PY) sdk/python/test-installed-wheel -q
 	$(PY) -m registry.devserver test $(PYTEST_ARGS)
 
