@@ -145,10 +145,11 @@ class RevocationWatcher:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread and close the Redis connection the watcher opened. Guards that
-        share it then refuse as stale (fail closed)."""
+        use it refuse once the state is older than their ``max_staleness`` (fail closed)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.problem = "stopped"
         if self._owns_client:
             self._client.close()
 
