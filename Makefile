@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: run test lint bench
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt sdk/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
@@ -18,6 +18,8 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy --strict --config-file sdk/python/pyproject.toml sdk/python/agent_passport
+	PYTHON=$(PY) sdk/python/test-installed-wheel -q
 	$(PY) -m registry.devserver test $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -676,8 +676,13 @@ def run_propagation(
 class ListReporter:
     """A minimal reporter: appends to a list (used if agent_passport.reporter is missing)."""
 
+    heartbeat = None  # the guard sets its own
+
     def __init__(self) -> None:
         self.events: list[tuple] = []
+
+    def heartbeat_now(self) -> None:
+        pass
 
     def record(self, at, action, resource, jurisdiction, allowed, reason) -> None:
         self.events.append((at, action, resource, jurisdiction, allowed, reason))

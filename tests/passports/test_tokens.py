@@ -22,9 +22,20 @@ from agent_passport.protocol import TOKEN_TYPE
 from passports import signing
 from passports.models import Passport, SigningKey
 from passports.services import expire_passports
-from tests.sdk.test_tokens import json_values
 
 pytestmark = pytest.mark.django_db
+
+# Any JSON value (the SDK's token tests fuzz with the same shape; they cannot import the
+# service's tests, being a distribution of their own).
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
 
 
 def b64(data: bytes) -> str:

@@ -52,6 +52,7 @@ from typing import Any
 
 import requests
 
+from agent_passport.backoff import backoff_delay
 from agent_passport.revocations import DIGEST_LENGTH
 from agent_passport.rules import MAX_RESOURCE_LENGTH
 
@@ -344,7 +345,11 @@ class ActionReporter:
                     delay = min(delay, HEARTBEAT_INTERVAL)
             else:
                 self._failures += 1
-                delay = min(MAX_BACKOFF, self.flush_interval * 2 ** min(self._failures, 16))
+                # Steps of 2, 4, 8 … flush intervals up to MAX_BACKOFF, each wait drawn in the
+                # upper half of its step: agents cut off together do not retry together.
+                delay = backoff_delay(
+                    self._failures, first=2 * self.flush_interval, cap=MAX_BACKOFF
+                )
             delay, self._retry_after = max(delay, self._retry_after), 0.0
             self._wake.wait(delay)
             self._wake.clear()

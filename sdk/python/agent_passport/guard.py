@@ -37,7 +37,14 @@ _HOST = socket.gethostname()
 
 
 class Reporter(Protocol):
-    """What the guard needs from an action reporter (see agent_passport.reporter)."""
+    """Everything the guard uses of an action reporter (agent_passport.reporter.ActionReporter
+    is one). ``heartbeat``: if None, the guard sets it to its own ``heartbeat`` (the revocation
+    epoch and digest it applied); ``heartbeat_now()`` is called (on the watcher thread, so it
+    must not block) whenever the revocation state changes; ``record()`` once per check."""
+
+    heartbeat: Callable[[], Mapping[str, Any]] | None
+
+    def heartbeat_now(self) -> None: ...
 
     def record(
         self,
@@ -61,6 +68,8 @@ class Guard:
     RevocationStateStale; keep it above the registry's stamp interval (1 s).
     ``fail_open=True`` turns that into a logged warning instead — only for deliberate,
     documented exceptions.
+    ``close()`` (or leaving a ``with`` block) stops the watcher the guard started itself, not
+    a shared one, nor the reporter (whose owner closes it).
     """
 
     def __init__(
@@ -96,10 +105,8 @@ class Guard:
             )
         self.jurisdiction = jurisdiction
         self.reporter = reporter
-        if reporter is not None and getattr(reporter, "heartbeat", False) is None:
-            # report which revocation epoch we have seen (only a reporter that takes heartbeats
-            # has the attribute, so the protocol does not declare it)
-            reporter.heartbeat = self.heartbeat  # type: ignore[attr-defined]
+        if reporter is not None and reporter.heartbeat is None:
+            reporter.heartbeat = self.heartbeat  # report which revocation epoch we have seen
         self._owns_watcher = watcher is None
         if watcher is None:
             if redis_url is None:
@@ -114,6 +121,15 @@ class Guard:
         watcher.add_listener(self._on_state)
         if watcher.wait_until_ready(ready_timeout):
             self._on_state(watcher.state)
+        else:
+            status = watcher.status()
+            logger.warning(
+                "guard for agent %s starts without revocation state (%s: %s); checks refuse "
+                "until it is current",
+                self.agent_id,
+                status.state.value,
+                status.last_error,
+            )
 
     # -- checks -------------------------------------------------------------------------------
     def check(
@@ -147,7 +163,10 @@ class Guard:
             raise PassportRevoked(f"{action} refused: {blocking.describe()}")
         staleness = time.monotonic() - heard
         if staleness > self.max_staleness:
-            why = f" ({watcher.problem})" if watcher.problem else ""
+            status = watcher.status()
+            why = (
+                f" (watcher {status.state.value}: {status.last_error})" if status.last_error else ""
+            )
             message = (
                 f"{action} refused: the revocation state was {_confirmed(staleness)} "
                 f"(limit {self.max_staleness:g} s){why}, so revocations cannot be ruled out"
@@ -189,9 +208,8 @@ class Guard:
         return self.kill_entry
 
     def _on_state(self, state: RevocationState) -> None:
-        acknowledge = getattr(self.reporter, "heartbeat_now", None)
-        if acknowledge is not None:
-            acknowledge()  # tell the registry which epoch we now apply
+        if self.reporter is not None:
+            self.reporter.heartbeat_now()  # tell the registry which epoch we now apply
         blocking = state.blocking(jti=self.jti, agent=self.agent_id, fleet=self.fleet)
         if blocking is None:
             if self._killed.is_set():  # lifted: the agent may run again
@@ -218,6 +236,12 @@ class Guard:
     def close(self) -> None:
         if self._owns_watcher:
             self.watcher.stop()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class _Requirement(contextlib.ContextDecorator):

@@ -10,17 +10,29 @@ watcher reload. The applied epoch never goes backwards: an older snapshot is ref
 ``last_heard`` is the moment (``time.monotonic()``) up to which the state is known current: the
 time of the newest heartbeat stamp, counted only once the watcher has applied every epoch that
 stamp and the snapshot announce. Guards refuse once it is older than their ``max_staleness``.
+
+Lifecycle: ``start()`` starts the thread (not ``__init__``); ``stop()`` (or leaving a ``with``
+block) ends it and closes the Redis connection the watcher opened (never a ``client`` passed in).
+A stopped watcher cannot be restarted: make a new one. ``status()`` tells the host how it is
+doing. After a failure the watcher retries with exponential backoff and jitter
+(``retry_delay`` doubling up to ``max_retry_delay``, each wait a random point in the upper half
+of its step), reset by the next good round trip, so agents that lost Redis together do not
+reconnect in lock-step.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
+from agent_passport.backoff import backoff_delay
 from agent_passport.protocol import (
     HEARTBEAT_AT_FIELD,
     HEARTBEAT_EPOCH_FIELD,
@@ -43,6 +55,25 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[RevocationState], None]
 
 
+class WatcherState(enum.Enum):
+    """Health of a watcher, as the host program sees it (``RevocationWatcher.status()``)."""
+
+    INITIALIZING = "initializing"  # started; the state has not been confirmed current yet
+    VALID = "valid"  # the last round trip confirmed the state up to the newest heartbeat stamp
+    INTERRUPTED = "interrupted"  # was valid; now failing (Redis, snapshot, stamps) and retrying
+    OFF = "off"  # not started, or stopped
+
+
+@dataclass(frozen=True)
+class WatcherStatus:
+    """``state``; ``last_error``: why the state is not known current (None when VALID);
+    ``staleness_s``: seconds since it was last known current (``inf``: never)."""
+
+    state: WatcherState
+    last_error: str | None
+    staleness_s: float
+
+
 class SnapshotUnavailable(Exception):
     """The snapshot is missing, unreadable or older than the state applied: keep what we have,
     fail closed once it is stale, and retry."""
@@ -59,13 +90,25 @@ class RevocationWatcher:
         block_ms: int = 100,
         batch: int = 1000,
         retry_delay: float = 0.1,
+        max_retry_delay: float = 0.5,
         client: redis.Redis | None = None,
     ) -> None:
+        """``redis_url``: where the registry publishes (ignored if ``client`` is given: a
+        ``decode_responses=True`` client the caller owns and closes). ``channel``: the key
+        prefix (a passport's ``rev`` claim names it). ``block_ms``: longest wait on the stream
+        per poll. ``batch``: stream entries per read. ``retry_delay``/``max_retry_delay``: the
+        first and the longest backoff step after a failure; keep the longest well below the
+        guards' ``max_staleness``, so a recovered Redis is noticed before they refuse for long.
+        """
+        if not 0 < retry_delay <= max_retry_delay:
+            raise ValueError("need 0 < retry_delay <= max_retry_delay")
         self.channel = channel or RevocationChannel()
         self.block_ms = block_ms
-        self.batch = batch  # stream entries per read
+        self.batch = batch
         self.retry_delay = retry_delay
-        self._client = client or redis.Redis.from_url(
+        self.max_retry_delay = max_retry_delay
+        self._owns_client = client is None
+        self._client: redis.Redis = client or redis.Redis.from_url(
             redis_url,
             socket_connect_timeout=1.0,
             socket_timeout=block_ms / 1000 + 1.0,
@@ -85,9 +128,14 @@ class RevocationWatcher:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._logged_problem = ""
+        self._failures = 0  # consecutive failed rounds (the backoff step)
+        self._was_valid = False  # INTERRUPTED rather than INITIALIZING once it has been VALID
 
     # -- public -------------------------------------------------------------------------------
     def start(self) -> RevocationWatcher:
+        """Start following (once; calling it again while running is harmless)."""
+        if self._stop.is_set():
+            raise RuntimeError("a stopped RevocationWatcher cannot be restarted; make a new one")
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="revocation-watcher", daemon=True
@@ -96,9 +144,30 @@ class RevocationWatcher:
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread and close the Redis connection the watcher opened. Guards that
+        use it refuse once the state is older than their ``max_staleness`` (fail closed)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.problem = "stopped"
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> RevocationWatcher:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def status(self) -> WatcherStatus:
+        """How the watcher is doing, for the host program to show and alert on."""
+        if self._thread is None or self._stop.is_set():
+            state = WatcherState.OFF
+        elif not self.problem:
+            state = WatcherState.VALID
+        else:
+            state = WatcherState.INTERRUPTED if self._was_valid else WatcherState.INITIALIZING
+        return WatcherStatus(state, self.problem or None, self.staleness())
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(state)`` (on the watcher thread) after every change of state."""
@@ -121,18 +190,22 @@ class RevocationWatcher:
                     self._load()
                     need_load = False
                 need_load = not self._follow()
+                self._failures = 0  # a good round trip
+                continue
             except SnapshotUnavailable as exc:
                 self._problem(f"revocation state unavailable: {exc}", log=True)
-                need_load = True
-                self._stop.wait(self.retry_delay)
             except (redis.RedisError, OSError) as exc:
                 self._problem(f"Redis unreachable ({exc.__class__.__name__}: {exc})", log=True)
-                need_load = True
-                self._stop.wait(self.retry_delay)
-            except Exception:  # never let the watcher die: it is what keeps guards honest
+            except Exception as exc:  # never let the watcher die: it is what keeps guards honest
                 logger.exception("revocation watcher error; reloading")
-                need_load = True
-                self._stop.wait(self.retry_delay)
+                self._problem(f"watcher error ({exc.__class__.__name__}: {exc})")
+            need_load = True
+            self._failures += 1
+            self._stop.wait(self._retry_wait())
+
+    def _retry_wait(self) -> float:
+        """The wait before the next attempt after the current run of failures."""
+        return backoff_delay(self._failures, first=self.retry_delay, cap=self.max_retry_delay)
 
     def _problem(self, message: str, *, log: bool = False) -> None:
         """Note why the state is not known current; ``log`` once per distinct outage."""
@@ -204,7 +277,7 @@ class RevocationWatcher:
         self._confirm(snapshot_epoch, stamp, redis_now, sent_at)
         return True
 
-    def _read(self, messages: list) -> list[RevocationEntry] | None:
+    def _read(self, messages: list[Any]) -> list[RevocationEntry] | None:
         """Parse stream messages in order; None if one is malformed or does not follow on
         from the last entry seen (``prev``), i.e. entries were trimmed or lost: reload."""
         entries = []
@@ -228,7 +301,9 @@ class RevocationWatcher:
             entries.append(entry)
         return entries
 
-    def _confirm(self, snapshot_epoch: int, stamp: list, redis_now: tuple, sent_at: float) -> None:
+    def _confirm(
+        self, snapshot_epoch: int, stamp: list[Any], redis_now: tuple[Any, ...], sent_at: float
+    ) -> None:
         """Advance ``last_heard`` to the newest heartbeat stamp, if every epoch it and the
         snapshot announce has been applied. The stamp's age is measured on Redis's clock
         (``TIME``), so neither the agent's nor the registry's clock matters, and a stamp counts
@@ -252,6 +327,7 @@ class RevocationWatcher:
             self._problem(f"catching up: epoch {self.state.epoch} applied, {target} committed")
             return
         self.last_heard = self._stamp_at
+        self._was_valid = True
         if self._logged_problem:
             logger.warning("revocation channel healthy again (epoch %s)", self.state.epoch)
             self._logged_problem = ""

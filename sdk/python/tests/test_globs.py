@@ -14,7 +14,7 @@ from agent_passport.rules import (
     Policy,
     parse_scope,
 )
-from tests.sdk.test_rules import glob_matches
+from test_rules import glob_matches
 
 PROPERTY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,18 +13,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent_passport.audit import verify_log
 from agent_passport.errors import GuardError, PassportError
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
 from agent_passport.protocol import RevocationChannel
+from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
 from agent_passport.tokens import keys_from_jwks, verify_token
-from agent_passport.watcher import RevocationWatcher
+from agent_passport.watcher import RevocationWatcher, WatcherStatus
 
 
 class CLIError(Exception):
@@ -42,7 +45,7 @@ def _read_token(value: str) -> str:
     return value.strip()
 
 
-def _keys(args: argparse.Namespace):
+def _keys(args: argparse.Namespace) -> JWKSClient | dict[str, Ed25519PublicKey]:
     if args.jwks_file:
         try:
             return keys_from_jwks(json.loads(Path(args.jwks_file).read_text()))
@@ -69,7 +72,7 @@ def _add_token_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audience", default="agent-passport")
 
 
-def _verify(args: argparse.Namespace) -> dict:
+def _verify(args: argparse.Namespace) -> dict[str, Any]:
     issuer = args.issuer or args.registry
     if not issuer:
         raise CLIError("give --issuer (or --registry)")
@@ -115,29 +118,43 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    """Print the active revocations whenever they change, and the watcher's status whenever
+    it changes (checked every ``--status-interval`` seconds)."""
+    if not args.status_interval > 0:
+        raise CLIError("--status-interval must be a positive number of seconds")
     watcher = RevocationWatcher(args.redis, channel=RevocationChannel(args.prefix))
 
-    def show(state) -> None:
+    def show(state: RevocationState) -> None:
         print(f"epoch {state.epoch}: {len(state.active)} active revocation(s)", flush=True)
         for entry in sorted(state.active.values(), key=lambda e: e.epoch):
             print(f"  - {entry.describe()}", flush=True)
 
     watcher.add_listener(show)
-    watcher.start()
-    if not watcher.wait_until_ready(args.timeout):
-        print(
-            f"no revocation snapshot at {args.redis} (prefix {args.prefix!r}) yet; waiting…",
-            file=sys.stderr,
-        )
-    else:
-        show(watcher.state)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        watcher.stop()
+    with watcher:
+        if not watcher.wait_until_ready(args.timeout):
+            print(
+                f"no revocation snapshot at {args.redis} (prefix {args.prefix!r}) yet; waiting…",
+                file=sys.stderr,
+            )
+        else:
+            show(watcher.state)
+        shown: tuple[object, ...] = ()
+        try:
+            while True:
+                status = watcher.status()
+                if (status.state, status.last_error) != shown:
+                    print(_describe_status(status), flush=True)
+                    shown = (status.state, status.last_error)
+                time.sleep(args.status_interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _describe_status(status: WatcherStatus) -> str:
+    """``status: valid (confirmed current 0.1 s ago)``, or the state and why."""
+    if status.last_error is None:
+        return f"status: {status.state.value} (confirmed current {status.staleness_s:.1f} s ago)"
+    return f"status: {status.state.value}: {status.last_error}"
 
 
 def cmd_verify_audit(args: argparse.Namespace) -> int:
@@ -205,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(its REDIS_NAMESPACE unless set; also in every passport's rev claim)",
     )
     watch.add_argument("--timeout", type=float, default=5.0)
+    watch.add_argument(
+        "--status-interval",
+        type=float,
+        default=1.0,
+        help="seconds between status checks; a changed status is printed",
+    )
     watch.set_defaults(handler=cmd_watch)
 
     verify_audit = commands.add_parser(
@@ -221,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except PassportError as exc:
         print(f"invalid passport ({exc.reason}): {exc}", file=sys.stderr)
         return 1
