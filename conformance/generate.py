@@ -8,6 +8,7 @@ format of each kind is described in conformance/README.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -17,11 +18,25 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script from a checkout
 
-from agent_passport.errors import RuleError  # noqa: E402
-from agent_passport.regions import COUNTRIES, EEA, EFTA, EU, normalize_region  # noqa: E402
-from agent_passport.regions import region_within  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from agent_passport.audit import b64url  # noqa: E402
+from agent_passport.errors import PassportError, RuleError  # noqa: E402
+from agent_passport.protocol import TOKEN_TYPE, RevocationChannel  # noqa: E402
+from agent_passport.regions import (  # noqa: E402
+    COUNTRIES,
+    EEA,
+    EFTA,
+    EU,
+    normalize_region,
+    region_within,
+)
 from agent_passport.revocations import revocations_digest  # noqa: E402
 from agent_passport.rules import Policy, parse_jurisdiction, parse_rule, parse_scope  # noqa: E402
+from agent_passport.tokens import keys_from_jwks, public_key_to_jwk, verify_token  # noqa: E402
 
 FORMAT = 1
 Document = dict[str, Any]
@@ -149,7 +164,12 @@ def _validity(name: str, value: object, kind: str | None) -> Document:
 Check = tuple[str, str | None, str | None]
 PASSPORTS: list[tuple[list[str], list[str], list[Check]]] = [
     (
-        ["tool:shell:exec", "net:connect:api.example.com:443", "fs:write:/tmp/**", "!fs:write:/tmp/secret/**"],
+        [
+            "tool:shell:exec",
+            "net:connect:api.example.com:443",
+            "fs:write:/tmp/**",
+            "!fs:write:/tmp/secret/**",
+        ],
         ["EU"],
         [
             ("tool:shell:exec", None, "DE"),
@@ -159,7 +179,7 @@ PASSPORTS: list[tuple[list[str], list[str], list[Check]]] = [
             ("net:connect:api.example.com:443", None, "FR"),
             ("net:connect:api.example.com:80", None, "FR"),
             ("fs:write:/tmp/a/b/c", None, "DE"),
-            ("fs:write", "/tmp/x", "de"),
+            ("fs:write", "/tmp/x", "de"),  # noqa: S108 (a resource, not a file we use)
             ("fs:write:/tmp/secret/key", None, "DE"),
             ("fs:write:/tmp", None, "DE"),
             ("fs:write:/tmp/", None, "DE"),
@@ -257,15 +277,57 @@ def decisions_document() -> Document:
 
 # -- regions ----------------------------------------------------------------------------------
 REGION_CODES = [
-    "DE", "de", " de ", "US-CA", "us-ca", "GB-ENG", "FR-75", "EU", "eu", "EEA", "EFTA", "GLOBAL",
-    "global", "XX", "ZZ-1", "D", "DEU", "US-", "US-ABCD", "US_CA", "", "ß", "DE\u00a0", "UK",
+    "DE",
+    "de",
+    " de ",
+    "US-CA",
+    "us-ca",
+    "GB-ENG",
+    "FR-75",
+    "EU",
+    "eu",
+    "EEA",
+    "EFTA",
+    "GLOBAL",
+    "global",
+    "XX",
+    "ZZ-1",
+    "D",
+    "DEU",
+    "US-",
+    "US-ABCD",
+    "US_CA",
+    "",
+    "ß",
+    "DE\u00a0",
+    "UK",
 ]
 CONTAINMENT = [
-    ("DE", "DE"), ("DE", "EU"), ("DE", "EEA"), ("DE", "EFTA"), ("DE", "GLOBAL"),
-    ("DE-BY", "DE"), ("DE-BY", "EU"), ("DE-BY", "DE-BY"), ("DE-BY", "DE-BE"), ("DE", "DE-BY"),
-    ("EU", "EEA"), ("EEA", "EU"), ("EU", "GLOBAL"), ("EFTA", "EEA"), ("NO", "EEA"),
-    ("CH", "EEA"), ("CH", "EFTA"), ("NO", "EU"), ("GLOBAL", "EU"), ("GLOBAL", "GLOBAL"),
-    ("US-CA", "US"), ("US", "US-CA"), ("US-CA", "GLOBAL"), ("GB", "EU"), ("EU", "DE"),
+    ("DE", "DE"),
+    ("DE", "EU"),
+    ("DE", "EEA"),
+    ("DE", "EFTA"),
+    ("DE", "GLOBAL"),
+    ("DE-BY", "DE"),
+    ("DE-BY", "EU"),
+    ("DE-BY", "DE-BY"),
+    ("DE-BY", "DE-BE"),
+    ("DE", "DE-BY"),
+    ("EU", "EEA"),
+    ("EEA", "EU"),
+    ("EU", "GLOBAL"),
+    ("EFTA", "EEA"),
+    ("NO", "EEA"),
+    ("CH", "EEA"),
+    ("CH", "EFTA"),
+    ("NO", "EU"),
+    ("GLOBAL", "EU"),
+    ("GLOBAL", "GLOBAL"),
+    ("US-CA", "US"),
+    ("US", "US-CA"),
+    ("US-CA", "GLOBAL"),
+    ("GB", "EU"),
+    ("EU", "DE"),
 ]
 
 
@@ -273,7 +335,9 @@ def regions_document() -> Document:
     vectors: list[Document] = []
     for code in REGION_CODES:
         try:
-            vectors.append({"test": "normalize", "code": code, "normalized": normalize_region(code)})
+            vectors.append(
+                {"test": "normalize", "code": code, "normalized": normalize_region(code)}
+            )
         except RuleError as exc:
             vectors.append({"test": "normalize", "code": code, "error": exc.kind})
     for inner, outer in CONTAINMENT:
@@ -305,11 +369,209 @@ def digest_document() -> Document:
     )
 
 
+# -- token verification -----------------------------------------------------------------------
+NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, the fixed clock of every token vector
+ISSUER = "https://registry.example"
+AUDIENCE = "agent-passport"
+
+
+def _private_key(name: str) -> Ed25519PrivateKey:
+    """A fixed key: its 32-byte seed is SHA-256 of its name."""
+    seed = hashlib.sha256(f"agent-passport conformance {name}".encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+SIGNING_KEY = _private_key("key-1")
+UNPUBLISHED_KEY = _private_key("key-2")
+PRIVATE_JWK_KEY = _private_key("key-3")
+
+
+def _jwks() -> Document:
+    """conf-1 is usable; conf-3 carries private material ("d") and the RSA key is not Ed25519:
+    a verifier must ignore both."""
+    private_jwk = {
+        **public_key_to_jwk("conf-3", PRIVATE_JWK_KEY.public_key()),
+        "d": b64url(PRIVATE_JWK_KEY.private_bytes_raw()),
+    }
+    rsa = {"kty": "RSA", "kid": "conf-rsa", "alg": "RS256", "n": "sXch", "e": "AQAB"}
+    return {"keys": [public_key_to_jwk("conf-1", SIGNING_KEY.public_key()), private_jwk, rsa]}
+
+
+def _claims(**changes: Any) -> Document:
+    """Good claims at NOW; a change to ``DROP`` removes the claim."""
+    claims: Document = {
+        "iss": ISSUER,
+        "sub": "3f0c6a52-8a55-4d7e-9a31-0c6f1b2d4e5f",
+        "aud": AUDIENCE,
+        "jti": "9b1d2c3e-4f50-4a6b-8c7d-e8f9a0b1c2d3",
+        "iat": NOW - 60,
+        "nbf": NOW - 60,
+        "exp": NOW + 3600,
+        "scope": ["fs:read:/workspace/**", "!fs:read:/workspace/.env", "tool:python"],
+        "jurisdiction": ["EU", "US-CA"],
+        "fleet": "gpu-a",
+        "agent_name": "summarizer",
+        "rev": RevocationChannel().as_claim(),
+    }
+    claims.update(changes)
+    return {name: value for name, value in claims.items() if value is not DROP}
+
+
+DROP = object()
+HEADER: Document = {"alg": "EdDSA", "kid": "conf-1", "typ": TOKEN_TYPE}
+
+
+def _segment(value: object) -> str:
+    return b64url(value if isinstance(value, bytes) else json.dumps(value).encode())
+
+
+def _sign(header: object, payload: object, key: Ed25519PrivateKey = SIGNING_KEY) -> str:
+    signing_input = f"{_segment(header)}.{_segment(payload)}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+def _token_cases() -> list[tuple[str, str, float]]:
+    """(name, token, leeway) for every case; the outcome is what verify_token says."""
+    good = _sign(HEADER, _claims())
+    head, body, signature = good.split(".")
+    tampered_body = _segment(_claims(scope=["*:*"]))
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    rev = _claims()["rev"]
+    cases: list[tuple[str, object, object]] = [
+        ("good", HEADER, _claims()),
+        ("good_without_protocol_version", HEADER, _claims(rev=_no_v(rev))),
+        ("good_without_optional_claims", HEADER, _claims(fleet=DROP, agent_name=DROP, rev=DROP)),
+        ("good_audience_in_a_list", HEADER, _claims(aud=["other", AUDIENCE])),
+        ("good_times_as_fractions", HEADER, _claims(iat=NOW - 0.5, nbf=NOW - 0.5, exp=NOW + 0.5)),
+        ("good_nbf_within_clock_skew", HEADER, _claims(iat=NOW + 300, nbf=NOW + 300)),
+        ("good_unknown_header_member", {**HEADER, "cty": "x"}, _claims()),
+        ("expired", HEADER, _claims(exp=NOW - 1)),
+        ("expired_at_exactly_now", HEADER, _claims(exp=NOW)),
+        ("not_yet_valid_nbf", HEADER, _claims(nbf=NOW + 301)),
+        ("not_yet_valid_iat", HEADER, _claims(iat=NOW + 301)),
+        ("alg_none", {**HEADER, "alg": "none"}, _claims()),
+        ("alg_hs256", {**HEADER, "alg": "HS256"}, _claims()),
+        ("alg_missing", {"kid": "conf-1", "typ": TOKEN_TYPE}, _claims()),
+        ("typ_jwt", {**HEADER, "typ": "JWT"}, _claims()),
+        ("typ_missing", {"alg": "EdDSA", "kid": "conf-1"}, _claims()),
+        ("kid_unknown", {**HEADER, "kid": "conf-2"}, _claims()),
+        ("kid_of_a_jwk_with_private_material", {**HEADER, "kid": "conf-3"}, _claims()),
+        ("kid_of_a_non_ed25519_jwk", {**HEADER, "kid": "conf-rsa"}, _claims()),
+        ("kid_not_a_string", {**HEADER, "kid": 1}, _claims()),
+        ("kid_empty", {**HEADER, "kid": ""}, _claims()),
+        ("kid_missing", {"alg": "EdDSA", "typ": TOKEN_TYPE}, _claims()),
+        ("crit_header", {**HEADER, "crit": ["exp"]}, _claims()),
+        ("crit_empty", {**HEADER, "crit": []}, _claims()),
+        ("jku_header", {**HEADER, "jku": "https://evil.example/jwks.json"}, _claims()),
+        (
+            "jwk_header",
+            {**HEADER, "jwk": public_key_to_jwk("x", SIGNING_KEY.public_key())},
+            _claims(),
+        ),
+        ("x5u_header", {**HEADER, "x5u": "https://evil.example/cert"}, _claims()),
+        ("x5c_header", {**HEADER, "x5c": ["AA"]}, _claims()),
+        ("header_not_an_object", ["EdDSA"], _claims()),
+        ("header_not_json", b"{alg: EdDSA}", _claims()),
+        ("payload_not_an_object", HEADER, ["not", "claims"]),
+        ("payload_not_json", HEADER, b"claims"),
+        ("protocol_version_2", HEADER, _claims(rev={**rev, "v": 2})),
+        ("protocol_version_0", HEADER, _claims(rev={**rev, "v": 0})),
+        ("protocol_version_as_text", HEADER, _claims(rev={**rev, "v": "1"})),
+        ("protocol_version_null", HEADER, _claims(rev={**rev, "v": None})),
+        ("protocol_version_true", HEADER, _claims(rev={**rev, "v": True})),
+        ("protocol_version_2_and_expired", HEADER, _claims(rev={**rev, "v": 2}, exp=NOW - 1)),
+        ("missing_sub", HEADER, _claims(sub=DROP)),
+        ("missing_exp", HEADER, _claims(exp=DROP)),
+        ("missing_scope", HEADER, _claims(scope=DROP)),
+        ("null_jti", HEADER, _claims(jti=None)),
+        ("wrong_issuer", HEADER, _claims(iss="https://evil.example")),
+        ("wrong_audience", HEADER, _claims(aud="someone-else")),
+        ("audience_list_without_ours", HEADER, _claims(aud=["a", "b"])),
+        ("audience_an_object", HEADER, _claims(aud={AUDIENCE: True})),
+        ("missing_claim_before_wrong_issuer", HEADER, _claims(iss="x", jti=DROP)),
+        ("wrong_issuer_before_expired", HEADER, _claims(iss="x", exp=NOW - 1)),
+        ("expired_before_malformed_scope", HEADER, _claims(exp=NOW - 1, scope="*:*")),
+        ("exp_as_text", HEADER, _claims(exp=str(NOW + 3600))),
+        ("exp_after_year_9999", HEADER, _claims(exp=253402300800)),
+        ("exp_huge_float", HEADER, _claims(exp=1e300)),
+        ("nbf_negative", HEADER, _claims(nbf=-1)),
+        ("iat_boolean", HEADER, _claims(iat=True)),
+        ("sub_not_a_string", HEADER, _claims(sub=42)),
+        ("jti_not_a_string", HEADER, _claims(jti=["x"])),
+        ("fleet_not_a_string", HEADER, _claims(fleet=7)),
+        ("agent_name_not_a_string", HEADER, _claims(agent_name=None)),
+        ("scope_a_string", HEADER, _claims(scope="fs:read:*")),
+        ("scope_with_a_bad_rule", HEADER, _claims(scope=["fs:read:*", "Not A Rule"])),
+        ("scope_with_a_number", HEADER, _claims(scope=[1])),
+        ("jurisdiction_unknown_region", HEADER, _claims(jurisdiction=["Mars"])),
+        ("jurisdiction_empty", HEADER, _claims(jurisdiction=[])),
+        ("rev_not_an_object", HEADER, _claims(rev="aps:revocations:stream")),
+        ("rev_member_not_a_string", HEADER, _claims(rev={**rev, "stream": ["x"]})),
+    ]
+    tokens = [(name, _sign(header, payload), 0.0) for name, header, payload in cases]
+    tokens += [
+        ("expired_within_leeway", _sign(HEADER, _claims(exp=NOW - 10)), 30.0),
+        ("expired_beyond_leeway", _sign(HEADER, _claims(exp=NOW - 31)), 30.0),
+        ("signed_by_another_key_under_our_kid", _sign(HEADER, _claims(), UNPUBLISHED_KEY), 0.0),
+        (
+            "signed_by_the_private_material_key",
+            _sign({**HEADER, "kid": "conf-3"}, _claims(), PRIVATE_JWK_KEY),
+            0.0,
+        ),
+        ("tampered_payload", f"{head}.{tampered_body}.{signature}", 0.0),
+        ("tampered_signature", f"{head}.{body}.{flipped}", 0.0),
+        ("signature_truncated", f"{head}.{body}.{signature[:40]}", 0.0),
+        ("signature_empty", f"{head}.{body}.", 0.0),
+        ("two_segments", f"{head}.{body}", 0.0),
+        ("four_segments", f"{good}.{signature}", 0.0),
+        ("empty_token", "", 0.0),
+        ("too_large", _sign(HEADER, _claims(agent_name="x" * 16384)), 0.0),
+    ]
+    return tokens
+
+
+def _no_v(rev: Document) -> Document:
+    return {name: value for name, value in rev.items() if name != "v"}
+
+
+def _token_outcome(token: str, leeway: float, keys: dict[str, Ed25519PublicKey]) -> Document:
+    try:
+        claims = verify_token(token, keys, issuer=ISSUER, audience=AUDIENCE, leeway=leeway, now=NOW)
+    except PassportError as exc:
+        return {"valid": False, "error": type(exc).__name__, "reason": exc.reason}
+    return {"valid": True, "claims": claims}
+
+
+def tokens_document() -> Document:
+    jwks = _jwks()
+    keys = keys_from_jwks(jwks)
+    vectors = [
+        {
+            "name": name,
+            "token": token,
+            "now": NOW,
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "leeway": leeway,
+            "expect": _token_outcome(token, leeway, keys),
+        }
+        for name, token, leeway in _token_cases()
+    ]
+    return _document(
+        "tokens",
+        "Passport token verification against the JWKS, at a fixed clock: the claims, or the "
+        "error and its reason.",
+        vectors,
+        jwks=jwks,
+    )
+
+
 BUILDERS: dict[str, Callable[[], Document]] = {
     "rules.json": rules_document,
     "decisions.json": decisions_document,
     "regions.json": regions_document,
     "digest.json": digest_document,
+    "tokens.json": tokens_document,
 }
 
 
