@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
     Ed25519PublicKey,
 )
 
-from agent_passport.audit import b64url  # noqa: E402
+from agent_passport.audit import (  # noqa: E402
+    EVENT_FIELDS,
+    GENESIS,
+    b64url,
+    canonical,
+    checkpoint_payload,
+    event_hash,
+    verify_chain,
+    verify_checkpoint,
+)
 from agent_passport.errors import PassportError, RuleError  # noqa: E402
 from agent_passport.protocol import TOKEN_TYPE, RevocationChannel  # noqa: E402
 from agent_passport.regions import (  # noqa: E402
@@ -34,7 +43,15 @@ from agent_passport.regions import (  # noqa: E402
     normalize_region,
     region_within,
 )
-from agent_passport.revocations import revocations_digest  # noqa: E402
+from agent_passport.revocations import (  # noqa: E402
+    Follower,
+    RevocationEntry,
+    RevocationState,
+    SnapshotUnavailable,
+    follow_poll,
+    load_snapshot,
+    revocations_digest,
+)
 from agent_passport.rules import Policy, parse_jurisdiction, parse_rule, parse_scope  # noqa: E402
 from agent_passport.tokens import keys_from_jwks, public_key_to_jwk, verify_token  # noqa: E402
 
@@ -566,17 +583,389 @@ def tokens_document() -> Document:
     )
 
 
+# -- revocation streams -----------------------------------------------------------------------
+AGENT = "3f0c6a52-8a55-4d7e-9a31-0c6f1b2d4e5f"
+JTI = "9b1d2c3e-4f50-4a6b-8c7d-e8f9a0b1c2d3"
+
+
+def _revoke(entry_id: int, epoch: int, target_type: str, value: str) -> str:
+    return RevocationEntry(
+        id=entry_id,
+        epoch=epoch,
+        kind="revoke",
+        target_type=target_type,
+        target_value=value,
+        reason=f"conformance {entry_id}",
+        source="api",
+        at="2027-01-15T08:00:00+00:00",
+    ).to_json()
+
+
+def _lift(entry_id: int, epoch: int) -> str:
+    return RevocationEntry(id=entry_id, epoch=epoch, kind="lift").to_json()
+
+
+def _message(stream_id: str, entry: str, prev: int | str) -> Document:
+    return {"id": stream_id, "fields": {"entry": entry, "prev": str(prev)}}
+
+
+def _snapshot(epoch: int | str, generation: str, *entries: str, v: str | None = "1") -> Document:
+    snapshot: Document = {"_epoch": str(epoch), "_generation": generation}
+    if v is not None:
+        snapshot["_v"] = v
+    for raw in entries:
+        snapshot[f"r:{json.loads(raw)['id']}"] = raw
+    return snapshot
+
+
+def _header(epoch: int | str | None, generation: str | None, v: str | None = "1") -> Document:
+    return {"_epoch": None if epoch is None else str(epoch), "_generation": generation, "_v": v}
+
+
+def _load(snapshot: Document, last: Document | None = None) -> Document:
+    return {"op": "load", "snapshot": snapshot, "last": last}
+
+
+def _poll(header: Document, *messages: Document, batch: int = 1000) -> Document:
+    return {"op": "poll", "snapshot": header, "messages": list(messages), "batch": batch}
+
+
+R1 = _revoke(1, 2, "agent", AGENT)
+R2 = _revoke(2, 3, "fleet", "gpu-a")
+R3 = _revoke(3, 4, "passport", JTI)
+STOPS = [
+    {"jti": JTI, "agent": AGENT, "fleet": "gpu-a"},
+    {"jti": "other-jti", "agent": AGENT, "fleet": None},
+    {"jti": "other-jti", "agent": "other-agent", "fleet": "gpu-a"},
+    {"jti": "other-jti", "agent": "other-agent", "fleet": "gpu-b"},
+    {"jti": JTI, "agent": "other-agent", "fleet": None},
+]
+LOADED = _load(_snapshot(3, "g1", R1, R2), _message("1700-0", R2, 2))
+STREAMS: list[tuple[str, list[Document]]] = [
+    (
+        "load_then_follow_revokes_and_lifts",
+        [
+            LOADED,
+            _poll(_header(5, "g1"), _message("1701-0", R3, 3), _message("1702-0", _lift(2, 5), 4)),
+        ],
+    ),
+    ("empty_poll_when_caught_up", [LOADED, _poll(_header(3, "g1"))]),
+    ("gap_in_prev_chain", [LOADED, _poll(_header(5, "g1"), _message("1705-0", R3, 4))]),
+    (
+        "gap_after_good_entries_applies_none",
+        [
+            LOADED,
+            _poll(_header(6, "g1"), _message("1701-0", R3, 3), _message("1702-0", _lift(1, 6), 5)),
+        ],
+    ),
+    ("malformed_entry_not_json", [LOADED, _poll(_header(4, "g1"), _message("1701-0", "{oops", 3))]),
+    (
+        "malformed_entry_unknown_kind",
+        [
+            LOADED,
+            _poll(
+                _header(4, "g1"), _message("1701-0", '{"id": 3, "epoch": 4, "kind": "pause"}', 3)
+            ),
+        ],
+    ),
+    (
+        "malformed_entry_id_not_integer",
+        [
+            LOADED,
+            _poll(
+                _header(4, "g1"), _message("1701-0", '{"id": "3", "epoch": 4, "kind": "lift"}', 3)
+            ),
+        ],
+    ),
+    (
+        "malformed_entry_bad_target",
+        [
+            LOADED,
+            _poll(
+                _header(4, "g1"),
+                _message(
+                    "1701-0",
+                    json.dumps(
+                        {
+                            "id": 3,
+                            "epoch": 4,
+                            "kind": "revoke",
+                            "target": {"type": "x", "value": "y"},
+                        }
+                    ),
+                    3,
+                ),
+            ),
+        ],
+    ),
+    (
+        "malformed_entry_prev_not_integer",
+        [LOADED, _poll(_header(4, "g1"), _message("1701-0", R3, "three"))],
+    ),
+    (
+        "malformed_entry_without_prev",
+        [LOADED, _poll(_header(4, "g1"), {"id": "1701-0", "fields": {"entry": R3}})],
+    ),
+    ("new_generation_after_applying", [LOADED, _poll(_header(4, "g2"), _message("1701-0", R3, 3))]),
+    ("snapshot_behind_without_entries", [LOADED, _poll(_header(2, "g1"))]),
+    (
+        "snapshot_behind_with_entries_is_fine",
+        [LOADED, _poll(_header(3, "g1"), _message("1701-0", R3, 3))],
+    ),
+    (
+        "snapshot_ahead_after_a_short_read",
+        [LOADED, _poll(_header(5, "g1"), _message("1701-0", R3, 3))],
+    ),
+    (
+        "snapshot_ahead_after_a_full_read_is_a_backlog",
+        [LOADED, _poll(_header(9, "g1"), _message("1701-0", R3, 3), batch=1)],
+    ),
+    ("older_snapshot_refused_on_load", [LOADED, _load(_snapshot(2, "g9", R1))]),
+    ("missing_snapshot_on_load", [_load({})]),
+    ("snapshot_without_epoch_on_load", [_load({"_generation": "g1", "r:1": R1})]),
+    ("missing_snapshot_on_poll", [LOADED, _poll(_header(None, None, None))]),
+    ("malformed_snapshot_entry_on_load", [_load(_snapshot(3, "g1", R1) | {"r:2": "garbage"})]),
+    ("malformed_snapshot_epoch_on_load", [_load(_snapshot("three", "g1", R1))]),
+    ("malformed_snapshot_epoch_on_poll", [LOADED, _poll(_header("-1", "g1"))]),
+    ("unsupported_protocol_on_load", [_load(_snapshot(3, "g1", R1, v="2"))]),
+    ("unsupported_protocol_text_on_load", [_load(_snapshot(3, "g1", R1, v="one"))]),
+    ("unsupported_protocol_on_poll", [LOADED, _poll(_header(3, "g1", v="2"))]),
+    (
+        "snapshot_without_version_is_version_1",
+        [_load(_snapshot(3, "g1", R1, R2, v=None)), _poll(_header(3, "g1", None))],
+    ),
+    (
+        "out_of_order_push_is_ignored_per_revocation",
+        [
+            LOADED,
+            _poll(
+                _header(6, "g1"),
+                _message("1701-0", _lift(1, 6), 3),
+                _message("1702-0", _revoke(1, 2, "agent", AGENT), 6),
+            ),
+        ],
+    ),
+    (
+        "kill_everything_then_lift",
+        [
+            _load(_snapshot(10, "g1")),
+            _poll(_header(11, "g1"), _message("1-0", _revoke(7, 11, "all", "*"), 0)),
+            _poll(_header(12, "g1"), _message("2-0", _lift(7, 12), 11)),
+        ],
+    ),
+    (
+        "most_specific_revocation_stops_first",
+        [_load(_snapshot(4, "g1", _revoke(9, 1, "all", "*"), R1, R2, R3))],
+    ),
+    (
+        "last_entry_without_integer_epoch_is_position_0",
+        [
+            _load(_snapshot(3, "g1", R1), _message("5-0", '{"id": 1}', 0)),
+            _poll(_header(4, "g1"), _message("6-0", R3, 0)),
+        ],
+    ),
+    (
+        "reload_after_gap_recovers",
+        [
+            LOADED,
+            _poll(_header(5, "g1"), _message("1705-0", R3, 4)),
+            _load(_snapshot(5, "g2", R1, R2, R3), _message("1705-0", R3, 4)),
+            _poll(_header(5, "g2")),
+        ],
+    ),
+]
+
+
+def _describe(follower: Follower) -> Document:
+    state = follower.state
+    return {
+        "epoch": state.epoch,
+        "active": sorted(state.active),
+        "digest": state.digest,
+        "generation": follower.generation,
+        "last_id": follower.last_id,
+        "position": follower.position,
+        "stopped_by": [_stopped_by(state, stop) for stop in STOPS],
+    }
+
+
+def _run_step(follower: Follower, step: Document) -> tuple[Follower, str | None]:
+    """Apply one step as the watcher would; returns the follower and the error/reload code."""
+    try:
+        if step["op"] == "load":
+            last = step["last"]
+            message = (last["id"], last["fields"]) if last else None
+            return load_snapshot(step["snapshot"], message, follower.state.epoch), None
+        messages = [(m["id"], m["fields"]) for m in step["messages"]]
+        poll = follow_poll(follower, step["snapshot"], messages, step["batch"])
+        return poll.follower, poll.reload or None
+    except SnapshotUnavailable as exc:
+        return follower, exc.reason
+
+
+def revocations_document() -> Document:
+    vectors = []
+    for name, steps in STREAMS:
+        follower = Follower()
+        expected_steps = []
+        for step in steps:
+            follower, outcome = _run_step(follower, step)
+            key = "error" if step["op"] == "load" else "reload"
+            expected_steps.append({**step, "expect": {key: outcome, **_describe(follower)}})
+        vectors.append({"name": name, "steps": expected_steps})
+    return _document(
+        "revocations",
+        "Following the revocation channel: snapshot loads and stream polls -> the applied state, "
+        "when to reload and why, and which passports are stopped.",
+        vectors,
+        stops=STOPS,
+    )
+
+
+def _stopped_by(state: RevocationState, stop: Document) -> int | None:
+    entry = state.blocking(jti=stop["jti"], agent=stop["agent"], fleet=stop["fleet"])
+    return entry.id if entry is not None else None
+
+
+# -- audit log --------------------------------------------------------------------------------
+def _event(seq: int, prev: str, **changes: Any) -> Document:
+    event: Document = {
+        "agent": AGENT,
+        "seq": seq,
+        "id": f"0190c3a0-0000-7000-8000-{seq:012d}",
+        "passport": JTI,
+        "fleet": "gpu-a",
+        "action": "fs:read",
+        "resource": f"/workspace/report-{seq}.csv",
+        "jurisdiction": "DE",
+        "decision": "allow",
+        "reason": "allowed by rule 'fs:read:/workspace/**' in DE",
+        "occurred_at": f"2027-01-15T08:00:0{seq % 10}.123456+00:00",
+        "received_at": f"2027-01-15T08:00:0{seq % 10}.223456+00:00",
+        "details": {},
+        "prev": prev,
+        **changes,
+    }
+    event["hash"] = event_hash(event)
+    return event
+
+
+def _chain(length: int) -> list[Document]:
+    events, prev = [], GENESIS
+    for seq in range(1, length + 1):
+        event = _event(seq, prev)
+        events.append(event)
+        prev = event["hash"]
+    return events
+
+
+def _checkpoint(events: list[Document], *, key: Ed25519PrivateKey = SIGNING_KEY) -> Document:
+    checkpoint: Document = {
+        "agent": AGENT,
+        "count": len(events),
+        "head": events[-1]["hash"] if events else GENESIS,
+        "at": "2027-01-15T09:00:00+00:00",
+        "kid": "conf-1",
+    }
+    checkpoint["signature"] = b64url(key.sign(checkpoint_payload(checkpoint)))
+    return checkpoint
+
+
+EVENT_VARIANTS: list[tuple[str, Document]] = [
+    ("plain", {}),
+    ("first_event_nulls", {"passport": None, "fleet": None, "jurisdiction": None}),
+    ("denied_with_unicode", {"decision": "deny", "reason": "refusé: «fs:write» außerhalb 🚫"}),
+    (
+        "details_nested_and_sorted",
+        {"details": {"b": [1, 2, {"z": None, "a": True}], "a": {"y": "x", "x": 0.5}, "A": -3}},
+    ),
+    ("details_keys_in_code_point_order", {"details": {"\uffff": 1, "😀": 2, "a": 3, "é": 4}}),
+    (
+        "escapes",
+        {"resource": 'quote " backslash \\ newline \n tab \t ctrl \x01\x1f del \x7f ls \u2028'},
+    ),
+    ("large_integers", {"details": {"n": -9007199254740991, "m": 9007199254740991}}),
+]
+
+
+def audit_document() -> Document:
+    vectors: list[Document] = []
+    for name, changes in EVENT_VARIANTS:
+        event = _event(1, GENESIS, **changes)
+        content = {"v": 1, **{k: event[k] for k in EVENT_FIELDS}}
+        text = canonical(content).decode("utf-8")
+        vectors.append({"test": "event", "name": name, "event": event, "canonical": text})
+    keys = keys_from_jwks(_jwks())
+    chain = _chain(3)
+    signed = _checkpoint(chain)
+    checkpoints: list[tuple[str, Document]] = [
+        ("valid", signed),
+        ("count_changed", {**signed, "count": 2}),
+        ("unknown_kid", {**signed, "kid": "conf-2"}),
+        ("signed_by_another_key", _checkpoint(chain, key=UNPUBLISHED_KEY)),
+        ("signature_not_base64url", {**signed, "signature": "***"}),
+    ]
+    for name, checkpoint in checkpoints:
+        payload = checkpoint_payload(checkpoint).decode("utf-8")
+        valid = verify_checkpoint(checkpoint, keys) is None
+        vectors.append(
+            {
+                "test": "checkpoint",
+                "name": name,
+                "checkpoint": checkpoint,
+                "payload": payload,
+                "valid": valid,
+            }
+        )
+    edited = [chain[0], {**chain[1], "resource": "/etc/shadow"}, chain[2]]
+    reordered = [chain[0], chain[2], chain[1]]
+    inserted = [chain[0], _event(2, chain[0]["hash"], action="net:connect"), *chain[1:]]
+    chains: list[tuple[str, list[Document]]] = [
+        ("intact", chain),
+        ("empty", []),
+        ("edited", edited),
+        ("deleted_middle", [chain[0], chain[2]]),
+        ("deleted_first", chain[1:]),
+        ("reordered", reordered),
+        ("inserted", inserted),
+        ("prev_rewritten", [chain[0], {**chain[1], "prev": GENESIS}, chain[2]]),
+    ]
+    for name, events in chains:
+        count, head, problem = verify_chain(AGENT, events)
+        vectors.append(
+            {
+                "test": "chain",
+                "name": name,
+                "agent": AGENT,
+                "events": events,
+                "count": count,
+                "head": head,
+                "ok": problem is None,
+            }
+        )
+    return _document(
+        "audit",
+        "The action log's canonical encoding and event hashes, signed checkpoints, and hash "
+        "chains (where the first bad event stops the walk).",
+        vectors,
+        jwks=_jwks(),
+        genesis=GENESIS,
+    )
+
+
 BUILDERS: dict[str, Callable[[], Document]] = {
     "rules.json": rules_document,
     "decisions.json": decisions_document,
     "regions.json": regions_document,
     "digest.json": digest_document,
     "tokens.json": tokens_document,
+    "revocations.json": revocations_document,
+    "audit.json": audit_document,
 }
 
 
 def render(document: Document) -> str:
-    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    return json.dumps(document, indent=1) + "\n"  # ASCII: no editor can normalize a vector
 
 
 def build() -> dict[str, str]:
