@@ -80,11 +80,7 @@ class RevocationEntry:
             data = json.loads(raw)
             kind = data["kind"]
             entry_id, epoch = data["id"], data["epoch"]
-            if (
-                kind not in ENTRY_KINDS
-                or not isinstance(entry_id, int)
-                or not isinstance(epoch, int)
-            ):
+            if kind not in ENTRY_KINDS or type(entry_id) is not int or type(epoch) is not int:
                 raise MalformedEntry(f"bad kind, id or epoch in {raw!r}")
             if kind == "lift":
                 return cls(id=entry_id, epoch=epoch, kind=kind)

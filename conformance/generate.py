@@ -699,6 +699,15 @@ STREAMS: list[tuple[str, list[Document]]] = [
         ],
     ),
     (
+        "malformed_entry_epoch_boolean",
+        [
+            LOADED,
+            _poll(
+                _header(4, "g1"), _message("1701-0", '{"id": 2, "epoch": true, "kind": "lift"}', 3)
+            ),
+        ],
+    ),
+    (
         "malformed_entry_prev_not_integer",
         [LOADED, _poll(_header(4, "g1"), _message("1701-0", R3, "three"))],
     ),
