@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
+from jwt.types import Options
 
 from agent_passport.errors import (
     PassportExpired,
@@ -44,20 +45,15 @@ MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z, the last second a datet
 
 # PyJWT checks the signature and that the payload is a JSON object; the claims are checked here,
 # against a clock the caller may fix (conformance vectors do).
-_SIGNATURE_ONLY: dict[str, Any] = {
+_SIGNATURE_ONLY: Options = {
     "verify_signature": True,
-    **dict.fromkeys(
-        (
-            "verify_exp",
-            "verify_nbf",
-            "verify_iat",
-            "verify_aud",
-            "verify_iss",
-            "verify_sub",
-            "verify_jti",
-        ),
-        False,
-    ),
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
 }
 
 KeyLookup = Callable[[str], Ed25519PublicKey | None]
