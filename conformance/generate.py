@@ -93,6 +93,8 @@ VALID_RULES = [
     "fs:read:" + "x" * 500,
     "net:connect:[::1]:8080",
     "fs:read:ünïcödé/*",
+    "fs:read:" + "😀" * 504,  # lengths count code points (not UTF-16 units)
+    "tool:shell:a\ufeffb",  # U+FEFF is not whitespace (str.isspace)
 ]
 INVALID_RULES = [
     "",
@@ -116,6 +118,10 @@ INVALID_RULES = [
     " tool:shell",
     "tool:shell\n",
     "fs:read:" + "x" * 505,
+    "fs:read:" + "😀" * 505,
+    "tool:shell:a\x85b",  # U+0085 (NEL) is whitespace (str.isspace)
+    "tool:shell:a\u3000b",
+    "tool:shell:a\u2028b",
     "**:read",
     "tool:**",
 ]
@@ -250,6 +256,8 @@ PASSPORTS: list[tuple[list[str], list[str], list[Check]]] = [
             ("tool:shell:a/x/b", None, "DE"),
             ("fs:read:" + "a" * 1000, None, "DE"),
             ("fs:read:" + "a" * 1001, None, "DE"),
+            ("fs:read:" + "😀" * 1000, None, "DE"),
+            ("fs:read:" + "😀" * 1001, None, "DE"),
         ],
     ),
     (
@@ -307,6 +315,9 @@ REGION_CODES = [
     "EFTA",
     "GLOBAL",
     "global",
+    "\tde\n",
+    "DE\x1f",
+    "\x0bFR\x0c",
     "XX",
     "ZZ-1",
     "D",
