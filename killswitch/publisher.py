@@ -3,8 +3,9 @@
 * ``<prefix>:revocations:epoch`` — the highest epoch published (a string integer).
 * ``<prefix>:revocations:stream`` — a stream; each entry has the fields ``entry`` (JSON) and
   ``prev`` (the epoch of the entry before it), so a follower can tell that it missed entries.
-* ``<prefix>:revocations:snapshot`` — a hash: ``_epoch``, ``_generation`` and one field
-  ``r:<id>`` per active revocation. Its absence means "state unknown": agents fail closed.
+* ``<prefix>:revocations:snapshot`` — a hash: ``_epoch``, ``_generation``, ``_v`` (the protocol
+  version) and one field ``r:<id>`` per active revocation. Its absence means "state unknown":
+  agents fail closed.
 * ``<prefix>:revocations:heartbeat`` — a hash stamped every second by :func:`stamp_heartbeat`:
   the highest epoch committed in the database and the Redis server's time. Agents stay fresh
   only while it keeps changing and they have applied that epoch.
@@ -27,9 +28,11 @@ from django.db.models.functions import Coalesce
 from agent_passport.protocol import (
     HEARTBEAT_AT_FIELD,
     HEARTBEAT_EPOCH_FIELD,
+    PROTOCOL_VERSION,
     SNAPSHOT_ENTRY_PREFIX,
     SNAPSHOT_EPOCH_FIELD,
     SNAPSHOT_GENERATION_FIELD,
+    SNAPSHOT_VERSION_FIELD,
     STREAM_ENTRY_FIELD,
     STREAM_PREV_FIELD,
     RevocationChannel,
@@ -292,7 +295,12 @@ def reconcile() -> bool:
                 current: dict[str, str] = pipe.hgetall(keys.snapshot_key)  # type: ignore[assignment]
                 current_entries = {k: v for k, v in current.items() if not k.startswith("_")}
                 published_epoch = int(current.get(SNAPSHOT_EPOCH_FIELD) or 0)
-                rewrite = not current or current_entries != entries or published_epoch < epoch
+                rewrite = (
+                    not current
+                    or current_entries != entries
+                    or published_epoch < epoch
+                    or current.get(SNAPSHOT_VERSION_FIELD) != str(PROTOCOL_VERSION)
+                )
                 if rewrite:
                     pipe.multi()
                     pipe.delete(keys.snapshot_key, keys.versions_key)
@@ -302,6 +310,7 @@ def reconcile() -> bool:
                             **entries,  # type: ignore[dict-item]
                             SNAPSHOT_EPOCH_FIELD: str(max(epoch, published_epoch)),
                             SNAPSHOT_GENERATION_FIELD: uuid.uuid4().hex,
+                            SNAPSHOT_VERSION_FIELD: str(PROTOCOL_VERSION),
                         },
                     )
                     if versions:

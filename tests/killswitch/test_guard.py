@@ -16,7 +16,7 @@ from agent_passport.errors import (
     ScopeDenied,
 )
 from agent_passport.guard import Guard
-from agent_passport.protocol import RevocationChannel
+from agent_passport.protocol import PROTOCOL_VERSION, RevocationChannel
 from killswitch import publisher, services
 from tests.killswitch.conftest import wait_until
 from tests.passports.test_tokens import sign_with_active_key
@@ -255,6 +255,37 @@ def test_malformed_stream_entry_and_snapshot_do_not_kill_the_watcher(
     assert wait_until(lambda: not _stale(guard), timeout=2.0)
     kill_agent(agent)
     assert wait_until(lambda: refuses(guard))
+
+
+def test_a_snapshot_in_an_unknown_protocol_version_is_refused_at_once(
+    passport, make_guard, watcher_for, settings, revocation_prefix
+):
+    guard = make_guard(passport["token"], watcher=watcher_for(block_ms=50), max_staleness=60)
+    assert guard.check("fs:read:/workspace/x").allowed
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    keys = RevocationChannel(revocation_prefix)
+    client.hset(keys.snapshot_key, mapping={"_v": "2", "_generation": "a-newer-registry"})
+    assert wait_until(lambda: _stale(guard), timeout=2.0)  # long before max_staleness
+    with pytest.raises(
+        RevocationStateStale, match=r"protocol version 2 is not supported \(this SDK knows 1\)"
+    ):
+        guard.check("fs:read:/workspace/x")
+    assert publisher.reconcile()  # the registry writes the version it speaks again
+    assert client.hget(keys.snapshot_key, "_v") == str(PROTOCOL_VERSION)
+    assert wait_until(lambda: not _stale(guard), timeout=3.0)
+
+
+def test_a_snapshot_without_a_version_is_read_as_version_1_and_reconcile_adds_it(
+    passport, make_guard, watcher_for, settings, revocation_prefix
+):
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    keys = RevocationChannel(revocation_prefix)
+    client.hdel(keys.snapshot_key, "_v")  # as a registry from before versions wrote it
+    guard = make_guard(passport["token"], watcher=watcher_for(block_ms=50))
+    assert guard.check("fs:read:/workspace/x").allowed
+    assert publisher.reconcile()
+    assert client.hget(keys.snapshot_key, "_v") == str(PROTOCOL_VERSION)
+    assert not publisher.reconcile()  # written once
 
 
 def _stale(guard, max_staleness=None) -> bool:

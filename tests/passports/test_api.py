@@ -5,7 +5,7 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from agent_passport.protocol import MAX_TOKEN_BYTES
+from agent_passport.protocol import MAX_TOKEN_BYTES, PROTOCOL_VERSION
 from agent_passport.rules import MAX_SEARCHING_RULES
 from passports.models import Agent, Passport
 
@@ -39,6 +39,7 @@ def test_issued_passport_carries_claims_and_is_active(issue, agent, operator_api
     assert claims["exp"] - claims["iat"] == 600
     assert claims["fleet"] == "gpu-a"
     assert claims["rev"]["stream"].endswith(":revocations:stream")
+    assert claims["rev"]["v"] == PROTOCOL_VERSION
     passport = Passport.objects.get(jti=issued["jti"])
     assert passport.status == "active" and passport.issued_by.username == "olivia-operator"
 

@@ -299,6 +299,14 @@ def test_hostile_header_is_inactive_and_refused_by_ingestion(operator_api, issue
     assert response.json()["reason"] == reason
 
 
+def test_a_passport_in_an_unknown_protocol_version_is_inactive(operator_api, issue):
+    claims = issue()["claims"]
+    token = sign_with_active_key({**claims, "rev": {**claims["rev"], "v": 2}})
+    body = introspect(operator_api, token)
+    assert (body["active"], body["reason"]) == (False, "unsupported_protocol")
+    assert "protocol version 2 is not supported (this SDK knows 1)" in body["detail"]
+
+
 @HTTP_FUZZ
 @given(data=st.data())
 def test_prop_hostile_tokens_never_fail_the_server(operator_api, issue, data):

@@ -1,10 +1,15 @@
-"""Names shared by the registry and every agent: token type and the Redis revocation channel.
+"""Names shared by the registry and every agent: protocol version, token type, revocation channel.
 
 Defined once here; the server imports them so the publisher and the SDK watcher cannot drift.
 """
 
 from dataclasses import dataclass
 
+# The version of the wire protocol (README, "Protocol version"): the registry writes it in every
+# passport (``rev.v``) and in the revocation snapshot (``_v``); an SDK refuses any version it does
+# not know, since it cannot tell what such a passport or revocation state means.
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOL_VERSIONS = (1,)
 TOKEN_TYPE = "agent-passport+jwt"  # noqa: S105 (a JWT "typ", not a secret)
 ALGORITHM = "EdDSA"
 MAX_TOKEN_BYTES = 16 * 1024
@@ -48,9 +53,10 @@ class RevocationChannel:
             return cls(prefix=stream[: -len(suffix)])
         return cls()
 
-    def as_claim(self) -> dict[str, str]:
+    def as_claim(self) -> dict[str, str | int]:
         """The ``rev`` claim carried in every passport so an agent can find the channel."""
         return {
+            "v": PROTOCOL_VERSION,
             "transport": "redis-stream",
             "epoch": self.epoch_key,
             "stream": self.stream_key,
@@ -58,9 +64,20 @@ class RevocationChannel:
         }
 
 
+def unsupported_protocol(version: object) -> str | None:
+    """Why a protocol version (an integer) cannot be read, None if it can. A passport or snapshot
+    without a version counts as version 1, the one in use before versions were written, so that
+    what an older registry wrote keeps working during an upgrade (README, "Protocol version")."""
+    if type(version) is int and version in SUPPORTED_PROTOCOL_VERSIONS:
+        return None
+    known = ", ".join(str(v) for v in SUPPORTED_PROTOCOL_VERSIONS)
+    return f"protocol version {version!r} is not supported (this SDK knows {known}): upgrade it"
+
+
 # Fields of the snapshot hash that are not revocation entries.
 SNAPSHOT_EPOCH_FIELD = "_epoch"
 SNAPSHOT_GENERATION_FIELD = "_generation"
+SNAPSHOT_VERSION_FIELD = "_v"  # PROTOCOL_VERSION in decimal
 SNAPSHOT_ENTRY_PREFIX = "r:"
 STREAM_ENTRY_FIELD = "entry"
 # Each stream entry also carries the epoch of the entry before it in the stream ("0" for the

@@ -34,6 +34,9 @@ EEA = EU | frozenset("IS LI NO".split())
 GLOBAL = "GLOBAL"
 GROUPINGS: dict[str, frozenset[str]] = {"EU": EU, "EEA": EEA, "EFTA": EFTA, GLOBAL: COUNTRIES}
 
+# What normalization trims: str.strip() would also trim \x1c-\x1f, which other languages' trim()
+# keeps, and a code must be valid in every SDK or in none.
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 _SUBDIVISION = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 
 
@@ -43,7 +46,7 @@ def normalize_region(code: str) -> str:
         raise RegionError(repr(code), "a region must be a string")
     if not code.isascii():  # str.upper() would turn e.g. "ß" into "SS" (South Sudan)
         raise RegionError(code, "region codes are ASCII letters, digits and '-'")
-    canonical = code.strip().upper()
+    canonical = code.strip(ASCII_WHITESPACE).upper()
     if canonical in GROUPINGS or canonical in COUNTRIES:
         return canonical
     match = _SUBDIVISION.match(canonical)

@@ -14,10 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+from agent_passport.protocol import (
+    SNAPSHOT_ENTRY_PREFIX,
+    SNAPSHOT_EPOCH_FIELD,
+    SNAPSHOT_GENERATION_FIELD,
+    SNAPSHOT_VERSION_FIELD,
+    STREAM_ENTRY_FIELD,
+    STREAM_PREV_FIELD,
+    unsupported_protocol,
+)
 
 TARGET_TYPES = ("passport", "agent", "fleet", "all")
 ENTRY_KINDS = ("revoke", "lift")
@@ -70,11 +80,7 @@ class RevocationEntry:
             data = json.loads(raw)
             kind = data["kind"]
             entry_id, epoch = data["id"], data["epoch"]
-            if (
-                kind not in ENTRY_KINDS
-                or not isinstance(entry_id, int)
-                or not isinstance(epoch, int)
-            ):
+            if kind not in ENTRY_KINDS or type(entry_id) is not int or type(epoch) is not int:
                 raise MalformedEntry(f"bad kind, id or epoch in {raw!r}")
             if kind == "lift":
                 return cls(id=entry_id, epoch=epoch, kind=kind)
@@ -177,3 +183,132 @@ class RevocationState:
             "epoch": self.epoch,
             "active": [json.loads(e.to_json()) for e in self.active.values()],
         }
+
+
+# -- following the channel: the watcher's decisions as pure functions (conformance vectors drive
+# them; README, "Kill-switch protocol", steps 1-3) ------------------------------------------------
+StreamMessage = tuple[str, Mapping[str, str]]  # (stream id, fields)
+
+
+class SnapshotUnavailable(Exception):
+    """The snapshot is missing, unreadable, older than the state applied or in a protocol version
+    this SDK does not know: keep what we have, fail closed, and retry. ``reason`` is a code:
+    ``missing_snapshot``, ``malformed_snapshot``, ``older_snapshot`` or ``unsupported_protocol``."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Follower:
+    """Where an agent stands in the channel: the applied state, the snapshot generation it was
+    loaded from, and the id and ``prev``-chain position of the last stream entry consumed."""
+
+    state: RevocationState = field(default_factory=RevocationState)
+    generation: str | None = None
+    last_id: str = "0-0"
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class Poll:
+    """The outcome of one poll: where the follower now stands and, if it must reload the
+    snapshot, why (``reload``: a code, ``detail``: for people; both empty otherwise)."""
+
+    follower: Follower
+    reload: str = ""
+    detail: str = ""
+
+
+def _check_snapshot(snapshot: Mapping[str, str | None]) -> int:
+    """The snapshot's epoch; raises SnapshotUnavailable if the snapshot is missing, malformed or
+    in a protocol version this SDK does not know."""
+    epoch = snapshot.get(SNAPSHOT_EPOCH_FIELD)
+    if epoch is None:
+        raise SnapshotUnavailable(
+            "no snapshot in Redis (new, flushed or restarted); waiting for the service",
+            "missing_snapshot",
+        )
+    version = snapshot.get(SNAPSHOT_VERSION_FIELD)  # absent: written before versions, i.e. 1
+    problem = unsupported_protocol(_decimal(version)) if version is not None else None
+    if problem:
+        raise SnapshotUnavailable(f"the revocation snapshot's {problem}", "unsupported_protocol")
+    if not isinstance(_decimal(epoch), int):
+        raise SnapshotUnavailable(
+            f"malformed snapshot: epoch {epoch!r:.40} is not an integer", "malformed_snapshot"
+        )
+    return int(epoch)
+
+
+def _decimal(text: str) -> int | str:
+    """A decimal integer as Redis holds it, as an int; any other text stays text."""
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+def load_snapshot(
+    snapshot: Mapping[str, str], last: StreamMessage | None, applied_epoch: int
+) -> Follower:
+    """Step 1: the follower after loading ``snapshot`` (the whole hash) and the stream's last
+    entry. Raises SnapshotUnavailable; never goes back behind ``applied_epoch``."""
+    epoch = _check_snapshot(snapshot)
+    try:
+        entries = [
+            RevocationEntry.parse(value)
+            for name, value in snapshot.items()
+            if name.startswith(SNAPSHOT_ENTRY_PREFIX)
+        ]
+    except MalformedEntry as exc:
+        raise SnapshotUnavailable(f"malformed snapshot: {exc}", "malformed_snapshot") from exc
+    if epoch < applied_epoch:
+        raise SnapshotUnavailable(
+            f"the snapshot (epoch {epoch}) is older than the state applied (epoch "
+            f"{applied_epoch}): Redis was restored from an older copy or lags; keeping "
+            "the newer state until the service rewrites it",
+            "older_snapshot",
+        )
+    return Follower(
+        state=RevocationState.build(entries, epoch),
+        generation=snapshot.get(SNAPSHOT_GENERATION_FIELD),
+        last_id=last[0] if last else "0-0",
+        position=stream_position(last[1].get(STREAM_ENTRY_FIELD)) if last else 0,
+    )
+
+
+def follow_poll(
+    follower: Follower,
+    snapshot: Mapping[str, str | None],
+    messages: Sequence[StreamMessage],
+    batch: int,
+) -> Poll:
+    """Steps 2-3: apply one poll's stream ``messages`` (read with COUNT ``batch``), given the
+    snapshot's ``_epoch``, ``_generation`` and ``_v`` read in the same round trip. Raises
+    SnapshotUnavailable (reload, after a pause) if the snapshot is missing, malformed or in an
+    unknown protocol version."""
+    snapshot_epoch = _check_snapshot(snapshot)
+    entries = []
+    last_id, position = follower.last_id, follower.position
+    for message_id, fields in messages:
+        try:
+            entry = RevocationEntry.parse(fields.get(STREAM_ENTRY_FIELD, ""))
+            prev = int(fields[STREAM_PREV_FIELD])
+        except (MalformedEntry, KeyError, ValueError) as exc:
+            detail = f"malformed revocation stream entry {message_id}: {exc}"
+            return Poll(follower, "malformed_entry", detail)
+        if prev != position:
+            detail = (
+                f"revocation stream entry {message_id} follows epoch {prev} but the last one "
+                f"seen was epoch {position}: entries were trimmed or lost"
+            )
+            return Poll(follower, "gap", detail)
+        last_id, position = message_id, entry.epoch
+        entries.append(entry)
+    state = follower.state.apply(entries) if entries else follower.state
+    follower = Follower(state, follower.generation, last_id, position)
+    if snapshot.get(SNAPSHOT_GENERATION_FIELD) != follower.generation:
+        return Poll(follower, "new_generation", "the service rewrote the snapshot")
+    if snapshot_epoch < state.epoch and not entries:
+        return Poll(follower, "snapshot_behind", "the snapshot is older than the state applied")
+    if snapshot_epoch > state.epoch and len(messages) < batch:
+        return Poll(follower, "snapshot_ahead", "the snapshot knows more than the stream told")
+    return Poll(follower)

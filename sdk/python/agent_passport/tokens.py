@@ -2,8 +2,9 @@
 
 Encoding and signature checks are PyJWT's; this module adds the policy: only EdDSA, our ``typ``,
 a known ``kid``, no ``crit`` (RFC 7515 §4.1.11: we implement no extension, so a token that
-requires one is refused) and no key-carrying headers (the key is chosen by ``kid`` alone),
-required claims of the right types, a size cap, and errors that say what is wrong. Every way a
+requires one is refused) and no key-carrying headers (the key is chosen by ``kid`` alone), a
+protocol version this SDK knows (``rev.v``), required claims of the right types, a size cap,
+and errors that say what is wrong. Every way a
 token can be malformed ends as :class:`PassportInvalid`; nothing else escapes.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
+from jwt.types import Options
 
 from agent_passport.errors import (
     PassportExpired,
@@ -26,14 +28,33 @@ from agent_passport.errors import (
     PassportNotYetValid,
     RuleError,
 )
-from agent_passport.protocol import ALGORITHM, MAX_TOKEN_BYTES, TOKEN_TYPE
+from agent_passport.protocol import (
+    ALGORITHM,
+    MAX_TOKEN_BYTES,
+    TOKEN_TYPE,
+    unsupported_protocol,
+)
 from agent_passport.rules import parse_jurisdiction, parse_scope
 
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "jti", "iat", "nbf", "exp", "scope", "jurisdiction")
+REQUIRED_TEXT_CLAIMS = ("sub", "jti")
 TIME_CLAIMS = ("iat", "nbf", "exp")
 OPTIONAL_TEXT_CLAIMS = ("fleet", "agent_name")
 KEY_CARRYING_HEADERS = ("jku", "jwk", "x5u", "x5c")
 MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
+
+# PyJWT checks the signature and that the payload is a JSON object; the claims are checked here,
+# against a clock the caller may fix (conformance vectors do).
+_SIGNATURE_ONLY: Options = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
 
 KeyLookup = Callable[[str], Ed25519PublicKey | None]
 
@@ -107,17 +128,58 @@ def read_header(token: str) -> dict[str, Any]:
     return header
 
 
-def _check_claim_types(claims: dict[str, Any]) -> None:
-    """What the guard and the registry read from the claims must have the type they expect."""
+def _check_protocol(claims: dict[str, Any]) -> None:
+    """Refuse a passport written in a protocol version this SDK does not know (fail closed)."""
+    rev = claims.get("rev")
+    if not isinstance(rev, dict) or "v" not in rev:
+        return  # issued before versions were written: version 1
+    problem = unsupported_protocol(rev["v"])
+    if problem:
+        raise PassportInvalid(f"the passport's {problem}", "unsupported_protocol")
+
+
+def _check_registered_claims(claims: dict[str, Any], issuer: str, audience: str) -> None:
+    for name in REQUIRED_CLAIMS:
+        if claims.get(name) is None:
+            raise PassportInvalid(f"the passport lacks the {name!r} claim", "missing_claim")
+    if claims["iss"] != issuer:
+        raise PassportInvalid(f"the passport was not issued by {issuer!r}", "wrong_issuer")
+    aud = claims["aud"]
+    if aud != audience and not (isinstance(aud, list) and audience in aud):
+        raise PassportInvalid(
+            f"the passport is not meant for audience {audience!r}", "wrong_audience"
+        )
+
+
+def _check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
+    """``nbf``/``iat`` may be up to CLOCK_SKEW_LEEWAY (or ``leeway``) ahead of ``now``; ``exp``
+    must be later than ``now - leeway``."""
     for name in TIME_CLAIMS:
         value = claims[name]
         if type(value) not in (int, float) or not 0 <= value <= MAX_NUMERIC_DATE:
             raise PassportInvalid(f"the {name!r} claim is not a time in seconds", "malformed")
+    early = max(leeway, CLOCK_SKEW_LEEWAY)
+    if claims["iat"] > now + early or claims["nbf"] > now + early:
+        raise PassportNotYetValid(
+            f"the passport is not valid yet (nbf/iat more than {CLOCK_SKEW_LEEWAY} s ahead of "
+            "this machine's clock: check this machine's clock)"
+        )
+    if claims["exp"] <= now - leeway:
+        raise PassportExpired("the passport has expired")
+
+
+def _check_claim_types(claims: dict[str, Any]) -> None:
+    """What the guard and the registry read from the claims must have the type they expect."""
+    for name in REQUIRED_TEXT_CLAIMS:
+        if not isinstance(claims[name], str):
+            raise PassportInvalid(f"the {name!r} claim is not a string", "malformed")
     for name in OPTIONAL_TEXT_CLAIMS:
         if not isinstance(claims.get(name, ""), str):
             raise PassportInvalid(f"the {name!r} claim is not a string", "malformed")
     rev = claims.get("rev", {})
-    if not isinstance(rev, dict) or not all(isinstance(v, str) for v in rev.values()):
+    if not isinstance(rev, dict) or not all(
+        isinstance(value, str) for name, value in rev.items() if name != "v"
+    ):
         raise PassportInvalid("the 'rev' claim is not an object of strings", "malformed")
     for name in ("scope", "jurisdiction"):
         value = claims[name]
@@ -137,13 +199,16 @@ def verify_token(
     issuer: str,
     audience: str,
     leeway: float = 0,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """Verify ``token`` and return its claims, or raise a :class:`PassportError` subclass.
 
     ``keys`` maps a kid to a public key (a dict or a lookup function returning ``None`` when
-    unknown). Expiry, not-before, issuer and audience are enforced; only EdDSA is accepted.
-    ``nbf``/``iat`` get CLOCK_SKEW_LEEWAY seconds; ``exp`` gets only ``leeway`` (0: a guard
-    never runs on an expired passport; the registry takes reports an hour after expiry).
+    unknown). Checked in this order (README, "The token"): the header, the signature, the
+    protocol version, the required claims, issuer, audience, the times against ``now`` (default:
+    this machine's clock), the types of the other claims. ``nbf``/``iat`` get CLOCK_SKEW_LEEWAY
+    seconds; ``exp`` gets only ``leeway`` (0: a guard never runs on an expired passport; the
+    registry takes reports an hour after expiry).
     """
     header = read_header(token)
     lookup = keys.get if isinstance(keys, Mapping) else keys
@@ -151,37 +216,13 @@ def verify_token(
     if public_key is None:
         raise PassportInvalid(f"signing key {header['kid']!r} is not known", "unknown_key")
     try:
-        claims = jwt.decode(
-            token,
-            public_key,
-            algorithms=[ALGORITHM],
-            audience=audience,
-            issuer=issuer,
-            leeway=max(leeway, CLOCK_SKEW_LEEWAY),  # PyJWT has one leeway; exp is checked below
-            options={"require": list(REQUIRED_CLAIMS)},
-        )
-        if int(claims["exp"]) <= time.time() - leeway:
-            raise jwt.ExpiredSignatureError
-    except jwt.ExpiredSignatureError as exc:
-        raise PassportExpired("the passport has expired") from exc
-    except jwt.ImmatureSignatureError as exc:
-        raise PassportNotYetValid(
-            f"the passport is not valid yet (nbf/iat more than {CLOCK_SKEW_LEEWAY} s ahead of "
-            "this machine's clock: check this machine's clock)"
-        ) from exc
-    except jwt.InvalidAudienceError as exc:
-        raise PassportInvalid(
-            f"the passport is not meant for audience {audience!r}", "wrong_audience"
-        ) from exc
-    except jwt.InvalidIssuerError as exc:
-        raise PassportInvalid(f"the passport was not issued by {issuer!r}", "wrong_issuer") from exc
+        claims = jwt.decode(token, public_key, algorithms=[ALGORITHM], options=_SIGNATURE_ONLY)
     except jwt.InvalidSignatureError as exc:
         raise PassportInvalid("the signature does not match the token", "bad_signature") from exc
-    except jwt.MissingRequiredClaimError as exc:
-        raise PassportInvalid(
-            f"the passport lacks the {exc.claim!r} claim", "missing_claim"
-        ) from exc
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise PassportInvalid(f"the token is malformed ({exc})", "malformed") from exc
+    _check_protocol(claims)
+    _check_registered_claims(claims, issuer, audience)
+    _check_times(claims, time.time() if now is None else now, leeway)
     _check_claim_types(claims)
     return claims

@@ -6,6 +6,9 @@ the stamp, and block on the stream for at most ``block_ms``. A missing snapshot,
 generation, an epoch that went backwards or ahead of what the stream delivered, an entry whose
 ``prev`` is not the last entry seen (entries were trimmed or lost) or a malformed entry makes the
 watcher reload. The applied epoch never goes backwards: an older snapshot is refused as stale.
+A snapshot in a protocol version this SDK does not know (``_v``) is refused, and guards refuse
+at once. These decisions are the pure functions ``load_snapshot`` and ``follow_poll`` of
+:mod:`agent_passport.revocations`, which the conformance vectors drive.
 
 ``last_heard`` is the moment (``time.monotonic()``) up to which the state is known current: the
 time of the newest heartbeat stamp, counted only once the watcher has applied every epoch that
@@ -36,18 +39,17 @@ from agent_passport.backoff import backoff_delay
 from agent_passport.protocol import (
     HEARTBEAT_AT_FIELD,
     HEARTBEAT_EPOCH_FIELD,
-    SNAPSHOT_ENTRY_PREFIX,
     SNAPSHOT_EPOCH_FIELD,
     SNAPSHOT_GENERATION_FIELD,
-    STREAM_ENTRY_FIELD,
-    STREAM_PREV_FIELD,
+    SNAPSHOT_VERSION_FIELD,
     RevocationChannel,
 )
 from agent_passport.revocations import (
-    MalformedEntry,
-    RevocationEntry,
+    Follower,
     RevocationState,
-    stream_position,
+    SnapshotUnavailable,
+    follow_poll,
+    load_snapshot,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,9 +76,7 @@ class WatcherStatus:
     staleness_s: float
 
 
-class SnapshotUnavailable(Exception):
-    """The snapshot is missing, unreadable or older than the state applied: keep what we have,
-    fail closed once it is stale, and retry."""
+_POLLED_SNAPSHOT_FIELDS = [SNAPSHOT_EPOCH_FIELD, SNAPSHOT_GENERATION_FIELD, SNAPSHOT_VERSION_FIELD]
 
 
 class RevocationWatcher:
@@ -117,9 +117,7 @@ class RevocationWatcher:
         self.state = RevocationState()
         self.last_heard = float("-inf")  # see the module docstring
         self.problem = "not loaded yet"  # why the state is not known current ("" when it is)
-        self._generation: str | None = None
-        self._last_id = "0-0"
-        self._position = 0  # stream_position of the entry at _last_id (the ``prev`` chain)
+        self._follower = Follower()  # the state, generation and stream position
         self._stamp: tuple[str, str] | None = None  # the heartbeat stamp last seen
         self._stamp_at = float("-inf")  # its moment on our monotonic clock
         self._stamp_epoch = 0
@@ -193,6 +191,8 @@ class RevocationWatcher:
                 self._failures = 0  # a good round trip
                 continue
             except SnapshotUnavailable as exc:
+                if exc.reason == "unsupported_protocol":  # cannot read it: refuse at once
+                    self.last_heard = float("-inf")
                 self._problem(f"revocation state unavailable: {exc}", log=True)
             except (redis.RedisError, OSError) as exc:
                 self._problem(f"Redis unreachable ({exc.__class__.__name__}: {exc})", log=True)
@@ -223,30 +223,9 @@ class RevocationWatcher:
             pipe.hmget(keys.heartbeat_key, [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD])
             pipe.time()
             snapshot, last, stamp, redis_now = pipe.execute()
-        if not snapshot or SNAPSHOT_EPOCH_FIELD not in snapshot:
-            raise SnapshotUnavailable(
-                "no snapshot in Redis (new or flushed); waiting for the service"
-            )
-        try:
-            epoch = int(snapshot[SNAPSHOT_EPOCH_FIELD])
-            entries = [
-                RevocationEntry.parse(value)
-                for name, value in snapshot.items()
-                if name.startswith(SNAPSHOT_ENTRY_PREFIX)
-            ]
-        except (ValueError, MalformedEntry) as exc:
-            raise SnapshotUnavailable(f"malformed snapshot: {exc}") from exc
-        if epoch < self.state.epoch:
-            raise SnapshotUnavailable(
-                f"the snapshot (epoch {epoch}) is older than the state applied (epoch "
-                f"{self.state.epoch}): Redis was restored from an older copy or lags; keeping "
-                "the newer state until the service rewrites it"
-            )
-        self._generation = snapshot.get(SNAPSHOT_GENERATION_FIELD)
-        self._last_id = last[0][0] if last else "0-0"
-        self._position = stream_position(last[0][1].get(STREAM_ENTRY_FIELD)) if last else 0
-        self._set_state(RevocationState.build(entries, epoch))
-        self._confirm(epoch, stamp, redis_now, sent_at)
+        follower = load_snapshot(snapshot, last[0] if last else None, self.state.epoch)
+        self._follow_to(follower)
+        self._confirm(follower.state.epoch, stamp, redis_now, sent_at)
         self._ready.set()
 
     def _follow(self) -> bool:
@@ -254,52 +233,29 @@ class RevocationWatcher:
         keys = self.channel
         sent_at = time.monotonic()
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.snapshot_key, [SNAPSHOT_EPOCH_FIELD, SNAPSHOT_GENERATION_FIELD])
+            pipe.hmget(keys.snapshot_key, _POLLED_SNAPSHOT_FIELDS)
             pipe.hmget(keys.heartbeat_key, [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD])
             pipe.time()
-            pipe.xread({keys.stream_key: self._last_id}, count=self.batch, block=self.block_ms)
-            (epoch_raw, generation), stamp, redis_now, streams = pipe.execute()
-        if epoch_raw is None:
-            raise SnapshotUnavailable("snapshot disappeared (Redis flushed or restarted)")
+            pipe.xread(
+                {keys.stream_key: self._follower.last_id}, count=self.batch, block=self.block_ms
+            )
+            snapshot, stamp, redis_now, streams = pipe.execute()
         messages = [message for _stream, batch in streams or [] for message in batch]
-        entries = self._read(messages)
-        if entries is None:
+        poll = follow_poll(
+            self._follower,
+            dict(zip(_POLLED_SNAPSHOT_FIELDS, snapshot, strict=True)),
+            messages,
+            self.batch,
+        )
+        self._follow_to(poll.follower)
+        if poll.reload == "malformed_entry":
+            logger.error("%s; reloading", poll.detail)
+        elif poll.reload == "gap":
+            logger.warning("%s; reloading the snapshot", poll.detail)
+        if poll.reload:
             return False
-        if entries:
-            self._set_state(self.state.apply(entries))
-        if generation != self._generation:
-            return False  # the service rewrote the snapshot (reconciliation)
-        snapshot_epoch = int(epoch_raw)
-        if snapshot_epoch < self.state.epoch and not entries:
-            return False  # older than what we applied: reload, which refuses it as stale
-        if snapshot_epoch > self.state.epoch and len(messages) < self.batch:
-            return False  # the snapshot knows more than the stream told us
-        self._confirm(snapshot_epoch, stamp, redis_now, sent_at)
+        self._confirm(int(snapshot[0]), stamp, redis_now, sent_at)
         return True
-
-    def _read(self, messages: list[Any]) -> list[RevocationEntry] | None:
-        """Parse stream messages in order; None if one is malformed or does not follow on
-        from the last entry seen (``prev``), i.e. entries were trimmed or lost: reload."""
-        entries = []
-        for message_id, fields in messages:
-            try:
-                entry = RevocationEntry.parse(fields.get(STREAM_ENTRY_FIELD, ""))
-                prev = int(fields[STREAM_PREV_FIELD])
-            except (MalformedEntry, KeyError, ValueError) as exc:
-                logger.error("malformed revocation stream entry %s: %s; reloading", message_id, exc)
-                return None
-            if prev != self._position:
-                logger.warning(
-                    "revocation stream entry %s follows epoch %s but the last one seen was "
-                    "epoch %s: entries were trimmed or lost; reloading the snapshot",
-                    message_id,
-                    prev,
-                    self._position,
-                )
-                return None
-            self._last_id, self._position = message_id, entry.epoch
-            entries.append(entry)
-        return entries
 
     def _confirm(
         self, snapshot_epoch: int, stamp: list[Any], redis_now: tuple[Any, ...], sent_at: float
@@ -333,8 +289,10 @@ class RevocationWatcher:
             self._logged_problem = ""
         self.problem = ""
 
-    def _set_state(self, state: RevocationState) -> None:
+    def _follow_to(self, follower: Follower) -> None:
+        state = follower.state
         changed = state.active != self.state.active
+        self._follower = follower
         self.state = state
         if changed:
             for listener in self._listeners:

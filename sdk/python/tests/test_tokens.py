@@ -10,8 +10,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent_passport.errors import PassportError, PassportInvalid
-from agent_passport.protocol import TOKEN_TYPE
+from agent_passport.errors import (
+    PassportError,
+    PassportExpired,
+    PassportInvalid,
+    PassportNotYetValid,
+)
+from agent_passport.protocol import PROTOCOL_VERSION, TOKEN_TYPE
 from agent_passport.rules import Policy
 from agent_passport.tokens import verify_token
 
@@ -188,3 +193,39 @@ def test_prop_a_corrupted_character_is_refused(position, replacement):
     if corrupted != token:
         with pytest.raises(PassportError):
             verify(corrupted)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, 1.0, None, [1]])
+def test_a_protocol_version_this_sdk_does_not_know_is_refused(version):
+    rev = {"v": version, "transport": "redis-stream", "stream": "aps:revocations:stream"}
+    with pytest.raises(PassportInvalid) as raised:
+        verify(signed(HEADER, claims(rev=rev)))
+    assert raised.value.reason == "unsupported_protocol"
+    assert f"protocol version {version!r} is not supported (this SDK knows 1)" in str(raised.value)
+
+
+def test_the_current_protocol_version_and_a_passport_without_one_verify():
+    current = {**claims()["rev"], "v": PROTOCOL_VERSION}
+    assert verify(signed(HEADER, claims(rev=current)))["rev"]["v"] == 1
+    assert "v" not in verify(signed(HEADER, claims()))["rev"]  # issued before versions existed
+
+
+def test_the_protocol_version_is_checked_before_the_other_claims():
+    rev = {"v": 2, "stream": "aps:revocations:stream"}
+    token = signed(HEADER, claims(rev=rev, exp=1, scope="no longer a list", iss="elsewhere"))
+    with pytest.raises(PassportInvalid) as raised:
+        verify(token)
+    assert raised.value.reason == "unsupported_protocol"
+
+
+def test_times_are_checked_against_the_clock_given():
+    token = signed(HEADER, claims(iat=1000, nbf=1000, exp=2000))
+    verify_at = lambda now: verify_token(  # noqa: E731
+        token, KEYS, issuer="https://registry.example", audience="agent-passport", now=now
+    )
+    assert verify_at(1999.5)["exp"] == 2000
+    assert verify_at(700)["nbf"] == 1000  # CLOCK_SKEW_LEEWAY early
+    with pytest.raises(PassportExpired):
+        verify_at(2000)
+    with pytest.raises(PassportNotYetValid):
+        verify_at(699)
