@@ -97,3 +97,59 @@ export async function sign(signer: Signer, claims: Record<string, unknown>, head
   const input = `${encode({ alg: "EdDSA", typ: "agent-passport+jwt", kid: signer.kid, ...header })}.${encode(claims)}`;
   return `${input}.${signBytes(null, Buffer.from(input), signer.privateKey).toString("base64url")}`;
 }
+
+/** Writes the revocation channel as the registry does (README, "Kill-switch protocol"). */
+export class TestPublisher {
+  epoch = 0;
+  private position = 0;
+  constructor(
+    readonly client: Redis,
+    readonly prefix = "aps",
+  ) {}
+
+  async reset(generation = "g1"): Promise<void> {
+    await this.client.del(`${this.prefix}:revocations:snapshot`, `${this.prefix}:revocations:stream`, `${this.prefix}:revocations:heartbeat`);
+    await this.client.hset(`${this.prefix}:revocations:snapshot`, "_epoch", String(this.epoch), "_generation", generation);
+    await this.stamp();
+  }
+
+  /** The registry's heartbeat: the committed epoch and Redis's TIME in ms. */
+  async stamp(epoch = this.epoch): Promise<void> {
+    const [seconds, micros] = (await this.client.time()) as unknown as [string, string];
+    const at = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+    await this.client.hset(`${this.prefix}:revocations:heartbeat`, "epoch", String(epoch), "at", String(at));
+  }
+
+  async revoke(id: number, type: string, value: string, options: { stream?: boolean } = {}): Promise<number> {
+    this.epoch += 1;
+    const entry = { id, epoch: this.epoch, kind: "revoke", target: { type, value }, reason: "test", source: "api", at: "2026-12-01T00:00:00Z" };
+    await this.push(id, entry, options.stream ?? true);
+    return this.epoch;
+  }
+
+  async lift(id: number): Promise<number> {
+    this.epoch += 1;
+    await this.push(id, { id, epoch: this.epoch, kind: "lift" }, true);
+    return this.epoch;
+  }
+
+  private async push(id: number, entry: Record<string, unknown>, stream: boolean): Promise<void> {
+    const snapshot = `${this.prefix}:revocations:snapshot`;
+    const multi = this.client.multi();
+    if (entry["kind"] === "revoke") multi.hset(snapshot, `r:${id}`, JSON.stringify(entry));
+    else multi.hdel(snapshot, `r:${id}`);
+    multi.hset(snapshot, "_epoch", String(this.epoch));
+    if (stream) multi.xadd(`${this.prefix}:revocations:stream`, "*", "entry", JSON.stringify(entry), "prev", String(this.position));
+    await multi.exec();
+    this.position = this.epoch; // an entry left out of the stream is a lost one: a gap
+  }
+}
+
+/** Poll `condition` every 5 ms until it holds (throws after `timeout` seconds). */
+export async function waitFor(condition: () => boolean, timeout = 5, what = "condition"): Promise<void> {
+  const deadline = performance.now() + timeout * 1000;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(0.005);
+  }
+}
