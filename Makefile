@@ -14,8 +14,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) -m registry.devserver run
 
-test: $(VENV)/.installed
+# The TypeScript SDK: `npm ci` from the committed lock file, again only when the lock file changes.
+TS_SDK := sdk/typescript
+
+$(TS_SDK)/node_modules/.installed: $(TS_SDK)/package-lock.json
+	cd $(TS_SDK) && npm ci --no-audit --no-fund
+	touch $@
+
+test: $(VENV)/.installed $(TS_SDK)/node_modules/.installed
 	$(VENV)/bin/ruff check .
+	cd $(TS_SDK) && npm test
 	$(PY) -m registry.devserver test $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
