@@ -61,9 +61,10 @@ class AgentProcess:
     def next_line(self, timeout: float = 10.0) -> tuple[str, float, int]:
         try:
             outcome, at_ms, epoch = self.lines.get(timeout=timeout).split()
-        except queue.Empty:
+        except queue.Empty as exc:
             self.process.kill()
-            raise AssertionError(f"the agent said nothing; stderr: {self.process.stderr.read()}")
+            stderr = self.process.stderr.read()
+            raise AssertionError(f"the agent said nothing; stderr: {stderr}") from exc
         return outcome, float(at_ms), int(epoch)
 
     def finish(self) -> None:
