@@ -5,7 +5,7 @@
  */
 import { hostname } from "node:os";
 import { monotonic } from "./clock.js";
-import { PassportExpired, PassportNotYetValid, PassportRevoked, RevocationStateStale, ScopeDenied } from "./errors.js";
+import { PassportExpired, PassportNotYetValid, PassportRevoked, RevocationStateStale, refusal, ScopeDenied } from "./errors.js";
 import { RevocationChannel } from "./protocol.js";
 import type { RevocationEntry, RevocationState } from "./revocations.js";
 import { type Decision, Policy } from "./rules.js";
@@ -126,25 +126,25 @@ export class Guard {
   }
 
   private decide(now: number, action: string, resource: string | null, region: string | null): Decision {
-    if (now >= this.expires) throw new PassportExpired(`passport ${this.jti} expired; ask the registry for a new one`);
-    if (now < this.notBefore) throw new PassportNotYetValid(`passport ${this.jti} is not valid yet`);
+    if (now >= this.expires) throw refusal(PassportExpired, `passport ${this.jti} expired; ask the registry for a new one`);
+    if (now < this.notBefore) throw refusal(PassportNotYetValid, `passport ${this.jti} is not valid yet`);
     const watcher = this.watcher;
     const heard = watcher.lastHeard; // before the state: see the README's step 5
     const blocking = watcher.state.blocking(this.jti, this.agentId, this.fleet);
-    if (blocking !== null) throw new PassportRevoked(`${action} refused: ${blocking.describe()}`);
+    if (blocking !== null) throw refusal(PassportRevoked, `${action} refused: ${blocking.describe()}`);
     const staleness = monotonic() - heard;
     if (staleness > this.maxStaleness) {
       const why = watcher.problem ? ` (${watcher.problem})` : "";
       const confirmed = staleness === Infinity ? "never confirmed current" : `last confirmed current ${staleness.toFixed(1)} s ago`;
       const message = `${action} refused: the revocation state was ${confirmed} (limit ${this.maxStaleness} s)${why}, so revocations cannot be ruled out`;
-      if (!this.failOpen) throw new RevocationStateStale(message);
+      if (!this.failOpen) throw refusal(RevocationStateStale, message);
       if (now - this.lastOpenWarning > 5) {
         this.log(`FAIL-OPEN: ${message}; allowing anyway`);
         this.lastOpenWarning = now;
       }
     }
     const decision = this.policy.decide(action, resource, region);
-    if (!decision.allowed) throw new ScopeDenied(decision.reason);
+    if (!decision.allowed) throw refusal(ScopeDenied, decision.reason);
     return decision;
   }
 
