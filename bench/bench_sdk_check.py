@@ -9,8 +9,9 @@
    ``revocation_heartbeat``, PostgreSQL, the machine's Redis under a prefix of this run) and one
    Node agent (sdk/typescript/test/live_agent.ts: a Guard with its reporter). Latency = the
    moment the agent's guard first refuses (its ``Date.now()``) minus the moment
-   ``POST /api/v1/killswitch`` returned (same machine, same clock); each kill is lifted.
-   Target as for Python: p99 <= 100 ms.
+   ``POST /api/v1/killswitch`` was sent, returned (negative: the kill is published before the
+   answer is written), and the stream entry's XADD (Redis to the TypeScript guard alone); same
+   machine, same clock; each kill is lifted. Target as for Python: p99 <= 100 ms.
 3. **Conformance.** Vector files, vectors and passes of the TypeScript runner.
 
     .venv/bin/python bench/bench_sdk_check.py [--quick] [--only check|propagation]
@@ -69,6 +70,9 @@ ISSUER = "https://bench.invalid"
 PREFIX = "aps-bench-ts"
 DB_NAME = "aps_bench_sdk_ts"
 TARGET_P99_MS = 100.0
+# Guard refusal (or allowance again, for a lift) measured from: the kill request being sent,
+# its answer, and the stream entry's XADD (the id's time: Redis -> TypeScript guard alone).
+TIMINGS = ("kill_from_sent_ms", "kill_from_return_ms", "kill_after_xadd_ms", "lift_from_return_ms")
 
 
 # --- 1. check throughput -------------------------------------------------------------------
@@ -234,6 +238,7 @@ def run_propagation(workdir: Path, rounds: int) -> dict[str, Any]:
             },
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its warnings ("passport … stopped") on every kill
             text=True,
         )
 
@@ -244,15 +249,22 @@ def run_propagation(workdir: Path, rounds: int) -> dict[str, Any]:
             return float(at_ms)
 
         next_line("allowed")
-        kill_ms, lift_ms = [], []
+        stream = redis.Redis.from_url(redis_url, decode_responses=True)
+        stream_key = RevocationChannel(prefix).stream_key
+        timings: dict[str, list[float]] = {name: [] for name in TIMINGS}
         for _ in range(rounds):
             target = {"target": {"agent": agent["id"]}, "reason": "bench"}
+            sent = time.time() * 1000
             killed = api.post("/api/v1/killswitch", target, 201)
             returned = time.time() * 1000
-            kill_ms.append(next_line("PassportRevoked") - returned)
+            refused = next_line("PassportRevoked")
+            xadd = float(stream.xrevrange(stream_key, count=1)[0][0].split("-")[0])
+            timings["kill_from_return_ms"].append(refused - returned)
+            timings["kill_from_sent_ms"].append(refused - sent)
+            timings["kill_after_xadd_ms"].append(refused - xadd)
             api.post(f"/api/v1/killswitch/{killed['id']}/lift", {}, 200)
             returned = time.time() * 1000
-            lift_ms.append(next_line("allowed") - returned)
+            timings["lift_from_return_ms"].append(next_line("allowed") - returned)
         agent_process.stdin.close()
         agent_process.wait(30)
     finally:
@@ -261,14 +273,13 @@ def run_propagation(workdir: Path, rounds: int) -> dict[str, Any]:
         for process in service.processes.values():
             process.terminate()
         stop_all_children()
-    kill_stats, lift_stats = stats(kill_ms), stats(lift_ms)
+    rows = {name: stats(values) for name, values in timings.items()}
     return {
         "database": db.engine,
         "rounds": rounds,
-        "kill_ms": kill_stats,
-        "lift_ms": lift_stats,
+        **rows,
         "target_p99_ms": TARGET_P99_MS,
-        "pass": kill_stats["p99"] <= TARGET_P99_MS,
+        "pass": rows["kill_from_sent_ms"]["p99"] <= TARGET_P99_MS,
     }
 
 
@@ -312,10 +323,11 @@ def print_report(report: dict[str, Any]) -> None:
     propagation = report.get("propagation")
     if propagation:
         print(f"\npropagation to a TypeScript guard ({propagation['rounds']} kills, ms)")
-        for name in ("kill_ms", "lift_ms"):
+        for name in TIMINGS:
             row = propagation[name]
-            print(f"  {name[:-3]:<5} p50 {row['p50']}  p99 {row['p99']}  max {row['max']}")
-        print(f"  target p99 <= {TARGET_P99_MS} ms: {'PASS' if propagation['pass'] else 'FAIL'}")
+            print(f"  {name:<22} p50 {row['p50']:>7}  p99 {row['p99']:>7}  max {row['max']:>7}")
+        verdict = "PASS" if propagation["pass"] else "FAIL"
+        print(f"  target p99 <= {TARGET_P99_MS} ms (from the request being sent): {verdict}")
     conformance = report.get("conformance")
     if conformance is not None:
         vectors = sum(r["vectors"] for r in conformance)
