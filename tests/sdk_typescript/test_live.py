@@ -121,3 +121,37 @@ def test_api_kill_makes_a_typescript_guard_refuse(
     agent.refresh_from_db()
     assert agent.last_seen_epoch is not None and agent.last_seen_epoch >= killed.json()["epoch"]
     assert len(agent.last_seen_digest) == 64
+
+
+def test_typescript_cli_verifies_with_the_registry_jwks_and_checks_live_revocations(
+    typescript_agent, live_server, issue, agent, operator_api, settings, revocation_heartbeat
+):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    token = issue(scope=["fs:*:/workspace/**"], jurisdiction=["EU"])["token"]
+    cli = [
+        "node",
+        str(SDK_DIR / "dist" / "src" / "cli.js"),
+        "check",
+        token,
+        "fs:write:/workspace/model.pt",
+        "--jurisdiction",
+        "DE",
+        "--registry",
+        live_server.url,
+    ]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *extra], capture_output=True, text=True, timeout=30)
+
+    allowed = run("--redis", settings.REDIS_URL)
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout == "allowed: allowed by rule 'fs:*:/workspace/**' in DE\n"
+    killed = operator_api.post(
+        "/api/v1/killswitch", {"target": {"agent": str(agent.id)}, "reason": "cli"}, format="json"
+    )
+    assert killed.status_code == 201, killed.content
+    refused = run("--redis", settings.REDIS_URL)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout.startswith("refused: fs:write:/workspace/model.pt refused: revocation #")
+    assert run().returncode == 0  # without --redis: the scope alone (it still allows)
