@@ -17,14 +17,25 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from actions.models import ActionEvent
 from killswitch import publisher
+from passports.auth import create_api_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SDK_DIR = Path(__file__).resolve().parents[2] / "sdk" / "typescript"
 AGENT = SDK_DIR / "dist" / "test" / "live_agent.js"
 ROUNDS = 5
+
+
+@pytest.fixture
+def registry_api(live_server, live_server_connection, operator) -> requests.Session:
+    """The operator's API over HTTP: every write then goes through the live server, which on
+    in-memory SQLite serves one request at a time (the agent's reporter posts meanwhile)."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {create_api_token(user=operator)}"
+    return session
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +84,7 @@ class AgentProcess:
 
 
 def test_api_kill_makes_a_typescript_guard_refuse(
-    typescript_agent, live_server, issue, agent, operator_api, settings, revocation_heartbeat
+    typescript_agent, live_server, registry_api, issue, agent, settings, revocation_heartbeat
 ):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
@@ -91,18 +102,17 @@ def test_api_kill_makes_a_typescript_guard_refuse(
     try:
         assert node.next_line()[0] == "allowed"
         for _ in range(ROUNDS):
-            killed = operator_api.post(
-                "/api/v1/killswitch",
-                {"target": {"agent": str(agent.id)}, "reason": "live test"},
-                format="json",
+            killed = registry_api.post(
+                f"{live_server.url}/api/v1/killswitch",
+                json={"target": {"agent": str(agent.id)}, "reason": "live test"},
             )
             returned_ms = time.time() * 1000
             assert killed.status_code == 201, killed.content
             outcome, at_ms, epoch = node.next_line()
             assert (outcome, epoch) == ("PassportRevoked", killed.json()["epoch"])
             latencies.append(at_ms - returned_ms)
-            lifted = operator_api.post(
-                f"/api/v1/killswitch/{killed.json()['id']}/lift", {}, format="json"
+            lifted = registry_api.post(
+                f"{live_server.url}/api/v1/killswitch/{killed.json()['id']}/lift", json={}
             )
             assert lifted.status_code == 200, lifted.content
             assert node.next_line()[0] == "allowed"
@@ -124,7 +134,7 @@ def test_api_kill_makes_a_typescript_guard_refuse(
 
 
 def test_typescript_cli_verifies_with_the_registry_jwks_and_checks_live_revocations(
-    typescript_agent, live_server, issue, agent, operator_api, settings, revocation_heartbeat
+    typescript_agent, live_server, registry_api, issue, agent, settings, revocation_heartbeat
 ):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
@@ -147,8 +157,9 @@ def test_typescript_cli_verifies_with_the_registry_jwks_and_checks_live_revocati
     allowed = run("--redis", settings.REDIS_URL)
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout == "allowed: allowed by rule 'fs:*:/workspace/**' in DE\n"
-    killed = operator_api.post(
-        "/api/v1/killswitch", {"target": {"agent": str(agent.id)}, "reason": "cli"}, format="json"
+    killed = registry_api.post(
+        f"{live_server.url}/api/v1/killswitch",
+        json={"target": {"agent": str(agent.id)}, "reason": "cli"},
     )
     assert killed.status_code == 201, killed.content
     refused = run("--redis", settings.REDIS_URL)
