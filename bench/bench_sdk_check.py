@@ -299,8 +299,9 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def run_conformance() -> list[dict[str, Any]]:
     script = (
-        "import('./dist/test/conformance.js').then(m => console.log(JSON.stringify(m.runAll().map("
-        "r => ({file: r.file, kind: r.kind, vectors: r.vectors, passed: r.passed})))))"
+        "import('./dist/test/conformance.js').then(m => m.runAll()).then(results => console.log("
+        "JSON.stringify(results.map(r => ({file: r.file, kind: r.kind, vectors: r.vectors, "
+        "passed: r.passed})))))"
     )
     done = subprocess.run(
         ["node", "-e", script], cwd=SDK_DIR, capture_output=True, text=True, check=True

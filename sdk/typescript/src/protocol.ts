@@ -2,6 +2,20 @@
  * Names shared by the registry and every agent (agent_passport/protocol.py): the token type and
  * the Redis revocation channel (README, "Kill-switch protocol").
  */
+/**
+ * The wire protocol's version: in every passport (`rev.v`) and the revocation snapshot (`_v`).
+ * An SDK refuses a version it does not know; none written means version 1.
+ */
+export const PROTOCOL_VERSION = 1;
+export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
+
+/** Why a protocol version (an integer) cannot be read, null if it can. */
+export function unsupportedProtocol(version: unknown): string | null {
+  if (typeof version === "number" && Number.isInteger(version) && SUPPORTED_PROTOCOL_VERSIONS.includes(version)) return null;
+  const shown = typeof version === "string" ? `'${version}'` : JSON.stringify(version) ?? String(version);
+  return `protocol version ${shown} is not supported (this SDK knows ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")}): upgrade it`;
+}
+
 export const TOKEN_TYPE = "agent-passport+jwt";
 export const ALGORITHM = "EdDSA";
 export const MAX_TOKEN_BYTES = 16 * 1024;
@@ -9,6 +23,7 @@ export const DEFAULT_REDIS_PREFIX = "aps";
 
 export const SNAPSHOT_EPOCH_FIELD = "_epoch";
 export const SNAPSHOT_GENERATION_FIELD = "_generation";
+export const SNAPSHOT_VERSION_FIELD = "_v";
 export const SNAPSHOT_ENTRY_PREFIX = "r:";
 export const STREAM_ENTRY_FIELD = "entry";
 /** Each stream entry carries the epoch of the entry before it ("0" for the first). */

@@ -1,7 +1,7 @@
 /**
  * Python's string semantics where the two SDKs must agree to the character: bounded
  * find/rfind (a search never scans past its window, which keeps the glob matcher linear),
- * lengths in code points, ASCII strip, and repr() for the quoted values in messages.
+ * lengths in code points, and repr() for the quoted values in messages.
  */
 
 /** Python `text.find(sub, start, end)`: the first occurrence inside `text[start:end]`, or -1. */
@@ -43,17 +43,6 @@ export function codePointLength(text: string, atMost: number): number {
 /** The first `count` code points of `text`. */
 export function codePointPrefix(text: string, count: number): string {
   return Array.from(text).slice(0, count).join("");
-}
-
-const ASCII_SPACE = new Set([" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f"]);
-
-/** Python `str.strip()` for ASCII text. */
-export function stripAscii(text: string): string {
-  let start = 0;
-  let end = text.length;
-  while (start < end && ASCII_SPACE.has(text[start] as string)) start++;
-  while (end > start && ASCII_SPACE.has(text[end - 1] as string)) end--;
-  return text.slice(start, end);
 }
 
 export function isAscii(text: string): boolean {

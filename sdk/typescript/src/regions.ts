@@ -6,7 +6,7 @@
  * inside every grouping that lists it, `EU` inside `EEA`, and everything inside `GLOBAL`.
  */
 import { RegionError } from "./errors.js";
-import { isAscii, pyRepr, stripAscii } from "./pytext.js";
+import { isAscii, pyRepr } from "./pytext.js";
 
 export const COUNTRIES: ReadonlySet<string> = new Set(
   `AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
@@ -33,13 +33,15 @@ export const GROUPINGS: ReadonlyMap<string, ReadonlySet<string>> = new Map([
   [GLOBAL, COUNTRIES],
 ]);
 
+/** What normalization trims (not \x1c-\x1f, which Python's str.strip() would also trim). */
+const ASCII_WHITESPACE = /^[ \t\n\r\x0b\x0c]+|[ \t\n\r\x0b\x0c]+$/g;
 const SUBDIVISION = /^([A-Z]{2})-[A-Z0-9]{1,3}$/;
 
 /** The canonical (upper-case) form of `code`, or a RegionError. */
 export function normalizeRegion(code: unknown): string {
   if (typeof code !== "string") throw new RegionError(String(code), "a region must be a string");
   if (!isAscii(code)) throw new RegionError(code, "region codes are ASCII letters, digits and '-'");
-  const canonical = stripAscii(code).toUpperCase();
+  const canonical = code.replace(ASCII_WHITESPACE, "").toUpperCase();
   if (GROUPINGS.has(canonical) || COUNTRIES.has(canonical)) return canonical;
   const match = SUBDIVISION.exec(canonical);
   if (match && COUNTRIES.has(match[1] as string)) return canonical;

@@ -7,6 +7,16 @@
  *     {"id": 12, "epoch": 41, "kind": "lift"}
  */
 import { createHash } from "node:crypto";
+import {
+  SNAPSHOT_ENTRY_PREFIX,
+  SNAPSHOT_EPOCH_FIELD,
+  SNAPSHOT_GENERATION_FIELD,
+  SNAPSHOT_VERSION_FIELD,
+  STREAM_ENTRY_FIELD,
+  STREAM_PREV_FIELD,
+  unsupportedProtocol,
+} from "./protocol.js";
+import { pyInt } from "./pytext.js";
 
 export const TARGET_TYPES = ["passport", "agent", "fleet", "all"] as const;
 export const DIGEST_LENGTH = 64;
@@ -153,4 +163,129 @@ export class RevocationState {
     for (const [id, entry] of this.active) if (other.active.get(id)?.epoch !== entry.epoch) return false;
     return true;
   }
+}
+
+// -- following the channel: the watcher's decisions as pure functions (conformance vectors drive
+// them; README, "Kill-switch protocol", steps 1-3) ----------------------------------------------
+
+/** A stream message: its id and its fields. */
+export type StreamMessage = readonly [string, Readonly<Record<string, string>>];
+
+/**
+ * The snapshot is missing, unreadable, older than the state applied or in a protocol version
+ * this SDK does not know: keep what we have, fail closed, and retry. `reason`:
+ * `missing_snapshot`, `malformed_snapshot`, `older_snapshot` or `unsupported_protocol`.
+ */
+export class SnapshotUnavailable extends Error {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+    this.name = "SnapshotUnavailable";
+  }
+}
+
+/** Where an agent stands in the channel: applied state, snapshot generation, last entry consumed. */
+export interface Follower {
+  readonly state: RevocationState;
+  readonly generation: string | null;
+  readonly lastId: string;
+  readonly position: number;
+}
+
+export const START: Follower = { state: RevocationState.empty(), generation: null, lastId: "0-0", position: 0 };
+
+/** One poll's outcome: the follower now and, if it must reload, why (`reload`: a code). */
+export interface Poll {
+  readonly follower: Follower;
+  readonly reload: string;
+  readonly detail: string;
+}
+
+/** A decimal integer as Redis holds it (digits only), or null. */
+function decimal(text: string | null | undefined): number | null {
+  return typeof text === "string" && /^[0-9]+$/.test(text) ? Number(text) : null;
+}
+
+/** The snapshot's epoch, or SnapshotUnavailable (missing, unknown version, malformed). */
+function checkSnapshot(snapshot: Readonly<Record<string, string | null | undefined>>): number {
+  const epoch = snapshot[SNAPSHOT_EPOCH_FIELD];
+  if (epoch === null || epoch === undefined)
+    throw new SnapshotUnavailable("no snapshot in Redis (new, flushed or restarted); waiting for the service", "missing_snapshot");
+  const version = snapshot[SNAPSHOT_VERSION_FIELD]; // absent: written before versions, i.e. 1
+  const problem = version === null || version === undefined ? null : unsupportedProtocol(decimal(version) ?? version);
+  if (problem) throw new SnapshotUnavailable(`the revocation snapshot's ${problem}`, "unsupported_protocol");
+  const parsed = decimal(epoch);
+  if (parsed === null) throw new SnapshotUnavailable(`malformed snapshot: epoch ${epoch.slice(0, 40)} is not an integer`, "malformed_snapshot");
+  return parsed;
+}
+
+/**
+ * Step 1: the follower after loading `snapshot` (the whole hash) and the stream's last entry.
+ * Throws SnapshotUnavailable; never goes back behind `appliedEpoch`.
+ */
+export function loadSnapshot(snapshot: Readonly<Record<string, string>>, last: StreamMessage | null, appliedEpoch: number): Follower {
+  const epoch = checkSnapshot(snapshot);
+  let entries: RevocationEntry[];
+  try {
+    entries = Object.entries(snapshot)
+      .filter(([name]) => name.startsWith(SNAPSHOT_ENTRY_PREFIX))
+      .map(([, value]) => RevocationEntry.parse(value));
+  } catch (error) {
+    throw new SnapshotUnavailable(`malformed snapshot: ${(error as Error).message}`, "malformed_snapshot");
+  }
+  if (epoch < appliedEpoch)
+    throw new SnapshotUnavailable(
+      `the snapshot (epoch ${epoch}) is older than the state applied (epoch ${appliedEpoch}): Redis was restored ` +
+        "from an older copy or lags; keeping the newer state until the service rewrites it",
+      "older_snapshot",
+    );
+  return {
+    state: RevocationState.build(entries, epoch),
+    generation: snapshot[SNAPSHOT_GENERATION_FIELD] ?? null,
+    lastId: last ? last[0] : "0-0",
+    position: last ? streamPosition(last[1][STREAM_ENTRY_FIELD]) : 0,
+  };
+}
+
+/**
+ * Steps 2-3: apply one poll's stream `messages` (read with COUNT `batch`), given the snapshot's
+ * `_epoch`, `_generation` and `_v` read in the same round trip. Throws SnapshotUnavailable if
+ * the snapshot is missing, malformed or in an unknown protocol version.
+ */
+export function followPoll(
+  follower: Follower,
+  snapshot: Readonly<Record<string, string | null | undefined>>,
+  messages: readonly StreamMessage[],
+  batch: number,
+): Poll {
+  const snapshotEpoch = checkSnapshot(snapshot);
+  const entries: RevocationEntry[] = [];
+  let { lastId, position } = follower;
+  for (const [messageId, fields] of messages) {
+    let entry: RevocationEntry;
+    let prev: number | null;
+    try {
+      entry = RevocationEntry.parse(fields[STREAM_ENTRY_FIELD] ?? "");
+      prev = pyInt(fields[STREAM_PREV_FIELD]);
+      if (prev === null) throw new MalformedEntry(`prev ${String(fields[STREAM_PREV_FIELD])} is not an integer`);
+    } catch (error) {
+      return { follower, reload: "malformed_entry", detail: `malformed revocation stream entry ${messageId}: ${(error as Error).message}` };
+    }
+    if (prev !== position) {
+      const detail = `revocation stream entry ${messageId} follows epoch ${prev} but the last one seen was epoch ${position}: entries were trimmed or lost`;
+      return { follower, reload: "gap", detail };
+    }
+    lastId = messageId;
+    position = entry.epoch;
+    entries.push(entry);
+  }
+  const state = entries.length ? follower.state.apply(entries) : follower.state;
+  const next: Follower = { state, generation: follower.generation, lastId, position };
+  const result = (reload: string, detail: string): Poll => ({ follower: next, reload, detail });
+  if ((snapshot[SNAPSHOT_GENERATION_FIELD] ?? null) !== next.generation) return result("new_generation", "the service rewrote the snapshot");
+  if (snapshotEpoch < state.epoch && !entries.length) return result("snapshot_behind", "the snapshot is older than the state applied");
+  if (snapshotEpoch > state.epoch && messages.length < batch) return result("snapshot_ahead", "the snapshot knows more than the stream told");
+  return result("", "");
 }

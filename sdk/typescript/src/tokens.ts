@@ -3,12 +3,13 @@
  * with the policy of agent_passport/tokens.py: only EdDSA, our `typ`, a known `kid`, no `crit`
  * (we implement no extension, RFC 7515 §4.1.11), no key-carrying headers, required claims of the
  * right types, a 16 KiB cap. The signature check is `jose`'s. Every way a token can be
- * malformed ends as PassportInvalid (or PassportExpired / PassportNotYetValid).
+ * malformed ends as PassportInvalid (or PassportExpired / PassportNotYetValid). A passport in a
+ * protocol version this SDK does not know (`rev.v`) is refused (`unsupported_protocol`).
  */
 import { createPublicKey, type KeyObject } from "node:crypto";
 import { compactVerify, errors as joseErrors } from "jose";
 import { PassportExpired, PassportInvalid, PassportNotYetValid, RuleError } from "./errors.js";
-import { ALGORITHM, MAX_TOKEN_BYTES, TOKEN_TYPE } from "./protocol.js";
+import { ALGORITHM, MAX_TOKEN_BYTES, TOKEN_TYPE, unsupportedProtocol } from "./protocol.js";
 import { pyRepr } from "./pytext.js";
 import { parseJurisdiction, parseScope } from "./rules.js";
 
@@ -102,39 +103,48 @@ export function readHeader(token: unknown): Record<string, unknown> & { kid: str
   return header as Record<string, unknown> & { kid: string };
 }
 
+/** Refuse a passport written in a protocol version this SDK does not know (fail closed). */
+function checkProtocol(claims: Record<string, unknown>): void {
+  const rev = claims["rev"];
+  if (rev === null || typeof rev !== "object" || Array.isArray(rev) || !("v" in rev)) return; // version 1
+  const problem = unsupportedProtocol((rev as Record<string, unknown>)["v"]);
+  if (problem) throw new PassportInvalid(`the passport's ${problem}`, "unsupported_protocol");
+}
+
+function checkRegisteredClaims(claims: Record<string, unknown>, issuer: string, audience: string): void {
+  for (const name of REQUIRED_CLAIMS)
+    if (claims[name] === undefined || claims[name] === null)
+      throw new PassportInvalid(`the passport lacks the ${pyRepr(name)} claim`, "missing_claim");
+  if (claims["iss"] !== issuer) throw new PassportInvalid(`the passport was not issued by ${pyRepr(issuer)}`, "wrong_issuer");
+  const aud = claims["aud"];
+  if (aud !== audience && !(Array.isArray(aud) && aud.includes(audience)))
+    throw new PassportInvalid(`the passport is not meant for audience ${pyRepr(audience)}`, "wrong_audience");
+}
+
+/** `nbf`/`iat` may be up to CLOCK_SKEW_LEEWAY (or `leeway`) ahead of `now`; `exp` must be later than `now - leeway`. */
 function checkTimes(claims: Record<string, unknown>, now: number, leeway: number): void {
-  for (const name of TIME_CLAIMS)
-    if (typeof claims[name] !== "number" || !Number.isFinite(claims[name]))
-      throw new PassportInvalid(`the token is malformed (the ${name} claim is not a number)`, "malformed");
-  const [iat, nbf, exp] = TIME_CLAIMS.map((name) => Math.trunc(claims[name] as number)) as [number, number, number];
-  if (iat > now + CLOCK_SKEW_LEEWAY || nbf > now + CLOCK_SKEW_LEEWAY)
+  for (const name of TIME_CLAIMS) {
+    const value = claims[name];
+    if (typeof value !== "number" || !(value >= 0 && value <= MAX_NUMERIC_DATE))
+      throw new PassportInvalid(`the ${pyRepr(name)} claim is not a time in seconds`, "malformed");
+  }
+  const early = Math.max(leeway, CLOCK_SKEW_LEEWAY);
+  if ((claims["iat"] as number) > now + early || (claims["nbf"] as number) > now + early)
     throw new PassportNotYetValid(
       `the passport is not valid yet (nbf/iat more than ${CLOCK_SKEW_LEEWAY} s ahead of this machine's clock: check this machine's clock)`,
     );
-  if (exp <= now - leeway) throw new PassportExpired("the passport has expired");
-}
-
-function checkAudience(claims: Record<string, unknown>, issuer: string, audience: string): void {
-  if (claims["iss"] !== issuer) throw new PassportInvalid(`the passport was not issued by ${pyRepr(issuer)}`, "wrong_issuer");
-  const aud = claims["aud"];
-  const audiences = typeof aud === "string" ? [aud] : aud;
-  if (!Array.isArray(audiences) || audiences.some((item) => typeof item !== "string") || !audiences.includes(audience))
-    throw new PassportInvalid(`the passport is not meant for audience ${pyRepr(audience)}`, "wrong_audience");
-  for (const name of ["sub", "jti"])
-    if (typeof claims[name] !== "string") throw new PassportInvalid(`the token is malformed (${name} must be a string)`, "malformed");
+  if ((claims["exp"] as number) <= now - leeway) throw new PassportExpired("the passport has expired");
 }
 
 /** What the guard and the registry read from the claims must have the type they expect. */
 function checkClaimTypes(claims: Record<string, unknown>): void {
-  for (const name of TIME_CLAIMS) {
-    const value = claims[name] as number;
-    if (!(value >= 0 && value <= MAX_NUMERIC_DATE)) throw new PassportInvalid(`the ${pyRepr(name)} claim is not a time in seconds`, "malformed");
-  }
+  for (const name of ["sub", "jti"])
+    if (typeof claims[name] !== "string") throw new PassportInvalid(`the ${pyRepr(name)} claim is not a string`, "malformed");
   for (const name of OPTIONAL_TEXT_CLAIMS)
     if (name in claims && typeof claims[name] !== "string")
       throw new PassportInvalid(`the ${pyRepr(name)} claim is not a string`, "malformed");
   const rev = claims["rev"] ?? {};
-  if (rev === null || typeof rev !== "object" || Array.isArray(rev) || Object.values(rev).some((v) => typeof v !== "string"))
+  if (rev === null || typeof rev !== "object" || Array.isArray(rev) || Object.entries(rev).some(([name, value]) => name !== "v" && typeof value !== "string"))
     throw new PassportInvalid("the 'rev' claim is not an object of strings", "malformed");
   for (const name of ["scope", "jurisdiction"]) {
     const value = claims[name];
@@ -150,7 +160,11 @@ function checkClaimTypes(claims: Record<string, unknown>): void {
   }
 }
 
-/** Verify `token` and return its claims, or throw a PassportError subclass. */
+/**
+ * Verify `token` and return its claims, or throw a PassportError subclass. Checked in this
+ * order (conformance/README.md, tokens.json): the header, the key, the signature, the protocol
+ * version, the required claims, issuer, audience, the times against `now`, the other types.
+ */
 export async function verifyToken(token: string, keys: Keys, options: VerifyOptions): Promise<Claims> {
   const header = readHeader(token);
   const key = keys instanceof Map ? keys.get(header.kid) : await (keys as KeyLookup)(header.kid);
@@ -172,11 +186,9 @@ export async function verifyToken(token: string, keys: Keys, options: VerifyOpti
   if (claims === null || typeof claims !== "object" || Array.isArray(claims))
     throw new PassportInvalid("the token is malformed (the payload is not a JSON object)", "malformed");
   const record = claims as Record<string, unknown>;
-  for (const name of REQUIRED_CLAIMS)
-    if (record[name] === undefined || record[name] === null)
-      throw new PassportInvalid(`the passport lacks the ${pyRepr(name)} claim`, "missing_claim");
+  checkProtocol(record);
+  checkRegisteredClaims(record, options.issuer, options.audience);
   checkTimes(record, options.now ?? Date.now() / 1000, options.leeway ?? 0);
-  checkAudience(record, options.issuer, options.audience);
   checkClaimTypes(record);
   return record as Claims;
 }

@@ -19,21 +19,17 @@ import {
   HEARTBEAT_AT_FIELD,
   HEARTBEAT_EPOCH_FIELD,
   RevocationChannel,
-  SNAPSHOT_ENTRY_PREFIX,
   SNAPSHOT_EPOCH_FIELD,
   SNAPSHOT_GENERATION_FIELD,
-  STREAM_ENTRY_FIELD,
-  STREAM_PREV_FIELD,
+  SNAPSHOT_VERSION_FIELD,
 } from "./protocol.js";
-import { MalformedEntry, RevocationEntry, RevocationState, streamPosition } from "./revocations.js";
+import { type Follower, followPoll, loadSnapshot, RevocationState, SnapshotUnavailable, START, type StreamMessage } from "./revocations.js";
 
 export type Listener = (state: RevocationState) => void;
 export type Logger = (message: string) => void;
 
-/** The snapshot is missing, unreadable or older than the state applied: keep what we have. */
-export class SnapshotUnavailable extends Error {}
-
-type StreamMessage = [string, string[]];
+/** A stream message as ioredis returns it: its id and a flat field/value list. */
+type RawMessage = [string, string[]];
 type Stamp = [string | null, string | null];
 
 export interface WatcherOptions {
@@ -48,11 +44,11 @@ export interface WatcherOptions {
   log?: Logger;
 }
 
-/** Field/value pairs of a stream message as a record. */
-function fieldsOf(flat: string[]): Record<string, string> {
+/** A stream message with its fields as a record. */
+function message([id, flat]: RawMessage): StreamMessage {
   const fields: Record<string, string> = {};
   for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i] as string] = flat[i + 1] as string;
-  return fields;
+  return [id, fields];
 }
 
 /** Ioredis MULTI/pipeline replies, throwing the first command error. */
@@ -76,9 +72,7 @@ export class RevocationWatcher {
   problem = "not loaded yet";
   private readonly client: Redis;
   private readonly log: Logger;
-  private generation: string | null = null;
-  private lastId = "0-0";
-  private position = 0;
+  private follower: Follower = START;
   private stamp: string | null = null;
   private stampAt = -Infinity;
   private stampEpoch = 0;
@@ -179,32 +173,11 @@ export class RevocationWatcher {
         .hmget(keys.heartbeatKey, HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD)
         .time()
         .exec(),
-    ) as [Record<string, string>, StreamMessage[], Stamp, [string, string]];
-    if (!(SNAPSHOT_EPOCH_FIELD in snapshot))
-      throw new SnapshotUnavailable("no snapshot in Redis (new or flushed); waiting for the service");
-    let epoch: number;
-    let entries: RevocationEntry[];
-    try {
-      const parsed = pyInt(snapshot[SNAPSHOT_EPOCH_FIELD]);
-      if (parsed === null) throw new MalformedEntry(`_epoch ${snapshot[SNAPSHOT_EPOCH_FIELD]} is not an integer`);
-      epoch = parsed;
-      entries = Object.entries(snapshot)
-        .filter(([name]) => name.startsWith(SNAPSHOT_ENTRY_PREFIX))
-        .map(([, value]) => RevocationEntry.parse(value));
-    } catch (error) {
-      throw new SnapshotUnavailable(`malformed snapshot: ${(error as Error).message}`);
-    }
-    if (epoch < this.state.epoch)
-      throw new SnapshotUnavailable(
-        `the snapshot (epoch ${epoch}) is older than the state applied (epoch ${this.state.epoch}): ` +
-          "Redis was restored from an older copy or lags; keeping the newer state until the service rewrites it",
-      );
-    this.generation = snapshot[SNAPSHOT_GENERATION_FIELD] ?? null;
+    ) as [Record<string, string>, RawMessage[], Stamp, [string, string]];
     const newest = last[0];
-    this.lastId = newest ? newest[0] : "0-0";
-    this.position = newest ? streamPosition(fieldsOf(newest[1])[STREAM_ENTRY_FIELD]) : 0;
-    this.setState(RevocationState.build(entries, epoch));
-    this.confirm(epoch, stamp, redisNow, sentAt);
+    this.follower = loadSnapshot(snapshot, newest ? message(newest) : null, this.state.epoch);
+    this.setState(this.follower.state);
+    this.confirm(this.state.epoch, stamp, redisNow, sentAt);
     this.readyResolve();
   }
 
@@ -212,57 +185,26 @@ export class RevocationWatcher {
   private async follow(): Promise<boolean> {
     const keys = this.channel;
     const sentAt = monotonic();
-    const [[epochRaw, generation], stamp, redisNow, streams] = replies(
+    const [[epoch, generation, version], stamp, redisNow, streams] = replies(
       await this.client
         .pipeline()
-        .hmget(keys.snapshotKey, SNAPSHOT_EPOCH_FIELD, SNAPSHOT_GENERATION_FIELD)
+        .hmget(keys.snapshotKey, SNAPSHOT_EPOCH_FIELD, SNAPSHOT_GENERATION_FIELD, SNAPSHOT_VERSION_FIELD)
         .hmget(keys.heartbeatKey, HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD)
         .time()
-        .xread("COUNT", this.batch, "BLOCK", this.blockMs, "STREAMS", keys.streamKey, this.lastId)
+        .xread("COUNT", this.batch, "BLOCK", this.blockMs, "STREAMS", keys.streamKey, this.follower.lastId)
         .exec(),
-    ) as [Stamp, Stamp, [string, string], Array<[string, StreamMessage[]]> | null];
-    if (epochRaw === null) throw new SnapshotUnavailable("snapshot disappeared (Redis flushed or restarted)");
-    const messages = (streams ?? []).flatMap(([, batch]) => batch);
-    const entries = this.read(messages);
-    if (entries === null) return false;
-    if (entries.length) this.setState(this.state.apply(entries));
-    if (generation !== this.generation) return false; // the service rewrote the snapshot
-    const snapshotEpoch = pyInt(epochRaw);
-    if (snapshotEpoch === null) throw new SnapshotUnavailable(`malformed snapshot epoch ${epochRaw.slice(0, 40)}`);
-    if (snapshotEpoch < this.state.epoch && !entries.length) return false;
-    if (snapshotEpoch > this.state.epoch && messages.length < this.batch) return false;
-    this.confirm(snapshotEpoch, stamp, redisNow, sentAt);
-    return true;
-  }
-
-  /** Parse stream messages in order; null if one is malformed or does not follow on (a gap). */
-  private read(messages: StreamMessage[]): RevocationEntry[] | null {
-    const entries: RevocationEntry[] = [];
-    for (const [messageId, flat] of messages) {
-      const fields = fieldsOf(flat);
-      let entry: RevocationEntry;
-      let prev: number;
-      try {
-        entry = RevocationEntry.parse(fields[STREAM_ENTRY_FIELD] ?? "");
-        const parsed = pyInt(fields[STREAM_PREV_FIELD]);
-        if (parsed === null) throw new MalformedEntry(`prev ${fields[STREAM_PREV_FIELD]} is not an integer`);
-        prev = parsed;
-      } catch (error) {
-        this.log(`malformed revocation stream entry ${messageId}: ${(error as Error).message}; reloading`);
-        return null;
-      }
-      if (prev !== this.position) {
-        this.log(
-          `revocation stream entry ${messageId} follows epoch ${prev} but the last one seen was epoch ` +
-            `${this.position}: entries were trimmed or lost; reloading the snapshot`,
-        );
-        return null;
-      }
-      this.lastId = messageId;
-      this.position = entry.epoch;
-      entries.push(entry);
+    ) as [Array<string | null>, Stamp, [string, string], Array<[string, RawMessage[]]> | null];
+    const snapshot = { [SNAPSHOT_EPOCH_FIELD]: epoch, [SNAPSHOT_GENERATION_FIELD]: generation, [SNAPSHOT_VERSION_FIELD]: version };
+    const messages = (streams ?? []).flatMap(([, batch]) => batch.map(message));
+    const poll = followPoll(this.follower, snapshot, messages, this.batch);
+    this.follower = poll.follower;
+    this.setState(poll.follower.state);
+    if (poll.reload) {
+      if (poll.reload === "gap" || poll.reload === "malformed_entry") this.log(`${poll.detail}; reloading the snapshot`);
+      return false;
     }
-    return entries;
+    this.confirm(Number(epoch), stamp, redisNow, sentAt);
+    return true;
   }
 
   /**
