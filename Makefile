@@ -14,12 +14,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt sdk/python/pyproject.t
 run: $(VENV)/.installed
 	$(PY) -m registry.devserver run
 
-test: $(VENV)/.installed
+# The TypeScript SDK: `npm ci` from the committed lock file, again only when the lock file changes.
+TS_SDK := sdk/typescript
+
+$(TS_SDK)/node_modules/.installed: $(TS_SDK)/package-lock.json
+	cd $(TS_SDK) && npm ci --no-audit --no-fund
+	touch $@
+
+test: $(VENV)/.installed $(TS_SDK)/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) -m mypy --strict --config-file sdk/python/pyproject.toml sdk/python/agent_passport
 	PYTHON=$(PY) sdk/python/test-installed-wheel -q
+	cd $(TS_SDK) && npm test
 	$(PY) -m registry.devserver test $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -1,9 +1,10 @@
 """Writes the conformance vectors (conformance/*.json) from the Python SDK.
 
-Run ``.venv/bin/python conformance/generate.py`` (the SDK installed). The output is deterministic
-(fixed keys, seeds and clocks; Ed25519 signatures are deterministic), so regenerating must
-reproduce the committed files byte for byte: sdk/python/tests/test_conformance.py checks it. The file
-format of each kind is described in conformance/README.md.
+Run ``.venv/bin/python conformance/generate.py`` (the SDK installed). The output is
+deterministic (fixed keys, seeds and clocks; Ed25519 signatures are deterministic), so
+regenerating must reproduce the committed files byte for byte:
+sdk/python/tests/test_conformance.py checks it. The file format of each kind is described in
+conformance/README.md.
 """
 
 from __future__ import annotations

@@ -67,6 +67,9 @@ def test_readme_shell_examples_work_in_order(tmp_path):
     assert len(re.findall(r'"lifted_at":"[^"]+"', out)) == 3, out
     active = json.loads([line for line in out.splitlines() if line.startswith('{"next"')][-1])
     assert {next(iter(r["target"])) for r in active["results"]} == {"passport"}, out
+    # the TypeScript SDK's CLI, with the registry's JWKS
+    assert "valid: passport " in out, out
+    assert "allowed: allowed by rule 'fs:*:/workspace/**' in DE" in out, out
     # incident demo
     assert "7. agent: next action refused" in out and "9. audit log: intact" in out, out
     assert processes_marked(port) == []
