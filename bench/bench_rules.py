@@ -30,17 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from _server import (
-    BASE_DIR,
-    busy_cores,
-    machine_basics,
-    percentile,
-    policy_rules,
-    timer_overhead_ns,
-    wait_until_quiet,
-)
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
 
-from agent_passport.rules import MAX_RESOURCE_LENGTH, MAX_RULE_LENGTH, MAX_RULES, Policy
+from agent_passport.rules import MAX_RESOURCE_LENGTH, MAX_RULE_LENGTH, MAX_RULES, Policy  # noqa: E402
+from bench.harness.machine import busy_cores, machine_basics, wait_until_quiet  # noqa: E402
+from bench.harness.report import RESULTS_DIR, Column, table, write_json  # noqa: E402
+from bench.harness.stats import percentile, timer_overhead_ns  # noqa: E402
+from bench.harness.workload import policy_rules  # noqa: E402
 
 TARGET_US = 50.0
 ISSUABLE_RULES = 22  # rules of 512 characters that fit a 16 KiB token with the default issuer
@@ -87,9 +85,12 @@ def wildcards(unit: str, prefix: str = "", suffix: str = "") -> str:
 
 
 def cases() -> list[Case]:
+    return worst_cases() + realistic_cases()
+
+
+def worst_cases() -> list[Case]:
     # Every rule finds all its "a"s, then looks for its "b" to the end: a full scan each.
     many = [f"*:*:{wildcards('*a', suffix=f'*b{i:x}*')}" for i in range(MAX_RULES)]
-    realistic_256 = policy_rules() + [f"fs:read:/srv/archive/{i}/**" for i in range(206)]
     return [
         Case(
             "issue: *a*a*a*a*b vs 200 'a'",
@@ -140,12 +141,18 @@ def cases() -> list[Case]:
             lambda i: padded("a", i),
             "the most such rules a 16 KiB passport holds",
         ),
+    ]
+
+
+def realistic_cases() -> list[Case]:
+    realistic_256 = policy_rules() + [f"fs:read:/srv/archive/{i}/**" for i in range(206)]
+    return [
         Case(
             "realistic 50 rules",
             policy_rules(),
             "fs:read",
             lambda i: f"/srv/data/team{i % 12}/u{i}/file.csv",
-            "bench/_server.policy_rules()",
+            "bench/harness/workload.policy_rules()",
         ),
         Case(
             f"realistic {MAX_RULES} rules",
@@ -218,25 +225,34 @@ def run(calls: int, cap: float) -> list[dict[str, object]]:
     return rows
 
 
+COLUMNS = (
+    Column("case", 45, left=True),
+    Column("p50 µs", 9, ".1f"),
+    Column("p99 µs", 10, ".1f"),
+    Column("max µs", 10, ".1f"),
+    Column("cached", 9, ".2f"),
+    Column("old regex", 13),
+    Column("", 0, left=True),
+)
+
+
 def print_table(rows: list[dict], cap: float) -> None:
-    header = f"{'p50 µs':>9} {'p99 µs':>9} {'max µs':>9} {'cached':>8} {'old regex':>12}"
-    print(f"\n{'case':44} {header}")
+    lines = []
     for row in rows:
-        old = row["old_regex"]
+        old, u = row["old_regex"], row["uncached"]
         old_text = f"> {cap:.0f} s" if old["capped"] else f"{old['us']:.1f} µs"
-        u = row["uncached"]
         flag = "" if row["within_target"] else f"  (p99 over {TARGET_US:.0f} µs)"
-        print(
-            f"{row['case']:44} {u['p50_us']:9.1f} {u['p99_us']:9.1f} {u['max_us']:9.1f} "
-            f"{row['cached_us']:8.2f} {old_text:>12}{flag}"
-        )
+        lines.append([row["case"], u["p50_us"], u["p99_us"], u["max_us"], row["cached_us"],
+                      old_text, flag])  # fmt: skip
+    print()
+    print(table(COLUMNS, lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls per case")
     parser.add_argument("--cap", type=float, default=10.0, help="seconds for the old matcher")
-    parser.add_argument("--output", type=Path, default=BASE_DIR / "bench/results/rules.json")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "rules.json")
     args = parser.parse_args()
     load_before = wait_until_quiet(limit=60, threshold=0.5)
     rows = run(calls=200 if args.quick else 2000, cap=args.cap)
@@ -258,9 +274,8 @@ def main() -> None:
         "old_regex_cap_seconds": args.cap,
         "cases": rows,
     }
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nbusy cores outside the bench: {load_before} before, {load_after} after")
-    print(f"wrote {args.output.relative_to(BASE_DIR)}")
+    write_json(report, args.output)
 
 
 if __name__ == "__main__":
