@@ -221,8 +221,9 @@ def create_agents(base_url: str, token: str, count: int) -> list[str]:
         body = {"name": f"bench-agent-{i}", "fleet": "bench", "description": "bench_passports"}
         response = session.post(base_url + "/api/v1/agents", json=body, timeout=10)
         if response.status_code != 201:
-            raise RuntimeError(f"creating an agent failed: HTTP {response.status_code}: "
-                               f"{response.text[:200]}")  # fmt: skip
+            raise RuntimeError(
+                f"creating an agent failed: HTTP {response.status_code}: {response.text[:200]}"
+            )
         ids.append(response.json()["id"])
     return ids
 
@@ -493,18 +494,42 @@ def print_tables(report: dict[str, Any]) -> None:
         f"client, server, PostgreSQL and Redis share the {info['cpu_count']} cores\n"
     )
     cores = ("client", "gunicorn", "postgres", "other")
-    print(table(HTTP_COLUMNS, [
-        [*(r[k] for k in ("name", "concurrency", "rps", "p50_ms", "p99_ms", "errors", "requests")),
-         cores_cells(r["cpu_cores"], cores, 9)] for r in report["http"]
-    ]))  # fmt: skip
+    print(
+        table(
+            HTTP_COLUMNS,
+            [
+                [
+                    *(
+                        r[k]
+                        for k in (
+                            "name",
+                            "concurrency",
+                            "rps",
+                            "p50_ms",
+                            "p99_ms",
+                            "errors",
+                            "requests",
+                        )
+                    ),
+                    cores_cells(r["cpu_cores"], cores, 9),
+                ]
+                for r in report["http"]
+            ],
+        )
+    )
     print(
         "(client..other: CPU cores in use during the phase; 'other' is the rest of the machine:"
         " Redis and anything not part of the bench)\n"
     )
-    print(table(OFFLINE_COLUMNS, [
-        [r["name"], r["ops_per_s"], r["p50_us"], r["p99_us"], f"  {r['note']}"]
-        for r in report["offline"]
-    ]))  # fmt: skip
+    print(
+        table(
+            OFFLINE_COLUMNS,
+            [
+                [r["name"], r["ops_per_s"], r["p50_us"], r["p99_us"], f"  {r['note']}"]
+                for r in report["offline"]
+            ],
+        )
+    )
     print(f"(per-call timings include ~{report['timer_overhead_ns']:.0f} ns of timer overhead)")
 
 

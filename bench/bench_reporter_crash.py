@@ -153,9 +153,29 @@ def print_report(report: dict[str, Any]) -> None:
         f"machine: {report['machine'].get('cpu_count', '?')} cores; "
         f"background {report['background_busy_cores']} cores"
     )
-    print(table(COLUMNS, [[*(r[k] for k in ("outage", "rate", "kills", "recorded", "lost",
-                                            "lost_ms_median", "lost_ms_max")),
-                           f"  {r['lost_per_kill']}"] for r in rows]))  # fmt: skip
+    print(
+        table(
+            COLUMNS,
+            [
+                [
+                    *(
+                        r[k]
+                        for k in (
+                            "outage",
+                            "rate",
+                            "kills",
+                            "recorded",
+                            "lost",
+                            "lost_ms_median",
+                            "lost_ms_max",
+                        )
+                    ),
+                    f"  {r['lost_per_kill']}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(
         f"\nrecord(): {recording['record_no_thread_ns']} ns/call alone, "
         f"{recording['record_during_outage_ns']} ns/call during an outage, i.e. while the spill "

@@ -176,8 +176,11 @@ def measure_uncached(case: Case, calls: int) -> dict[str, float]:
         policy.decide(case.action, resource)
         samples.append((clock() - start) / 1000)
     samples.sort()
-    return {"p50_us": percentile(samples, 50), "p99_us": percentile(samples, 99),
-            "max_us": samples[-1]}  # fmt: skip
+    return {
+        "p50_us": percentile(samples, 50),
+        "p99_us": percentile(samples, 99),
+        "max_us": samples[-1],
+    }
 
 
 def measure_cached(case: Case, calls: int) -> float:
@@ -242,8 +245,9 @@ def print_table(rows: list[dict], cap: float) -> None:
         old, u = row["old_regex"], row["uncached"]
         old_text = f"> {cap:.0f} s" if old["capped"] else f"{old['us']:.1f} µs"
         flag = "" if row["within_target"] else f"  (p99 over {TARGET_US:.0f} µs)"
-        lines.append([row["case"], u["p50_us"], u["p99_us"], u["max_us"], row["cached_us"],
-                      old_text, flag])  # fmt: skip
+        lines.append(
+            [row["case"], u["p50_us"], u["p99_us"], u["max_us"], row["cached_us"], old_text, flag]
+        )
     print()
     print(table(COLUMNS, lines))
 

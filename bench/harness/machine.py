@@ -134,9 +134,13 @@ class CpuSnapshot:
 
     @classmethod
     def take(
-        cls, server_pid: int | None, database: str, *, postgres_writers: bool = False,
+        cls,
+        server_pid: int | None,
+        database: str,
+        *,
+        postgres_writers: bool = False,
         redis: bool = False,
-    ) -> CpuSnapshot:  # fmt: skip
+    ) -> CpuSnapshot:
         groups: dict[str, dict[str, float]] = {"gunicorn": {}, "postgres": {}}
         if redis:
             groups["redis"] = {}
