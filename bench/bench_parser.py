@@ -3,10 +3,13 @@ surrogates or NUL) against DRF's plain ``JSONParser``, on the largest body the S
 action events with details) and on a small one (an issuance request); and for the action batch,
 ``ItemwiseJSONParser`` plus ``check_text`` on each event, as ``POST /api/v1/actions`` does.
 
-Run: ``.venv/bin/python bench/bench_parser.py``. Prints a table; writes bench/results/parser.json.
-In-process, one core; the machine's busy cores during the run are reported alongside.
+In-process, one core; the machine's busy cores during the run are reported alongside. Prints a
+table; writes bench/results/parser.json (``--output PATH`` elsewhere).
+
+    .venv/bin/python bench/bench_parser.py [--output PATH]
 """
 
+import argparse
 import io
 import json
 import os
@@ -101,6 +104,9 @@ def measure(name: str, body: bytes, parser) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args()
     load = busy_cores(1.0)
     batch = batch_body()
     rows = [
@@ -110,9 +116,8 @@ def main() -> None:
     ]
     print(f"median of {ROUNDS} parses; busy cores before the run: {load}")
     print(table(COLUMNS, [list(row.values()) for row in rows]))
-    write_json(
-        {"machine": {**machine_basics(), "busy_cores_before": load}, "rows": rows}, RESULTS_PATH
-    )
+    report = {"machine": {**machine_basics(), "busy_cores_before": load}, "rows": rows}
+    write_json(report, args.output)
 
 
 if __name__ == "__main__":
