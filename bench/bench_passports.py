@@ -468,7 +468,7 @@ HTTP_COLUMNS = (
     Column("p99 ms", 8, ".2f"),
     Column("errors", 7),
     Column("requests", 9),
-    Column("client  gunicorn  postgres     other", 36),
+    Column("".join(f"{name:>9}" for name in ("client", "gunicorn", "postgres", "other")), 36),
 )
 OFFLINE_COLUMNS = (
     Column("Offline (1 thread, 1 core)", 34, left=True),
