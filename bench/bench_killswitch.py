@@ -21,9 +21,10 @@ The database is a dedicated PostgreSQL database ``aps_bench_killswitch`` (not ``
 global kill there would make a concurrently running bench_passports.py fail). Everything runs on
 the same cores; the background load is sampled and reported.
 
+    .venv/bin/python bench/bench_killswitch.py [--quick] [--only propagation|check|outage] ...
 
-Options: ``--quick`` (200 guards, fewer rounds, shorter check-path runs: about a minute plus
-the outage), ``--only propagation|check|outage`` (one part), ``--processes N`` (guard processes;
+Options: ``--quick`` (200 guards, 5/2/1 rounds, 40 outage guards, shorter check-path runs),
+``--only propagation|check|outage`` (one part), ``--processes N`` (guard processes;
 2), ``--guards N`` (in total; 1000, quick 200), ``--per-agent N`` (passports per agent; 4),
 ``--fleets N`` (5), ``--reconcile-seconds S`` (REVOCATION_RECONCILE_SECONDS of the service; 10),
 ``--switch-interval S`` (sys.setswitchinterval in the guard processes, for diagnosis),

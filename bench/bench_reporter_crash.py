@@ -18,6 +18,10 @@ What is measured, in one run:
    from a full buffer to disk (above that rate the backlog grows and the bound no longer holds).
 
     .venv/bin/python bench/bench_reporter_crash.py [--quick] [--kills 8] [--rates 20000,100000]
+
+Options: ``--quick`` (3 kills per rate and outage, 200,000 record() calls instead of 1,000,000),
+``--kills N`` (kills per rate and outage; 8), ``--rates LIST`` (events/s the agent records;
+20000,100000), ``--output PATH`` (bench/results/reporter_crash.json).
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ What is measured, in one run, single thread, no server:
 Before measuring it waits (up to a minute) for the machine to be quiet and records how busy the
 other cores were. Prints a table; writes bench/results/rules.json.
 
-    .venv/bin/python bench/bench_rules.py [--quick] [--cap SECONDS]
+    .venv/bin/python bench/bench_rules.py [--quick] [--cap SECONDS] [--output PATH]
+
+Options: ``--quick`` (200 calls per case instead of 2,000), ``--cap S`` (seconds the old matcher
+may take on one resource; 10), ``--output PATH`` (bench/results/rules.json).
 """
 
 from __future__ import annotations
