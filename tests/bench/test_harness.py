@@ -83,13 +83,14 @@ def test_cpu_snapshot_counts_the_work_of_the_processes_under_test():
     try:
         time.sleep(0.2)
         before = CpuSnapshot.take(spinner.pid, "no-such-database", redis=True)
-        time.sleep(0.5)
+        time.sleep(1.0)
         cores = CpuSnapshot.take(spinner.pid, "no-such-database", redis=True).cores_since(before)
     finally:
         spinner.kill()
         spinner.wait()
     assert set(cores) == {"client", "gunicorn", "postgres", "redis", "other", "machine"}
-    assert cores["gunicorn"] > 0.2  # the spinning "server" (a whole core when the machine is free)
+    # the spinning "server": a whole core on a free machine, less on a busy one, never more
+    assert 0.05 < cores["gunicorn"] <= 1.1
     assert cores["postgres"] is None
     assert 0 <= (busy_cores(0.2) or 0) <= (os.cpu_count() or 1)
 
