@@ -271,14 +271,8 @@ def create_agents(base_url: str, operator_token: str, count: int, tag: str) -> l
     agents = []
     for i in range(count):
         body = {"name": f"{tag}-agent-{i}", "fleet": f"{tag}-f{i % 2}", "description": "bench"}
-        agent_id = api.post("/api/v1/agents", body, 201)["id"]
-        passport = {
-            "agent": agent_id,
-            "scope": PASSPORT_SCOPE,
-            "jurisdiction": ["EU", "US-CA"],
-            "ttl_seconds": 3600,
-        }
-        agents.append(Agent(i, agent_id, api.post("/api/v1/passports", passport, 201)["token"]))
+        agent_id = api.create_agent(body)
+        agents.append(Agent(i, agent_id, api.issue(agent_id, PASSPORT_SCOPE, ["EU", "US-CA"])))
     return agents
 
 

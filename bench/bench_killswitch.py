@@ -417,16 +417,10 @@ def create_population(
             "fleet": fleet_names[a % fleets],
             "description": "bench_killswitch",
         }
-        return api.post("/api/v1/agents", body, 201, session())["id"]
+        return api.create_agent(body, session())
 
     def issue(g: int) -> str:
-        body = {
-            "agent": agent_ids[g // per_agent],
-            "scope": GUARD_SCOPE,
-            "jurisdiction": ["EU"],
-            "ttl_seconds": 3600,
-        }
-        return api.post("/api/v1/passports", body, 201, session())["token"]
+        return api.issue(agent_ids[g // per_agent], GUARD_SCOPE, ["EU"], session())
 
     with ThreadPoolExecutor(concurrency) as pool:
         agent_ids = list(pool.map(make_agent, range(agents)))
@@ -872,18 +866,10 @@ def check_path_config(
     api: Api, service: Service, redis_url: str, prefix: str, workdir: Path, quick: bool
 ) -> dict[str, Any]:
     """A 50-rule passport and everything the check-path process needs to check it."""
-    agent = api.post(
-        "/api/v1/agents", {"name": "check-path", "description": "bench_killswitch"}, 201
-    )
-    body = {
-        "agent": agent["id"],
-        "scope": policy_rules(),
-        "jurisdiction": ["EU", "US"],
-        "ttl_seconds": 3600,
-    }
-    issued = api.post("/api/v1/passports", body, 201)
+    agent = api.create_agent({"name": "check-path", "description": "bench_killswitch"})
+    token = api.issue(agent, policy_rules(), ["EU", "US"])
     return {
-        "token": issued["token"],
+        "token": token,
         "jwks": requests.get(service.base_url + "/.well-known/jwks.json", timeout=10).json(),
         "issuer": service.base_url,
         "redis_url": redis_url,

@@ -69,6 +69,7 @@ from bench.harness.report import RESULTS_DIR, Column, cores_cells, table, write_
 from bench.harness.run import Run, run_bench  # noqa: E402
 from bench.harness.servers import (  # noqa: E402
     AUDIENCE,
+    Api,
     Database,
     GunicornConfig,
     Server,
@@ -162,17 +163,11 @@ class HttpResult:
 RequestFn = Callable[[requests.Session, int], None]
 
 
-def operator_session(token: str) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Token {token}"
-    return session
-
-
 def run_load(
     name: str, request: RequestFn, *, token: str, concurrency: int, duration: float, server: Server
 ) -> HttpResult:
     """Run ``request`` in a closed loop on ``concurrency`` threads for ``duration`` seconds."""
-    clients = [partial(request, operator_session(token)) for _ in range(concurrency)]
+    clients = [partial(request, Api(server.base_url, token).session) for _ in range(concurrency)]
     pid = server.process.pid
     load = closed_loop(clients, duration=duration, cpu=lambda: CpuSnapshot.take(pid, BENCH_DB_NAME))
     return HttpResult.of(name, concurrency, load)
@@ -215,17 +210,13 @@ def introspection_request(base_url: str, tokens: list[str]) -> RequestFn:
 
 
 def create_agents(base_url: str, token: str, count: int) -> list[str]:
-    session = operator_session(token)
-    ids = []
-    for i in range(count):
-        body = {"name": f"bench-agent-{i}", "fleet": "bench", "description": "bench_passports"}
-        response = session.post(base_url + "/api/v1/agents", json=body, timeout=10)
-        if response.status_code != 201:
-            raise RuntimeError(
-                f"creating an agent failed: HTTP {response.status_code}: {response.text[:200]}"
-            )
-        ids.append(response.json()["id"])
-    return ids
+    api = Api(base_url, token)
+    return [
+        api.create_agent(
+            {"name": f"bench-agent-{i}", "fleet": "bench", "description": "bench_passports"}
+        )
+        for i in range(count)
+    ]
 
 
 # --- offline (in-process) measurements -----------------------------------------------------

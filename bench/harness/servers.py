@@ -449,8 +449,7 @@ class Api:
     def __init__(self, base_url: str, token: str) -> None:
         self.base_url = base_url
         self.token = token
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.session = self.new_session()
 
     def post(self, path: str, body: dict, expect: int, session: requests.Session | None = None):
         response = (session or self.session).post(self.base_url + path, json=body, timeout=30)
@@ -459,6 +458,21 @@ class Api:
                 f"POST {path} answered {response.status_code}: {response.text[:300]}"
             )
         return response.json()
+
+    def create_agent(self, body: dict, session: requests.Session | None = None) -> str:
+        """A new agent (``name``, ``fleet``, ``description``); returns its id."""
+        return self.post("/api/v1/agents", body, 201, session)["id"]
+
+    def issue(
+        self,
+        agent: str,
+        scope: list[str],
+        jurisdiction: list[str],
+        session: requests.Session | None = None,
+    ) -> str:
+        """A passport for ``agent`` valid for an hour; returns its token."""
+        body = {"agent": agent, "scope": scope, "jurisdiction": jurisdiction, "ttl_seconds": 3600}
+        return self.post("/api/v1/passports", body, 201, session)["token"]
 
     def get(self, path: str, params: dict | None = None) -> dict:
         response = self.session.get(self.base_url + path, params=params, timeout=30)
