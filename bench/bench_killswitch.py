@@ -428,6 +428,14 @@ def create_population(
     return Population(agent_ids, fleet_names, tokens, per_agent)
 
 
+def kill(api: Api, target: dict[str, Any], reason: str) -> dict[str, Any]:
+    return api.post("/api/v1/killswitch", {"target": target, "reason": f"{REASON} {reason}"}, 201)
+
+
+def lift(api: Api, revocation_id: str, reason: str = "lift") -> None:
+    api.post(f"/api/v1/killswitch/{revocation_id}/lift", {"reason": f"{REASON} {reason}"}, 200)
+
+
 def lift_leftovers(api: Api) -> int:
     """Lift global kills left active by an interrupted earlier run (they would stop everyone)."""
     lifted = 0
@@ -625,14 +633,14 @@ def kill_and_lift(
     """One round: kill the target, time each targeted guard's first refusal, check that no
     other guard was touched, lift the kill and time the recovery."""
     target, targets = scenario.target(pop, r)
-    reason = f"{REASON} {scenario.name} round {r}"
+    reason = f"{scenario.name} round {r}"
     kill = timed_change(
         procs,
         targets,
         expect="revoked",
         before="allowed",
         timeout=5.0,
-        request=lambda: api.post("/api/v1/killswitch", {"target": target, "reason": reason}, 201),
+        request=lambda: kill(api, target, reason),
         published_at=published_at,
     )
     revocation_id = kill["answer"]["id"]
@@ -647,9 +655,7 @@ def kill_and_lift(
         expect="allowed",
         before="revoked",
         timeout=10.0,
-        request=lambda: api.post(
-            f"/api/v1/killswitch/{revocation_id}/lift", {"reason": f"{REASON} lift"}, 200
-        ),
+        request=lambda: lift(api, revocation_id),
     )
     active.remove(revocation_id)
     tally.lift += lift["from_return_ms"]
@@ -1000,24 +1006,14 @@ def through_outage(
         expect="revoked",
         before="allowed",
         timeout=5.0,
-        request=lambda: api.post(
-            "/api/v1/killswitch",
-            {"target": {"agent": pop.agents[0]}, "reason": f"{REASON} outage victim"},
-            201,
-        ),
+        request=lambda: kill(api, {"agent": pop.agents[0]}, "outage victim"),
     )
     lift_ids = [kill["answer"]["id"]]
     victims, laters = split_targets(victim, len(procs)), split_targets(later, len(procs))
     timeout = MAX_STALENESS_S + reconcile_seconds + 40
     for w, proc in enumerate(procs):
-        proc.send(
-            {
-                "cmd": "outage",
-                "revoked": victims.get(w, []),
-                "later": laters.get(w, []),
-                "timeout": timeout,
-            }
-        )
+        watch = {"revoked": victims.get(w, []), "later": laters.get(w, []), "timeout": timeout}
+        proc.send({"cmd": "outage", **watch})
     initial: Counter[str] = Counter()
     for proc in procs:
         initial.update(proc.recv()["initial"])
@@ -1135,7 +1131,7 @@ def run_outage(
         with guard_processes(pop.tokens, nproc, config, workdir, "outage") as procs:
             raw = through_outage(procs, private, service, api, pop, reconcile_seconds)
         for revocation_id in raw["lift_ids"]:
-            api.post(f"/api/v1/killswitch/{revocation_id}/lift", {"reason": f"{REASON} lift"}, 200)
+            lift(api, revocation_id)
         report = {
             "guards": len(pop.tokens),
             "processes": nproc,
@@ -1448,9 +1444,7 @@ def propagation(api: Api, s: dict[str, Any], run: Run, switch_interval: float | 
             rows = run_propagation(api, pop, procs, scenarios, published_at, active)
         finally:
             for revocation_id in active:
-                api.post(
-                    f"/api/v1/killswitch/{revocation_id}/lift", {"reason": f"{REASON} cleanup"}, 200
-                )
+                lift(api, revocation_id, "cleanup")
     return {
         "guards": len(pop.tokens),
         "processes": s["processes"],
