@@ -51,7 +51,7 @@ COLUMNS = (
     Column("events/s", 9, ",.0f"),
     Column("kills", 6),
     Column("recorded", 10, ","),
-    Column("lost", 7, ","),
+    Column("lost", 9, ","),
     Column("lost ms p50", 12),
     Column("max", 7),
     Column("  lost per kill", 2, left=True),
