@@ -912,7 +912,8 @@ def bench(run: Run, args: argparse.Namespace) -> int:
     report["background_busy_cores"] = background
     report["settings"] = s
     phases, report["service_problems"] = load_phases(env, operator_token, run.workdir, s, tag)
-    report.update(phases, **ratios(report))
+    report.update(phases)
+    report.update(ratios(report))
     measured = [*report["sweep"], report["sustained"], report["naive"]]
     print("signing checkpoints and running verify_audit…", file=sys.stderr)
     accepted = sum(p["total"]["accepted"] for p in measured)

@@ -428,11 +428,11 @@ def create_population(
     return Population(agent_ids, fleet_names, tokens, per_agent)
 
 
-def kill(api: Api, target: dict[str, Any], reason: str) -> dict[str, Any]:
+def post_kill(api: Api, target: dict[str, Any], reason: str) -> dict[str, Any]:
     return api.post("/api/v1/killswitch", {"target": target, "reason": f"{REASON} {reason}"}, 201)
 
 
-def lift(api: Api, revocation_id: str, reason: str = "lift") -> None:
+def post_lift(api: Api, revocation_id: str, reason: str = "lift") -> None:
     api.post(f"/api/v1/killswitch/{revocation_id}/lift", {"reason": f"{REASON} {reason}"}, 200)
 
 
@@ -640,7 +640,7 @@ def kill_and_lift(
         expect="revoked",
         before="allowed",
         timeout=5.0,
-        request=lambda: kill(api, target, reason),
+        request=lambda: post_kill(api, target, reason),
         published_at=published_at,
     )
     revocation_id = kill["answer"]["id"]
@@ -655,7 +655,7 @@ def kill_and_lift(
         expect="allowed",
         before="revoked",
         timeout=10.0,
-        request=lambda: lift(api, revocation_id),
+        request=lambda: post_lift(api, revocation_id),
     )
     active.remove(revocation_id)
     tally.lift += lift["from_return_ms"]
@@ -1006,7 +1006,7 @@ def through_outage(
         expect="revoked",
         before="allowed",
         timeout=5.0,
-        request=lambda: kill(api, {"agent": pop.agents[0]}, "outage victim"),
+        request=lambda: post_kill(api, {"agent": pop.agents[0]}, "outage victim"),
     )
     lift_ids = [kill["answer"]["id"]]
     victims, laters = split_targets(victim, len(procs)), split_targets(later, len(procs))
@@ -1131,7 +1131,7 @@ def run_outage(
         with guard_processes(pop.tokens, nproc, config, workdir, "outage") as procs:
             raw = through_outage(procs, private, service, api, pop, reconcile_seconds)
         for revocation_id in raw["lift_ids"]:
-            lift(api, revocation_id)
+            post_lift(api, revocation_id)
         report = {
             "guards": len(pop.tokens),
             "processes": nproc,
@@ -1444,7 +1444,7 @@ def propagation(api: Api, s: dict[str, Any], run: Run, switch_interval: float | 
             rows = run_propagation(api, pop, procs, scenarios, published_at, active)
         finally:
             for revocation_id in active:
-                lift(api, revocation_id, "cleanup")
+                post_lift(api, revocation_id, "cleanup")
     return {
         "guards": len(pop.tokens),
         "processes": s["processes"],
