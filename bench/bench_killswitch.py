@@ -1184,7 +1184,7 @@ PROPAGATION_COLUMNS = (
     Column("POST ms", 9, ".1f"),
     Column("lift p50/max ms", 17),
     Column("miss", 6),
-    Column("  result", 8, left=True),
+    Column("  result", 6, left=True),
 )
 
 
@@ -1280,7 +1280,7 @@ OUTAGE_COLUMNS = (
     Column("p50", 9, ".2f"),
     Column("max", 9, ".2f"),
     Column("target", 10),
-    Column("  result", 8, left=True),
+    Column("  result", 6, left=True),
 )
 
 
