@@ -196,15 +196,17 @@ def print_report(report: dict[str, Any]) -> None:
 def main() -> int:
     args = parse_args()
     count = args.kills or (3 if args.quick else 8)
-    workdir = Path(tempfile.mkdtemp(prefix="aps-bench-reporter-crash-"))
     background = busy_cores(1.0)
-    rows = kills_per_outage([float(r) for r in args.rates.split(",")], count, workdir)
+    with tempfile.TemporaryDirectory(prefix="aps-bench-reporter-crash-") as tmp:
+        workdir = Path(tmp)  # spill files of the killed agents and of the outages
+        rows = kills_per_outage([float(r) for r in args.rates.split(",")], count, workdir)
+        recording = record_during_outage(200_000 if args.quick else 1_000_000, workdir)
     report = {
         "machine": machine_basics(),
         "background_busy_cores": background,
         "spill_interval_ms": SPILL_INTERVAL * 1000,
         "kills": rows,
-        "record": record_during_outage(200_000 if args.quick else 1_000_000, workdir),
+        "record": recording,
     }
     print_report(report)
     write_json(report, args.output)

@@ -150,3 +150,27 @@ def test_the_parser_bench_runs_and_writes_its_report(tmp_path):
     ]
     assert all(row["safe_json_parser_ms"] > 0 for row in report["rows"])
     assert report["machine"]["cpu_count"] == os.cpu_count()
+
+
+def test_the_reporter_crash_bench_leaves_no_spill_files_behind(tmp_path):
+    """It used to leave its work directory (every killed agent's spill file) in /tmp."""
+    output = tmp_path / "reporter_crash.json"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    quick = ["--quick", "--kills", "1", "--rates", "20000", "--output", str(output)]
+    done = subprocess.run(
+        [sys.executable, "bench/bench_reporter_crash.py", *quick],
+        cwd=BASE_DIR,
+        env={**os.environ, "TMPDIR": str(temp)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert [(row["outage"], row["kills"]) for row in report["kills"]] == [
+        ("refused", 1),
+        ("hanging", 1),
+    ]
+    assert list(temp.iterdir()) == []
