@@ -11,7 +11,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,18 +38,13 @@ def busy_cores(seconds: float) -> float | None:
     return round((busy_b - busy_a) / total * (os.cpu_count() or 1), 2) if total else None
 
 
-def wait_until_quiet(
-    limit: float,
-    threshold: float,
-    sample_s: float = 1.0,
-    sample: Callable[[float], float | None] = busy_cores,
-) -> float | None:
+def wait_until_quiet(limit: float, threshold: float, sample_s: float = 1.0) -> float | None:
     """Busy cores outside the bench, sampled for ``sample_s`` s, waiting up to ``limit`` s for
     them to drop to ``threshold`` (other benchmarks or test runs share the machine); returns
     the last sample."""
     deadline = time.monotonic() + limit
     while True:
-        load = sample(sample_s)
+        load = busy_cores(sample_s)
         if load is None or load <= threshold or time.monotonic() >= deadline:
             return load
         print(f"waiting for the machine to be quiet ({load} busy cores)…", file=sys.stderr)
