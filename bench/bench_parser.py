@@ -3,10 +3,13 @@ surrogates or NUL) against DRF's plain ``JSONParser``, on the largest body the S
 action events with details) and on a small one (an issuance request); and for the action batch,
 ``ItemwiseJSONParser`` plus ``check_text`` on each event, as ``POST /api/v1/actions`` does.
 
-Run: ``.venv/bin/python bench/bench_parser.py``. Prints a table; writes bench/results/parser.json.
-In-process, one core; the machine's busy cores during the run are reported alongside.
+In-process, one core; the machine's busy cores during the run are reported alongside. Prints a
+table; writes bench/results/parser.json (``--output PATH`` elsewhere).
+
+    .venv/bin/python bench/bench_parser.py [--output PATH]
 """
 
+import argparse
 import io
 import json
 import os
@@ -26,7 +29,8 @@ django.setup()
 
 from rest_framework.parsers import JSONParser  # noqa: E402
 
-from bench._server import busy_cores, machine_basics  # noqa: E402
+from bench.harness.machine import busy_cores, machine_basics  # noqa: E402
+from bench.harness.report import RESULTS_DIR, Column, table, write_json  # noqa: E402
 from registry.parsers import (  # noqa: E402
     TEXT_TO_CHECK,
     ItemwiseJSONParser,
@@ -34,7 +38,7 @@ from registry.parsers import (  # noqa: E402
     check_text,
 )
 
-RESULTS_PATH = BASE_DIR / "bench" / "results" / "parser.json"
+RESULTS_PATH = RESULTS_DIR / "parser.json"
 ROUNDS = 30
 
 
@@ -78,35 +82,42 @@ def median_ms(parser, body: bytes) -> float:
     return statistics.median(timings)
 
 
+COLUMNS = (
+    Column("body", 20, left=True),
+    Column("bytes", 10),
+    Column("DRF ms", 10),
+    Column("safe ms", 10),
+    Column("added ms", 10),
+)
+
+
+def measure(name: str, body: bytes, parser) -> dict:
+    """The same body through DRF's parser and through ``parser``: median ms of each."""
+    plain, safe = median_ms(JSONParser(), body), median_ms(parser, body)
+    return {
+        "body": name,
+        "bytes": len(body),
+        "drf_json_parser_ms": round(plain, 3),
+        "safe_json_parser_ms": round(safe, 3),
+        "added_ms": round(safe - plain, 3),
+    }
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args()
     load = busy_cores(1.0)
-    rows = []
     batch = batch_body()
-    cases = [
-        ("1,000-event batch", batch, SafeJSONParser()),
-        ("batch, per event", batch, ItemwiseChecked()),
-        ("issuance request", issue_body(), SafeJSONParser()),
+    rows = [
+        measure("1,000-event batch", batch, SafeJSONParser()),
+        measure("batch, per event", batch, ItemwiseChecked()),
+        measure("issuance request", issue_body(), SafeJSONParser()),
     ]
-    for name, body, parser in cases:
-        plain, safe = median_ms(JSONParser(), body), median_ms(parser, body)
-        rows.append(
-            {
-                "body": name,
-                "bytes": len(body),
-                "drf_json_parser_ms": round(plain, 3),
-                "safe_json_parser_ms": round(safe, 3),
-                "added_ms": round(safe - plain, 3),
-            }
-        )
     print(f"median of {ROUNDS} parses; busy cores before the run: {load}")
-    print(f"{'body':<20}{'bytes':>10}{'DRF ms':>10}{'safe ms':>10}{'added ms':>10}")
-    for row in rows:
-        print(
-            f"{row['body']:<20}{row['bytes']:>10}{row['drf_json_parser_ms']:>10}"
-            f"{row['safe_json_parser_ms']:>10}{row['added_ms']:>10}"
-        )
+    print(table(COLUMNS, [list(row.values()) for row in rows]))
     report = {"machine": {**machine_basics(), "busy_cores_before": load}, "rows": rows}
-    RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.output)
 
 
 if __name__ == "__main__":

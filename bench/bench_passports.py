@@ -21,25 +21,28 @@ What is measured, in one run:
 The client, gunicorn, PostgreSQL and Redis share the machine's cores, so the HTTP numbers are a
 lower bound for a server on its own host. Prints a table; writes bench/results/passports.json.
 
-    .venv/bin/python bench/bench_passports.py [--quick] [--sweep]
+    .venv/bin/python bench/bench_passports.py [--quick] [--sweep] [options]
+
+Options: ``--quick`` (phases of 2.5 s, offline 0.6 s, no waiting for a quiet machine: ~20 s),
+``--sweep`` (first try SWEEP_CONFIGS in two rounds and run with the best), ``--duration S``
+(seconds per HTTP phase at concurrency; 18), ``--concurrency N`` (client threads; 8),
+``--agents N`` (agents of the second issuance phase; one per thread, 1 skips it),
+``--workers N`` / ``--threads N`` (gunicorn; 3 x 2), ``--fresh-db`` (drop and recreate
+aps_bench), ``--output PATH`` (bench/results/passports.json), ``--wait-quiet S`` (wait up to S s
+for other load to stop first; 20, quick 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,37 +55,38 @@ if str(BASE_DIR) not in sys.path:
 
 from agent_passport.rules import Policy  # noqa: E402
 from agent_passport.tokens import keys_from_jwks, verify_token  # noqa: E402
-from bench._server import (  # noqa: E402
-    delete_keys,
-    free_port,
-    gunicorn_command,
+from bench.harness.load import BadAnswer, Load, closed_loop  # noqa: E402
+from bench.harness.machine import (  # noqa: E402
+    NOISY_CORES,
+    CpuSnapshot,
+    busy_cores,
     machine_basics,
     machine_cpu_seconds,
-    percentile,
-    policy_rules,
-    prepare_database,
-    problems_in,
-    process_cpu,
-    start_logged,
-    stop_group,
-    timer_overhead_ns,
-    wait_healthy,
+    pin_to_core,
     wait_until_quiet,
 )
-from bench._server import setup_registry as setup_operator  # noqa: E402
-from registry.devserver import ensure_redis  # noqa: E402
+from bench.harness.report import RESULTS_DIR, Column, cores_cells, table, write_json  # noqa: E402
+from bench.harness.run import Run, run_bench  # noqa: E402
+from bench.harness.servers import (  # noqa: E402
+    AUDIENCE,
+    Api,
+    Database,
+    GunicornConfig,
+    Server,
+    delete_keys,
+    free_port,
+    gunicorn,
+    prepare_database,
+    registry_env,
+    setup_registry,
+)
+from bench.harness.stats import percentile, timer_overhead_ns  # noqa: E402
+from bench.harness.workload import policy_rules  # noqa: E402
 
-RESULTS_PATH = BASE_DIR / "bench" / "results" / "passports.json"
+RESULTS_PATH = RESULTS_DIR / "passports.json"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BENCH_DB_NAME = "aps_bench"
-CACHE_PREFIX = "aps-bench-cache"
-# DRF's throttle keeps every request of the window in one cached list, read and rewritten on
-# each request, so a huge per-hour rate makes every request slower as the list grows (≈4 ms of
-# CPU at 100k entries). A one-second window never limits and keeps that list short.
-THROTTLE_USER = "100000000/second"
-NOISY_CORES = 0.3  # busy cores outside the bench above which the report warns
-AUDIENCE = "agent-passport"
+PREFIX = "aps-bench"
 
 # Chosen with --sweep and A/B runs on the 2-core bench host (c=8): gthread 3x2 was as fast as
 # 2x4 and 4x2 for introspection and 5-35% faster for issuance; sync 2x1 and 3x1 trailed. Other
@@ -90,6 +94,16 @@ AUDIENCE = "agent-passport"
 DEFAULT_WORKERS = 3
 DEFAULT_THREADS = 2
 SWEEP_CONFIGS: tuple[tuple[int, int], ...] = ((2, 1), (2, 4), (3, 1), (3, 2), (4, 2))
+SERVER_ENV_OVERRIDES = (
+    "CACHE_KEY_PREFIX",
+    "REVOCATION_REDIS_PREFIX",
+    "THROTTLE_USER",
+    "DB_CONN_MAX_AGE",
+    "PASSPORT_ISSUER",
+    "PASSPORT_AUDIENCE",
+    "LOG_LEVEL",
+    "DEBUG",
+)
 
 ISSUE_SCOPE = [
     "tool:shell:exec",
@@ -104,161 +118,6 @@ ISSUE_SCOPE = [
     "gpu:use",
 ]
 ISSUE_JURISDICTION = ["EU", "US-CA"]
-
-
-# --- small helpers --------------------------------------------------------------------------
-
-
-@dataclass
-class CpuSnapshot:
-    """CPU seconds so far: client process, gunicorn master+workers, the bench database's
-    PostgreSQL backends (by process title), and the whole machine."""
-
-    client: float
-    gunicorn: dict[str, float]
-    postgres: dict[str, float]
-    machine: float | None
-
-    @classmethod
-    def take(cls, server_pid: int) -> CpuSnapshot:
-        gunicorn: dict[str, float] = {}
-        postgres: dict[str, float] = {}
-        try:
-            children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-            for pid in [str(server_pid), *children]:
-                gunicorn[pid] = process_cpu(pid)
-        except OSError:
-            pass
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                title = (proc / "cmdline").read_bytes()
-                if title.startswith(b"postgres: ") and f" {BENCH_DB_NAME} ".encode() in title:
-                    postgres[proc.name] = process_cpu(proc.name)
-            except OSError:
-                continue  # the process ended meanwhile
-        return cls(time.process_time(), gunicorn, postgres, machine_cpu_seconds())
-
-    def since(self, before: CpuSnapshot) -> dict[str, float | None]:
-        def grown(now: dict[str, float], then: dict[str, float]) -> float | None:
-            return sum(cpu - then.get(pid, 0.0) for pid, cpu in now.items()) if now else None
-
-        machine = None
-        if self.machine is not None and before.machine is not None:
-            machine = self.machine - before.machine
-        return {
-            "client": self.client - before.client,
-            "gunicorn": grown(self.gunicorn, before.gunicorn),
-            "postgres": grown(self.postgres, before.postgres),
-            "machine": machine,
-        }
-
-
-def busy_cores(seconds: float) -> float | None:
-    """Machine-wide busy cores over ``seconds`` while the bench is idle: background load."""
-    before = machine_cpu_seconds()
-    time.sleep(seconds)
-    after = machine_cpu_seconds()
-    return None if before is None or after is None else round((after - before) / seconds, 2)
-
-
-# --- environment: database, redis, server ---------------------------------------------------
-
-
-@dataclass
-class Backend:
-    database_url: str
-    db_engine: str
-    db_version: str
-    redis_url: str
-    redis_process: subprocess.Popen | None = None
-
-
-def prepare_backend(database_url: str, redis_url: str, fresh: bool, workdir: Path) -> Backend:
-    """Point at a dedicated PostgreSQL database (created if missing) or fall back to SQLite."""
-    db = prepare_database(database_url, BENCH_DB_NAME, fresh, workdir)
-    redis_url, redis_process = ensure_redis(redis_url)
-    return Backend(db.url, db.engine, db.version, redis_url, redis_process)
-
-
-SERVER_ENV_OVERRIDES = (
-    "CACHE_KEY_PREFIX",
-    "REVOCATION_REDIS_PREFIX",
-    "THROTTLE_USER",
-    "DB_CONN_MAX_AGE",
-    "PASSPORT_ISSUER",
-    "PASSPORT_AUDIENCE",
-    "LOG_LEVEL",
-    "DEBUG",
-)
-
-
-def server_env(backend: Backend, base_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=backend.database_url,
-        REDIS_URL=backend.redis_url,
-        CACHE_KEY_PREFIX=CACHE_PREFIX,
-        REVOCATION_REDIS_PREFIX="aps-bench",
-        THROTTLE_USER=THROTTLE_USER,
-        # Keep each worker thread's PostgreSQL connection for the whole run (instead of the
-        # default 60 s), so the per-phase CPU accounting of its backend process is complete.
-        DB_CONN_MAX_AGE="3600",
-        PASSPORT_ISSUER=base_url,
-        PASSPORT_AUDIENCE=AUDIENCE,
-        LOG_LEVEL="WARNING",
-        DEBUG="false",
-    )
-    return env
-
-
-def setup_registry(env: dict[str, str]) -> str:
-    """Migrate, make sure a signing key exists, and return a fresh operator API token.
-
-    Also clears the bench's cache keys (throttle histories left by earlier runs)."""
-    delete_keys(env["REDIS_URL"], [f"{CACHE_PREFIX}:*"])
-    return setup_operator(env, operator="benchop")
-
-
-@dataclass
-class GunicornConfig:
-    workers: int
-    threads: int
-
-    @property
-    def worker_class(self) -> str:
-        return "gthread" if self.threads > 1 else "sync"
-
-    def describe(self) -> str:
-        return f"{self.worker_class} workers={self.workers} threads={self.threads}"
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    base_url: str
-    log_path: Path
-
-    def problems(self) -> list[str]:
-        """Error lines the server wrote (tracebacks, ERROR logs, worker timeouts)."""
-        return problems_in(self.log_path)
-
-
-@contextmanager
-def running_server(
-    config: GunicornConfig, env: dict[str, str], port: int, workdir: Path
-) -> Iterator[Server]:
-    log_path = workdir / f"gunicorn-{config.workers}x{config.threads}.log"
-    args = gunicorn_command(port, config.workers, config.threads, config.worker_class)
-    # a session of its own: Ctrl-C reaches only the bench, which stops the server
-    process = start_logged(args, env, log_path)
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_healthy(process, server.base_url, log_path, timeout=30)
-        yield server
-    finally:
-        stop_group(process)
 
 
 # --- HTTP load --------------------------------------------------------------------------------
@@ -279,91 +138,50 @@ class HttpResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, name: str, concurrency: int, load: Load) -> HttpResult:
+        wall = load.finished - load.started
+        values = sorted(c.latency_s for c in load.calls if c.error is None)
+        errors = Counter(c.error for c in load.calls if c.error is not None)
+        return cls(
+            name=name,
+            concurrency=concurrency,
+            duration_s=round(wall, 3),
+            requests=len(load.calls),
+            errors=sum(errors.values()),
+            rps=round(len(values) / wall, 1),
+            p50_ms=round(percentile(values, 50) * 1e3, 2),
+            p99_ms=round(percentile(values, 99) * 1e3, 2),
+            mean_ms=round(sum(values) / len(values) * 1e3, 2) if values else 0.0,
+            cpu_cores=load.cores,
+            error_kinds=dict(errors),
+            error_samples=load.error_samples,
+        )
 
-# (session, sequence number) -> error description or None if the answer was right
-RequestFn = Callable[[requests.Session, int], str | None]
+
+# (session, sequence number) -> None; raises BadAnswer if the answer was wrong
+RequestFn = Callable[[requests.Session, int], None]
 
 
 def run_load(
-    name: str,
-    request: RequestFn,
-    *,
-    token: str,
-    concurrency: int,
-    duration: float,
-    server_pid: int,
+    name: str, request: RequestFn, *, token: str, concurrency: int, duration: float, server: Server
 ) -> HttpResult:
     """Run ``request`` in a closed loop on ``concurrency`` threads for ``duration`` seconds."""
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: Counter[str] = Counter()
-    samples: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(concurrency + 1)
-    deadline = [0.0]
-
-    def worker(slot: int) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Token {token}"
-        mine = latencies[slot]
-        sequence = slot
-        barrier.wait()
-        while time.perf_counter() < deadline[0]:
-            start = time.perf_counter()
-            try:
-                problem = request(session, sequence)
-            except (requests.RequestException, ValueError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            elapsed = time.perf_counter() - start
-            sequence += concurrency
-            if problem is None:
-                mine.append(elapsed)
-                continue
-            with lock:
-                errors[problem.split(":", 1)[0]] += 1
-                if len(samples) < 5:
-                    samples.append(problem[:300])
-        session.close()
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    cpu_before = CpuSnapshot.take(server_pid)
-    started = time.perf_counter()
-    deadline[0] = started + duration
-    barrier.wait()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    cpu = CpuSnapshot.take(server_pid).since(cpu_before)
-    known = [cpu["client"], cpu["gunicorn"], cpu["postgres"]]
-    if cpu["machine"] is not None:
-        cpu["other"] = max(0.0, cpu["machine"] - sum(v or 0.0 for v in known))
-    values = sorted(v for per_thread in latencies for v in per_thread)
-    total_errors = sum(errors.values())
-    return HttpResult(
-        name=name,
-        concurrency=concurrency,
-        duration_s=round(wall, 3),
-        requests=len(values) + total_errors,
-        errors=total_errors,
-        rps=round(len(values) / wall, 1),
-        p50_ms=round(percentile(values, 50) * 1e3, 2),
-        p99_ms=round(percentile(values, 99) * 1e3, 2),
-        mean_ms=round(sum(values) / len(values) * 1e3, 2) if values else 0.0,
-        cpu_cores={k: None if v is None else round(v / wall, 2) for k, v in cpu.items()},
-        error_kinds=dict(errors),
-        error_samples=samples,
-    )
+    clients = [partial(request, Api(server.base_url, token).session) for _ in range(concurrency)]
+    pid = server.process.pid
+    load = closed_loop(clients, duration=duration, cpu=lambda: CpuSnapshot.take(pid, BENCH_DB_NAME))
+    return HttpResult.of(name, concurrency, load)
 
 
-def describe_bad_answer(response: requests.Response) -> str:
-    return f"HTTP {response.status_code}: {response.text[:200]}"
+def expect(response: requests.Response, status: int) -> None:
+    if response.status_code != status:
+        raise BadAnswer(f"HTTP {response.status_code}", response.text[:200])
 
 
 def issuance_request(base_url: str, agents: list[str], tokens: list[str]) -> RequestFn:
     url = base_url + "/api/v1/passports"
 
-    def request(session: requests.Session, sequence: int) -> str | None:
+    def request(session: requests.Session, sequence: int) -> None:
         body = {
             "agent": agents[sequence % len(agents)],
             "scope": ISSUE_SCOPE,
@@ -371,11 +189,9 @@ def issuance_request(base_url: str, agents: list[str], tokens: list[str]) -> Req
             "ttl_seconds": 3600,
         }
         response = session.post(url, json=body, timeout=30)
-        if response.status_code != 201:
-            return describe_bad_answer(response)
+        expect(response, 201)
         if len(tokens) < 20_000:
             tokens.append(response.json()["token"])  # list.append is atomic under the GIL
-        return None
 
     return request
 
@@ -383,30 +199,24 @@ def issuance_request(base_url: str, agents: list[str], tokens: list[str]) -> Req
 def introspection_request(base_url: str, tokens: list[str]) -> RequestFn:
     url = base_url + "/api/v1/passports/introspect"
 
-    def request(session: requests.Session, sequence: int) -> str | None:
+    def request(session: requests.Session, sequence: int) -> None:
         response = session.post(url, json={"token": tokens[sequence % len(tokens)]}, timeout=30)
-        if response.status_code != 200:
-            return describe_bad_answer(response)
+        expect(response, 200)
         answer = response.json()
         if answer.get("active") is not True:
-            return f"inactive: {answer.get('reason')} {answer.get('detail')}"
-        return None
+            raise BadAnswer("inactive", f"{answer.get('reason')} {answer.get('detail')}")
 
     return request
 
 
 def create_agents(base_url: str, token: str, count: int) -> list[str]:
-    headers = {"Authorization": f"Token {token}"}
-    ids = []
-    for i in range(count):
-        body = {"name": f"bench-agent-{i}", "fleet": "bench", "description": "bench_passports"}
-        response = requests.post(
-            base_url + "/api/v1/agents", json=body, headers=headers, timeout=10
+    api = Api(base_url, token)
+    return [
+        api.create_agent(
+            {"name": f"bench-agent-{i}", "fleet": "bench", "description": "bench_passports"}
         )
-        if response.status_code != 201:
-            raise RuntimeError(f"creating an agent failed: {describe_bad_answer(response)}")
-        ids.append(response.json()["id"])
-    return ids
+        for i in range(count)
+    ]
 
 
 # --- offline (in-process) measurements -----------------------------------------------------
@@ -529,7 +339,7 @@ def http_phases(
     """Warm-up, issuance for one agent (and for several, if there are), then introspection of
     the issued tokens at full concurrency and sequentially. Returns the results and tokens."""
     tokens: list[str] = []
-    load: dict[str, Any] = {"token": token, "server_pid": server.process.pid}
+    load: dict[str, Any] = {"token": token, "server": server}
     issue = issuance_request(server.base_url, agent_ids[:1], tokens)
     run_load("warm-up", issue, concurrency=s.concurrency, duration=s.warmup, **load)
     results = [
@@ -554,53 +364,76 @@ def http_phases(
     return results, tokens
 
 
-def sweep(env: dict[str, str], token: str, workdir: Path, s: Settings) -> list[dict[str, Any]]:
-    """Short issuance + introspection runs per gunicorn config, in two rounds (forward, then
-    backward, so drift in background load hits every config alike); keeps each one's best."""
-    quick = Settings(
-        duration=min(s.duration, 5),
-        warmup=1.5,
-        sequential_duration=0.5,
-        offline_seconds=0,
-        concurrency=s.concurrency,
-        agents=s.agents,
+def sweep_round(
+    env: dict[str, str], token: str, workdir: Path, config: GunicornConfig, s: Settings
+) -> dict[str, Any]:
+    """One short issuance + introspection run on a server with ``config``."""
+    with gunicorn(config, env, workdir) as server:
+        agents = create_agents(server.base_url, token, 1)
+        results, _ = http_phases(server, token, agents, s)
+        problems = len(server.problems())
+    issue = results[0]
+    introspect = next(r for r in results if r.name == "introspect")
+    other = max(r.cpu_cores.get("other") or 0.0 for r in results)
+    print(
+        f"  sweep {config.describe():<32} issue {issue.rps:>7} req/s   "
+        f"introspect {introspect.rps:>7} req/s   errors {issue.errors + introspect.errors}"
+        f"   server log errors {problems}   other load {other:.2f} cores",
+        file=sys.stderr,
     )
+    return {
+        "issue_rps": issue.rps,
+        "introspect_rps": introspect.rps,
+        "other_cores": other,
+        "errors": issue.errors + introspect.errors + problems,
+    }
+
+
+def sweep(env: dict[str, str], token: str, workdir: Path, s: Settings) -> list[dict[str, Any]]:
+    """Short runs per gunicorn config, in two rounds (forward, then backward, so drift in
+    background load hits every config alike); keeps each one's best."""
+    short = Settings(min(s.duration, 5), 1.5, 0.5, 0, s.concurrency, s.agents)
     best: dict[tuple[int, int], dict[str, Any]] = {}
     for workers, threads in [*SWEEP_CONFIGS, *reversed(SWEEP_CONFIGS)]:
-        config = GunicornConfig(workers, threads)
-        with running_server(config, env, free_port(), workdir) as server:
-            agents = create_agents(server.base_url, token, 1)
-            results, _ = http_phases(server, token, agents, quick)
-            problems = len(server.problems())
-        issue = results[0]
-        introspect = next(r for r in results if r.name == "introspect")
-        other = max(r.cpu_cores.get("other") or 0.0 for r in results)
-        print(
-            f"  sweep {config.describe():<32} issue {issue.rps:>7} req/s   "
-            f"introspect {introspect.rps:>7} req/s   errors {issue.errors + introspect.errors}"
-            f"   server log errors {problems}   other load {other:.2f} cores",
-            file=sys.stderr,
-        )
+        config = GunicornConfig.of(workers, threads)
+        run = sweep_round(env, token, workdir, config, short)
         row = best.setdefault(
             (workers, threads),
             {"config": config.describe(), "workers": workers, "threads": threads, "runs": []},
         )
-        row["runs"].append(
-            {"issue_rps": issue.rps, "introspect_rps": introspect.rps, "other_cores": other}
-        )
-        row["issue_rps"] = max(run["issue_rps"] for run in row["runs"])
-        row["introspect_rps"] = max(run["introspect_rps"] for run in row["runs"])
-        row["errors"] = row.get("errors", 0) + issue.errors + introspect.errors + problems
+        row["runs"].append({k: run[k] for k in ("issue_rps", "introspect_rps", "other_cores")})
+        row["issue_rps"] = max(r["issue_rps"] for r in row["runs"])
+        row["introspect_rps"] = max(r["introspect_rps"] for r in row["runs"])
+        row["errors"] = row.get("errors", 0) + run["errors"]
     return list(best.values())
 
 
-def machine_info(backend: Backend, config: GunicornConfig, s: Settings) -> dict[str, Any]:
+def measure_offline(
+    tokens: list[str], jwks: dict[str, Any], issuer: str, seconds: float
+) -> tuple[list[OfflineResult], float | None]:
+    """The offline measurements on one pinned core, and the busy cores of everything else on
+    the machine meanwhile."""
+    keys = keys_from_jwks(jwks)
+    pin_to_core(min(os.sched_getaffinity(0)))
+    machine_before, own_before, started = (
+        machine_cpu_seconds(),
+        time.process_time(),
+        time.perf_counter(),
+    )
+    offline = run_offline(tokens[:2000], keys, issuer, seconds)
+    machine_after, own = machine_cpu_seconds(), time.process_time() - own_before
+    if machine_before is None or machine_after is None:
+        return offline, None
+    foreign = max(0.0, machine_after - machine_before - own)
+    return offline, round(foreign / (time.perf_counter() - started), 2)
+
+
+def machine_info(db: Database, config: GunicornConfig, s: Settings) -> dict[str, Any]:
     return {
         **machine_basics(),
-        "db_engine": backend.db_engine,
-        "db_version": backend.db_version,
-        "db_name": BENCH_DB_NAME if backend.db_engine == "postgresql" else "temporary sqlite file",
-        "redis_url": backend.redis_url,
+        "db_engine": db.engine,
+        "db_version": db.version,
+        "db_name": BENCH_DB_NAME if db.engine == "postgresql" else "temporary sqlite file",
         "gunicorn": {
             "workers": config.workers,
             "threads": config.threads,
@@ -616,15 +449,28 @@ def machine_info(backend: Backend, config: GunicornConfig, s: Settings) -> dict[
     }
 
 
-def cores_used(row: dict[str, Any]) -> str:
-    cores = row["cpu_cores"]
-    return "".join(
-        f"{'?' if cores.get(k) is None else format(cores[k], '.2f'):>9}"
-        for k in ("client", "gunicorn", "postgres", "other")
-    )
+# --- report ---------------------------------------------------------------------------------------
+
+HTTP_COLUMNS = (
+    Column("HTTP (through gunicorn)", 24, left=True),
+    Column("conc", 5),
+    Column("req/s", 8, ".1f"),
+    Column("p50 ms", 8, ".2f"),
+    Column("p99 ms", 8, ".2f"),
+    Column("errors", 7),
+    Column("requests", 9),
+    Column("".join(f"{name:>9}" for name in ("client", "gunicorn", "postgres", "other")), 36),
+)
+OFFLINE_COLUMNS = (
+    Column("Offline (1 thread, 1 core)", 34, left=True),
+    Column("ops/s", 12, ",.0f"),
+    Column("p50 µs", 9, ".2f"),
+    Column("p99 µs", 9, ".2f"),
+    Column("  note", 6, left=True),
+)
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_tables(report: dict[str, Any]) -> None:
     info = report["machine"]
     print()
     print(f"Agent Passport Registry benchmark  {info['timestamp']}  commit {info['git_commit']}")
@@ -636,37 +482,51 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(
         f"HTTP client: {info['client']['library']}, {info['client']['concurrency']} threads; "
-        f"client, server, PostgreSQL and Redis share the {info['cpu_count']} cores"
+        f"client, server, PostgreSQL and Redis share the {info['cpu_count']} cores\n"
     )
-    print()
-    header = (
-        f"{'HTTP (through gunicorn)':<24}{'conc':>5}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'errors':>7}{'requests':>9}{'client':>9}{'gunicorn':>9}{'postgres':>9}{'other':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in report["http"]:
-        print(
-            f"{row['name']:<24}{row['concurrency']:>5}{row['rps']:>8.1f}{row['p50_ms']:>8.2f}"
-            f"{row['p99_ms']:>8.2f}{row['errors']:>7}{row['requests']:>9}{cores_used(row)}"
+    cores = ("client", "gunicorn", "postgres", "other")
+    print(
+        table(
+            HTTP_COLUMNS,
+            [
+                [
+                    *(
+                        r[k]
+                        for k in (
+                            "name",
+                            "concurrency",
+                            "rps",
+                            "p50_ms",
+                            "p99_ms",
+                            "errors",
+                            "requests",
+                        )
+                    ),
+                    cores_cells(r["cpu_cores"], cores, 9),
+                ]
+                for r in report["http"]
+            ],
         )
+    )
     print(
         "(client..other: CPU cores in use during the phase; 'other' is the rest of the machine:"
-        " Redis and anything not part of the bench)"
+        " Redis and anything not part of the bench)\n"
     )
-    print()
-    header = f"{'Offline (1 thread, 1 core)':<34}{'ops/s':>12}{'p50 µs':>9}{'p99 µs':>9}  note"
-    print(header)
-    print("-" * len(header))
-    for row in report["offline"]:
-        print(
-            f"{row['name']:<34}{row['ops_per_s']:>12,.0f}{row['p50_us']:>9.2f}"
-            f"{row['p99_us']:>9.2f}  {row['note']}"
+    print(
+        table(
+            OFFLINE_COLUMNS,
+            [
+                [r["name"], r["ops_per_s"], r["p50_us"], r["p99_us"], f"  {r['note']}"]
+                for r in report["offline"]
+            ],
         )
+    )
     print(f"(per-call timings include ~{report['timer_overhead_ns']:.0f} ns of timer overhead)")
-    print()
+
+
+def print_comparison(report: dict[str, Any]) -> None:
     cmp = report["comparison"]
-    print("Offline SDK verification vs online introspection over HTTP")
+    print("\nOffline SDK verification vs online introspection over HTTP")
     print(
         f"  throughput: {cmp['offline_verify_per_s']:,.0f}/s on 1 core vs "
         f"{cmp['introspect_rps']:,.0f} req/s on the whole machine (c={cmp['concurrency']})  "
@@ -682,28 +542,27 @@ def print_report(report: dict[str, Any]) -> None:
         f"(c={cmp['concurrency']}) -> {cmp['latency_ratio_p99']:.0f}x"
     )
     if "gunicorn_sweep" in report:
-        print()
-        print(f"gunicorn sweep (best of 2 short runs each, c={info['client']['concurrency']}):")
+        concurrency = report["machine"]["client"]["concurrency"]
+        print(f"\ngunicorn sweep (best of 2 short runs each, c={concurrency}):")
         for row in report["gunicorn_sweep"]:
             print(
                 f"  {row['config']:<34} issue {row['issue_rps']:>7.1f} req/s   "
                 f"introspect {row['introspect_rps']:>7.1f} req/s   errors {row['errors']}"
             )
+
+
+def print_noise_and_errors(report: dict[str, Any]) -> None:
     background = report["background_busy_cores"]
     during = max((row["cpu_cores"].get("other") or 0.0) for row in report["http"])
-    samples = [background["before"], background["after_http"], during]
-    noisy = max(v or 0.0 for v in samples) > NOISY_CORES
+    noisy = max(v or 0.0 for v in (background["before"], background["after_http"], during))
     noisy_offline = (background["during_offline"] or 0.0) > NOISY_CORES
-    print()
     print(
-        f"Load outside the bench (busy cores): {background['before']} before, up to "
+        f"\nLoad outside the bench (busy cores): {background['before']} before, up to "
         f"{during:.2f} during the HTTP phases, {background['after_http']} after them, "
         f"{background['during_offline']} during the offline ones"
     )
-    if noisy or noisy_offline:
-        which = " and ".join(
-            name for name, flag in (("HTTP", noisy), ("offline", noisy_offline)) if flag
-        )
+    flags = (("HTTP", noisy > NOISY_CORES), ("offline", noisy_offline))
+    if which := " and ".join(name for name, flag in flags if flag):
         print(f"  <- the machine was not quiet: {which} numbers are noisy")
     problems = report["server_problems"]
     if problems["count"]:
@@ -768,9 +627,35 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> int:
-    args = parse_args()
-    s = Settings(
+def prepare(run: Run, args: argparse.Namespace, port: int) -> tuple[Database, dict[str, str], str]:
+    """The aps_bench database (or a temporary SQLite), the server's environment and a fresh
+    operator token; the bench's cache keys (throttle histories of earlier runs) are cleared."""
+    admin_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    db = prepare_database(admin_url, BENCH_DB_NAME, args.fresh_db, run.workdir)
+    env = registry_env(
+        database_url=db.url,
+        redis_url=run.redis_url,
+        prefix=PREFIX,
+        issuer=f"http://127.0.0.1:{port}",
+        # each worker thread keeps its PostgreSQL connection for the whole run (not the
+        # default 60 s), so the per-phase CPU accounting of its backend process is complete
+        DB_CONN_MAX_AGE="3600",
+    )
+    print(f"preparing {db.engine} database and operator…", file=sys.stderr)
+    delete_keys(env["REDIS_URL"], [f"{env['CACHE_KEY_PREFIX']}:*"])
+    try:
+        return db, env, setup_registry(env, operator="benchop")
+    except RuntimeError as exc:
+        if db.engine != "postgresql":
+            raise
+        # Migrations edited in place leave an old bench schema behind: start it afresh.
+        print(f"{exc}\nrecreating the {BENCH_DB_NAME} database…", file=sys.stderr)
+        prepare_database(admin_url, BENCH_DB_NAME, True, run.workdir)
+        return db, env, setup_registry(env, operator="benchop")
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings(
         duration=args.duration or (2.5 if args.quick else 18.0),
         warmup=1.0 if args.quick else 3.0,
         sequential_duration=1.0 if args.quick else 8.0,
@@ -778,80 +663,52 @@ def main() -> int:
         concurrency=args.concurrency,
         agents=args.agents or args.concurrency,
     )
+
+
+def bench(run: Run, args: argparse.Namespace) -> int:
+    s = settings_of(args)
     wait = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else 20.0)
-    background_before = wait_until_quiet(wait, NOISY_CORES, 0.5, busy_cores)
-    workdir = Path(tempfile.mkdtemp(prefix="aps-bench-"))
-    database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    backend = prepare_backend(
-        database_url, os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), args.fresh_db, workdir
+    background = {"before": wait_until_quiet(wait, NOISY_CORES, 0.5)}
+    port = free_port()
+    db, env, api_token = prepare(run, args, port)
+    report: dict[str, Any] = {}
+    config = GunicornConfig.of(args.workers, args.threads)
+    if args.sweep:
+        report["gunicorn_sweep"] = rows = sweep(env, api_token, run.workdir, s)
+        best = max(rows, key=lambda r: r["issue_rps"] + r["introspect_rps"])
+        config = GunicornConfig.of(best["workers"], best["threads"])
+        print(f"  best: {config.describe()}", file=sys.stderr)
+    print(f"running gunicorn {config.describe()} on port {port}…", file=sys.stderr)
+    with gunicorn(config, env, run.workdir, port) as server:
+        agent_ids = create_agents(server.base_url, api_token, s.agents)
+        http, tokens = http_phases(server, api_token, agent_ids, s)
+        jwks = requests.get(server.base_url + "/.well-known/jwks.json", timeout=10).json()
+        problems = server.problems()
+    background["after_http"] = busy_cores(0.5)
+    print("measuring offline verification and decisions…", file=sys.stderr)
+    offline, background["during_offline"] = measure_offline(
+        tokens, jwks, env["PASSPORT_ISSUER"], s.offline_seconds
     )
-    try:
-        port = free_port()
-        env = server_env(backend, f"http://127.0.0.1:{port}")
-        print(f"preparing {backend.db_engine} database and operator…", file=sys.stderr)
-        try:
-            api_token = setup_registry(env)
-        except RuntimeError as exc:
-            if backend.db_engine != "postgresql":
-                raise
-            # Migrations edited in place leave an old bench schema behind: start it afresh.
-            print(f"{exc}\nrecreating the {BENCH_DB_NAME} database…", file=sys.stderr)
-            prepare_database(database_url, BENCH_DB_NAME, True, workdir)
-            api_token = setup_registry(env)
-        report: dict[str, Any] = {}
-        config = GunicornConfig(args.workers, args.threads)
-        if args.sweep:
-            report["gunicorn_sweep"] = rows = sweep(env, api_token, workdir, s)
-            best = max(rows, key=lambda r: r["issue_rps"] + r["introspect_rps"])
-            config = GunicornConfig(best["workers"], best["threads"])
-            print(f"  best: {config.describe()}", file=sys.stderr)
-        print(f"running gunicorn {config.describe()} on port {port}…", file=sys.stderr)
-        with running_server(config, env, port, workdir) as server:
-            agent_ids = create_agents(server.base_url, api_token, s.agents)
-            http, tokens = http_phases(server, api_token, agent_ids, s)
-            jwks = requests.get(server.base_url + "/.well-known/jwks.json", timeout=10).json()
-            problems = server.problems()
-        background_after = busy_cores(0.5)
-        print("measuring offline verification and decisions…", file=sys.stderr)
-        keys = keys_from_jwks(jwks)
-        try:
-            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        except (AttributeError, OSError):
-            pass
-        machine_before, own_before, started = (
-            machine_cpu_seconds(),
-            time.process_time(),
-            time.perf_counter(),
-        )
-        offline = run_offline(tokens[:2000], keys, env["PASSPORT_ISSUER"], s.offline_seconds)
-        machine_after, own = machine_cpu_seconds(), time.process_time() - own_before
-        background_offline = None
-        if machine_before is not None and machine_after is not None:
-            foreign = max(0.0, machine_after - machine_before - own)
-            background_offline = round(foreign / (time.perf_counter() - started), 2)
-        report.update(
-            machine=machine_info(backend, config, s),
-            server_env={name: env[name] for name in SERVER_ENV_OVERRIDES},
-            http=[asdict(r) for r in http],
-            offline=[asdict(r) for r in offline],
-            timer_overhead_ns=timer_overhead_ns(),
-            comparison=comparison(http, offline),
-            server_problems={"count": len(problems), "first": problems[:10]},
-            background_busy_cores={
-                "before": background_before,
-                "after_http": background_after,
-                "during_offline": background_offline,
-            },
-        )
-        print_report(report)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nJSON: {args.output}")
-        return 1 if problems or any(r.errors for r in http) else 0
-    finally:
-        if backend.redis_process is not None:
-            backend.redis_process.terminate()
-        shutil.rmtree(workdir, ignore_errors=True)
+    report.update(
+        machine={**machine_info(db, config, s), "redis_url": run.redis_url},
+        server_env={name: env[name] for name in SERVER_ENV_OVERRIDES},
+        http=[asdict(r) for r in http],
+        offline=[asdict(r) for r in offline],
+        timer_overhead_ns=timer_overhead_ns(),
+        comparison=comparison(http, offline),
+        server_problems={"count": len(problems), "first": problems[:10]},
+        background_busy_cores=background,
+    )
+    print_tables(report)
+    print_comparison(report)
+    print_noise_and_errors(report)
+    write_json(report, args.output)
+    return 1 if problems or any(r.errors for r in http) else 0
+
+
+def main() -> int:
+    args = parse_args()
+    return run_bench(partial(bench, args=args), name="aps-bench", keep_logs=False)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,15 @@ What is measured, in one run:
    from a full buffer to disk (above that rate the backlog grows and the bound no longer holds).
 
     .venv/bin/python bench/bench_reporter_crash.py [--quick] [--kills 8] [--rates 20000,100000]
+
+Options: ``--quick`` (3 kills per rate and outage, 200,000 record() calls instead of 1,000,000),
+``--kills N`` (kills per rate and outage; 8), ``--rates LIST`` (events/s the agent records;
+20000,100000), ``--output PATH`` (bench/results/reporter_crash.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -37,11 +40,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_passport.reporter import SPILL_INTERVAL, ActionReporter
-from bench._server import busy_cores, machine_basics
+from bench.harness.machine import busy_cores, machine_basics
+from bench.harness.report import RESULTS_DIR, Column, table, write_json
 from registry.devserver import free_port
 from tests.sdk.outage_agent import kill_during_outage
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "reporter_crash.json"
+RESULTS_PATH = RESULTS_DIR / "reporter_crash.json"
+COLUMNS = (
+    Column("outage", 10, left=True),
+    Column("events/s", 9, ",.0f"),
+    Column("kills", 6),
+    Column("recorded", 10, ","),
+    Column("lost", 9, ","),
+    Column("lost ms p50", 12),
+    Column("max", 7),
+    Column("  lost per kill", 2, left=True),
+)
 
 
 def refused_url() -> str:
@@ -114,17 +128,17 @@ def record_during_outage(calls: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--kills", type=int, help="kills per rate and outage (8; quick 3)")
     parser.add_argument("--rates", default="20000,100000", help="events/s the agent records")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
-    args = parser.parse_args()
-    count = args.kills or (3 if args.quick else 8)
-    rates = [float(r) for r in args.rates.split(",")]
-    workdir = Path(tempfile.mkdtemp(prefix="aps-bench-reporter-crash-"))
-    background = busy_cores(1.0)
+    return parser.parse_args()
+
+
+def kills_per_outage(rates: list[float], count: int, workdir: Path) -> list[dict[str, Any]]:
+    """``count`` kills at each rate, during each kind of outage."""
     rows = []
     with closing(socket.create_server(("127.0.0.1", 0), backlog=64)) as hanging:
         hanging_url = f"http://127.0.0.1:{hanging.getsockname()[1]}/api/v1/actions"
@@ -133,27 +147,39 @@ def main() -> int:
                 print(f"{outage}: {count} kills at {rate:,.0f} events/s…", file=sys.stderr)
                 row = kills(url or refused_url(), rate, count, workdir / f"{outage}-{rate:.0f}")
                 rows.append({"outage": outage, **row})
-    recording = record_during_outage(200_000 if args.quick else 1_000_000, workdir)
-    report = {
-        "machine": machine_basics(),
-        "background_busy_cores": background,
-        "spill_interval_ms": SPILL_INTERVAL * 1000,
-        "kills": rows,
-        "record": recording,
-    }
+    return rows
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows, recording = report["kills"], report["record"]
     print(f"\nkill -9 during a registry outage  (spill writer every {SPILL_INTERVAL * 1000:g} ms)")
     print(
-        f"machine: {report['machine'].get('cpu_count', '?')} cores; background {background} cores"
+        f"machine: {report['machine'].get('cpu_count', '?')} cores; "
+        f"background {report['background_busy_cores']} cores"
     )
     print(
-        f"{'outage':9} {'events/s':>9} {'kills':>5} {'recorded':>9} {'lost':>6} "
-        f"{'lost ms p50':>11} {'max':>6}  lost per kill"
-    )
-    for r in rows:
-        print(
-            f"{r['outage']:9} {r['rate']:>9,.0f} {r['kills']:>5} {r['recorded']:>9,} "
-            f"{r['lost']:>6,} {r['lost_ms_median']:>11} {r['lost_ms_max']:>6}  {r['lost_per_kill']}"
+        table(
+            COLUMNS,
+            [
+                [
+                    *(
+                        r[k]
+                        for k in (
+                            "outage",
+                            "rate",
+                            "kills",
+                            "recorded",
+                            "lost",
+                            "lost_ms_median",
+                            "lost_ms_max",
+                        )
+                    ),
+                    f"  {r['lost_per_kill']}",
+                ]
+                for r in rows
+            ],
         )
+    )
     print(
         f"\nrecord(): {recording['record_no_thread_ns']} ns/call alone, "
         f"{recording['record_during_outage_ns']} ns/call during an outage, i.e. while the spill "
@@ -165,9 +191,25 @@ def main() -> int:
         f"spill writer: {recording['spill_writer_events_per_s']:,} events/s to disk (the loss "
         "bound holds while the agent records fewer)"
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"JSON: {args.output}")
+
+
+def main() -> int:
+    args = parse_args()
+    count = args.kills or (3 if args.quick else 8)
+    background = busy_cores(1.0)
+    with tempfile.TemporaryDirectory(prefix="aps-bench-reporter-crash-") as tmp:
+        workdir = Path(tmp)  # spill files of the killed agents and of the outages
+        rows = kills_per_outage([float(r) for r in args.rates.split(",")], count, workdir)
+        recording = record_during_outage(200_000 if args.quick else 1_000_000, workdir)
+    report = {
+        "machine": machine_basics(),
+        "background_busy_cores": background,
+        "spill_interval_ms": SPILL_INTERVAL * 1000,
+        "kills": rows,
+        "record": recording,
+    }
+    print_report(report)
+    write_json(report, args.output)
     return 0
 
 

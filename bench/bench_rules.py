@@ -36,18 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from _server import (
-    BASE_DIR,
-    busy_cores,
-    machine_basics,
-    percentile,
-    policy_rules,
-    timer_overhead_ns,
-    wait_until_quiet,
-)
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
 
-from agent_passport.errors import RuleError
-from agent_passport.rules import (
+
+from agent_passport.errors import RuleError  # noqa: E402
+from agent_passport.rules import (  # noqa: E402
     MAX_RESOURCE_LENGTH,
     MAX_RULE_LENGTH,
     MAX_RULE_WILDCARDS,
@@ -57,6 +52,10 @@ from agent_passport.rules import (
     Policy,
     parse_scope,
 )
+from bench.harness.machine import busy_cores, machine_basics, wait_until_quiet  # noqa: E402
+from bench.harness.report import write_json  # noqa: E402
+from bench.harness.stats import percentile, timer_overhead_ns  # noqa: E402
+from bench.harness.workload import policy_rules  # noqa: E402
 
 TARGET_US = 50.0
 WILD = MAX_RULE_WILDCARDS - 1  # a pattern's repeated unit, plus one wildcard to close it
@@ -189,7 +188,7 @@ def cases() -> list[Case]:
             policy_rules(),
             "fs:read",
             lambda i: f"/srv/data/team{i % 12}/u{i}/file.csv",
-            "bench/_server.policy_rules()",
+            "bench/harness/workload.policy_rules()",
         ),
         Case(
             f"realistic {MAX_RULES} rules",
@@ -344,9 +343,8 @@ def main() -> None:
         "cases": rows,
         "refused": refused,
     }
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.output)
     print(f"\nbusy cores outside the bench: {load_before} before, {load_after} after")
-    print(f"wrote {args.output.relative_to(BASE_DIR)}")
 
 
 if __name__ == "__main__":

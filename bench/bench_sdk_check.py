@@ -47,21 +47,20 @@ from agent_passport.protocol import TOKEN_TYPE, RevocationChannel  # noqa: E402
 from agent_passport.rules import Policy  # noqa: E402
 from agent_passport.tokens import public_key_to_jwk  # noqa: E402
 from agent_passport.watcher import RevocationWatcher  # noqa: E402
-from bench._server import (  # noqa: E402
+from bench.bench_killswitch import CHECK_QUERIES, ListReporter, _measure  # noqa: E402
+from bench.harness.machine import busy_cores, machine_basics  # noqa: E402
+from bench.harness.report import write_json  # noqa: E402
+from bench.harness.servers import (  # noqa: E402
     Api,
     PrivateRedis,
     Service,
-    busy_cores,
-    machine_basics,
     manage,
-    percentile,
-    policy_rules,
     prepare_database,
-    remove_workdir,
     setup_registry,
     stop_all_children,
 )
-from bench.bench_killswitch import CHECK_QUERIES, ListReporter, _measure  # noqa: E402
+from bench.harness.stats import percentile  # noqa: E402
+from bench.harness.workload import policy_rules  # noqa: E402
 from registry.devserver import free_port  # noqa: E402
 
 SDK_DIR = BASE_DIR / "sdk" / "typescript"
@@ -352,12 +351,10 @@ def main() -> int:
             report["propagation"] = run_propagation(workdir, 10 if args.quick else 50)
         report["conformance"] = run_conformance()
     finally:
-        remove_workdir(workdir, keep=False)
+        shutil.rmtree(workdir, ignore_errors=True)
     report["busy_cores_after"] = busy_cores(1.0)
     print_report(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS.relative_to(BASE_DIR)}")
+    write_json(report, RESULTS)
     return 0
 
 

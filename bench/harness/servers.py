@@ -1,24 +1,22 @@
-"""Shared pieces for benchmarks that run the real service: database, Redis, gunicorn, Celery.
+"""The real service for benchmarks: database, Redis, gunicorn, Celery, the revocation heartbeat.
 
 Every child process is started in a session of its own (``start_new_session=True``) and stopped
-through its own process group (its pid), so gunicorn's and Celery's worker processes go with it
-and nothing else on the machine is touched.
+through its own process group (``registry.devserver.stop_groups``), so gunicorn's and Celery's
+worker processes go with it and nothing else on the machine is touched.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import platform
-import shutil
-import signal
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -26,27 +24,18 @@ import redis
 import requests
 from psycopg import sql
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-if str(BASE_DIR) not in sys.path:
-    sys.path.insert(0, str(BASE_DIR))
+from registry.devserver import free_port, start_redis_server, stop_groups
 
-from registry.devserver import free_port, start_redis_server  # noqa: E402
-
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 ERROR_MARKERS = ("Traceback", "ERROR", "CRITICAL", "WORKER TIMEOUT", "Internal Server Error")
+AUDIENCE = "agent-passport"
+# DRF's throttles keep every request of the window in one cached list, read and rewritten on
+# each request, so a huge per-hour rate makes every request slower as the list grows (≈4 ms of
+# CPU at 100k entries). A one-second window never limits and keeps that list short.
+HIGH_RATE = "100000000/second"
 
 # Every child process started through this module, so a last-resort cleanup can find them all.
 CHILDREN: list[subprocess.Popen] = []
-
-
-# --- small helpers ----------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 def with_database(url: str, name: str) -> str:
@@ -54,115 +43,24 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def busy_cores(seconds: float) -> float | None:
-    """Machine-wide busy CPU (in cores) over ``seconds``, from /proc/stat: background noise."""
-
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values[:8]) - idle, sum(values[:8])
-
-    try:
-        busy_a, total_a = sample()
-        time.sleep(seconds)
-        busy_b, total_b = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total_b - total_a
-    return round((busy_b - busy_a) / total * (os.cpu_count() or 1), 2) if total else None
-
-
-def wait_until_quiet(
-    limit: float,
-    threshold: float,
-    sample_s: float = 1.0,
-    sample: Callable[[float], float | None] = busy_cores,
-) -> float | None:
-    """Busy cores outside the bench, sampled for ``sample_s`` s, waiting up to ``limit`` s for
-    them to drop to ``threshold`` (other benchmarks or test runs share the machine); returns
-    the last sample."""
-    deadline = time.monotonic() + limit
-    while True:
-        load = sample(sample_s)
-        if load is None or load <= threshold or time.monotonic() >= deadline:
-            return load
-        print(f"waiting for the machine to be quiet ({load} busy cores)…", file=sys.stderr)
-
-
-def process_cpu(pid: str) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (all cores, steal included)."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-
-
-def machine_basics() -> dict[str, Any]:
-    """Time, CPU, Python, platform and git commit: the first entries of every report's
-    ``machine`` section."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=BASE_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+def registry_env(
+    *, database_url: str, redis_url: str, prefix: str, issuer: str, **extra: str
+) -> dict[str, str]:
+    """This process's environment for the service: its database and Redis, keys under
+    ``prefix`` (cache under ``<prefix>-cache``), throttles that never limit, quiet logs."""
     return {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": commit,
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CACHE_KEY_PREFIX": f"{prefix}-cache",
+        "REVOCATION_REDIS_PREFIX": prefix,
+        "THROTTLE_USER": HIGH_RATE,
+        "PASSPORT_ISSUER": issuer,
+        "PASSPORT_AUDIENCE": AUDIENCE,
+        "LOG_LEVEL": "WARNING",
+        "DEBUG": "false",
+        **extra,
     }
-
-
-def timer_overhead_ns() -> float:
-    """Median cost of one ``perf_counter_ns`` pair, as included in every per-call timing."""
-    now = time.perf_counter_ns
-    samples = []
-    for _ in range(20_000):
-        start = now()
-        samples.append(now() - start)
-    return percentile(sorted(float(v) for v in samples), 50)
-
-
-def policy_rules() -> list[str]:
-    """50 realistic rules spread over domains, with wildcards and a few denies."""
-    rules = [f"fs:read:/srv/data/team{i}/**" for i in range(12)]
-    rules += [f"fs:write:/srv/out/team{i}/*" for i in range(8)]
-    rules += [f"net:connect:svc{i}.internal.example.com:443" for i in range(10)]
-    rules += [f"tool:{name}:*" for name in ("shell", "browser", "python", "sql", "git")]
-    rules += [f"data:read:tenant{i}/*" for i in range(6)]
-    rules += [
-        "!fs:read:/srv/data/**/secrets/**",
-        "!fs:write:/srv/out/*/private*",
-        "!net:connect:*.evil.example.com:*",
-        "!data:read:tenant0/vip-*",
-        "gpu:use",
-        "proc:exec:/usr/bin/*",
-        "*:read:/public/**",
-        "!*:*:/etc/**",
-        "tool:*:sandbox",
-    ]
-    assert len(rules) == 50, len(rules)
-    return rules
 
 
 # --- database -------------------------------------------------------------------------------
@@ -329,50 +227,19 @@ def start_logged(args: list[str], env: dict[str, str], log_path: Path) -> subpro
     return process
 
 
-def stop_all_children(timeout: float = 15.0) -> int:
-    """Last resort (e.g. after Ctrl-C interrupted a normal stop): SIGTERM the process group of
-    every child we started that is still running, then SIGKILL what is left. Returns how many."""
-    alive = [p for p in CHILDREN if p.poll() is None]
-    for process in alive:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for process in alive:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for process in CHILDREN:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group (pool children)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if process.poll() is None:
-            process.wait()
-    CHILDREN.clear()
-    return len(alive)
-
-
 def stop_group(process: subprocess.Popen | None, timeout: float = 15.0) -> None:
     """SIGTERM the process group we created for ``process``; SIGKILL it after ``timeout``."""
-    if process is None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # leftovers (pool children) of the same group
-    except (ProcessLookupError, PermissionError):
-        pass
-    if process.poll() is None:
-        process.wait()
+    if process is not None:
+        stop_groups([process], timeout)
+
+
+def stop_all_children(timeout: float = 15.0) -> int:
+    """Last resort (e.g. after Ctrl-C interrupted a normal stop): stop the process group of
+    every child we started that is still running. Returns how many were."""
+    alive = [p for p in CHILDREN if p.poll() is None]
+    stop_groups(CHILDREN, timeout)
+    CHILDREN.clear()
+    return len(alive)
 
 
 def problems_in(path: Path, since: int = 0, until: int | None = None) -> list[str]:
@@ -422,39 +289,68 @@ def wait_healthy(
         time.sleep(0.1)
 
 
-# --- cleanup at the end of a run --------------------------------------------------------------
+@dataclass(frozen=True)
+class GunicornConfig:
+    worker_class: str
+    workers: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str) -> GunicornConfig:
+        """``gthread:2x4`` (workers x threads) or ``sync:3`` (workers)."""
+        match = re.fullmatch(r"(sync|gthread):(\d+)(?:x(\d+))?", text.strip())
+        if not match:
+            raise argparse.ArgumentTypeError(f"bad gunicorn config {text!r} (gthread:2x4, sync:3)")
+        kind, workers, threads = match.group(1), int(match.group(2)), int(match.group(3) or 1)
+        if kind == "sync" and threads != 1:
+            raise argparse.ArgumentTypeError("sync workers have no threads (sync:3)")
+        return cls(kind, workers, threads)
+
+    @classmethod
+    def of(cls, workers: int, threads: int) -> GunicornConfig:
+        """gthread if there are threads to run, else sync."""
+        return cls("gthread" if threads > 1 else "sync", workers, threads)
+
+    @property
+    def name(self) -> str:
+        if self.worker_class == "sync":
+            return f"sync:{self.workers}"
+        return f"gthread:{self.workers}x{self.threads}"
+
+    def describe(self) -> str:
+        if self.worker_class == "sync":
+            return f"sync, {self.workers} workers"
+        return f"gthread, {self.workers} workers x {self.threads} threads"
 
 
-def stop_on_sigterm(signum: int, frame: object) -> None:
-    """A SIGTERM handler: stop the bench like Ctrl-C does (its cleanup then runs)."""
-    raise KeyboardInterrupt
+@dataclass
+class Server:
+    config: GunicornConfig
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+
+    def problems(self) -> list[str]:
+        """Error lines the server wrote (tracebacks, ERROR logs, worker timeouts)."""
+        return problems_in(self.log_path)
 
 
-def shield_cleanup() -> None:
-    """Cleanup must finish even if Ctrl-C is pressed again or arrived during a normal stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def stop_leftovers() -> None:
-    if leftovers := stop_all_children():
-        print(f"stopped {leftovers} leftover child process(es)", file=sys.stderr)
-
-
-def clean_redis_keys(targets: Iterable[tuple[str, Iterable[str]]]) -> None:
-    """Delete the run's keys (``(redis url, patterns)`` pairs) and say how many went."""
+@contextmanager
+def gunicorn(
+    config: GunicornConfig, env: dict[str, str], workdir: Path, port: int | None = None
+) -> Iterator[Server]:
+    """gunicorn serving ``registry.wsgi`` (no Celery) on ``port`` (a free one by default),
+    healthy when this yields and stopped afterwards."""
+    port = port or free_port()
+    log_path = workdir / f"gunicorn-{config.name.replace(':', '-')}.log"
+    args = gunicorn_command(port, config.workers, config.threads, config.worker_class)
+    process = start_logged(args, env, log_path)
+    server = Server(config, process, f"http://127.0.0.1:{port}", log_path)
     try:
-        deleted = sum(delete_keys(url, patterns) for url, patterns in targets)
-        print(f"cleaned up {deleted} Redis keys", file=sys.stderr)
-    except redis.RedisError as exc:
-        print(f"could not clean up Redis keys: {exc}", file=sys.stderr)
-
-
-def remove_workdir(workdir: Path, keep: bool) -> None:
-    if keep:
-        print(f"logs kept in {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+        wait_healthy(process, server.base_url, log_path, timeout=60)
+        yield server
+    finally:
+        stop_group(process)
 
 
 @dataclass
@@ -553,8 +449,7 @@ class Api:
     def __init__(self, base_url: str, token: str) -> None:
         self.base_url = base_url
         self.token = token
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.session = self.new_session()
 
     def post(self, path: str, body: dict, expect: int, session: requests.Session | None = None):
         response = (session or self.session).post(self.base_url + path, json=body, timeout=30)
@@ -563,6 +458,21 @@ class Api:
                 f"POST {path} answered {response.status_code}: {response.text[:300]}"
             )
         return response.json()
+
+    def create_agent(self, body: dict, session: requests.Session | None = None) -> str:
+        """A new agent (``name``, ``fleet``, ``description``); returns its id."""
+        return self.post("/api/v1/agents", body, 201, session)["id"]
+
+    def issue(
+        self,
+        agent: str,
+        scope: list[str],
+        jurisdiction: list[str],
+        session: requests.Session | None = None,
+    ) -> str:
+        """A passport for ``agent`` valid for an hour; returns its token."""
+        body = {"agent": agent, "scope": scope, "jurisdiction": jurisdiction, "ttl_seconds": 3600}
+        return self.post("/api/v1/passports", body, 201, session)["token"]
 
     def get(self, path: str, params: dict | None = None) -> dict:
         response = self.session.get(self.base_url + path, params=params, timeout=30)
