@@ -12,7 +12,6 @@ from actions.selectors import action_events
 from agent_passport.globs import Glob
 from agent_passport.rules import MAX_RESOURCE_LENGTH, MAX_RULE_WILDCARDS
 from tests.actions.test_ingest import bearer, passport_for
-from tests.sdk.test_globs import grammatical
 
 pytestmark = pytest.mark.django_db
 
@@ -35,6 +34,15 @@ RESOURCES = [
     "a" * MAX_RESOURCE_LENGTH,
     "a/" * (MAX_RESOURCE_LENGTH // 2),
 ]
+
+
+def grammatical(pattern: str) -> bool:
+    """Whether the resource grammar accepts ``pattern`` (no ``*`` between two ``**``)."""
+    try:
+        Glob.compile(pattern)
+    except ValueError:
+        return False
+    return True
 
 
 @pytest.fixture
