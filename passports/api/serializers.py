@@ -111,6 +111,7 @@ class AgentRunStatusSerializer(serializers.Serializer):
 class RevocationChannelClaimSerializer(serializers.Serializer):
     """Where an agent follows revocations (``agent_passport.protocol.RevocationChannel``)."""
 
+    v = serializers.IntegerField(help_text="protocol version (agent_passport.protocol)")
     transport = serializers.CharField()
     epoch = serializers.CharField(help_text="Redis key of the current revocation epoch")
     stream = serializers.CharField(help_text="Redis stream of revocations and lifts")
