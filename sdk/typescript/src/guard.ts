@@ -134,7 +134,8 @@ export class Guard {
     if (blocking !== null) throw refusal(PassportRevoked, `${action} refused: ${blocking.describe()}`);
     const staleness = monotonic() - heard;
     if (staleness > this.maxStaleness) {
-      const why = watcher.problem ? ` (${watcher.problem})` : "";
+      const status = watcher.status();
+      const why = status.lastError ? ` (watcher ${status.state.toLowerCase()}: ${status.lastError})` : "";
       const confirmed = staleness === Infinity ? "never confirmed current" : `last confirmed current ${staleness.toFixed(1)} s ago`;
       const message = `${action} refused: the revocation state was ${confirmed} (limit ${this.maxStaleness} s)${why}, so revocations cannot be ruled out`;
       if (!this.failOpen) throw refusal(RevocationStateStale, message);
