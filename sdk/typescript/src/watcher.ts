@@ -104,6 +104,8 @@ export class RevocationWatcher {
   problem = "not loaded yet";
   private readonly client: Redis;
   private readonly ownsClient: boolean;
+  /** Why the last connection attempt of the watcher's own client failed. */
+  private connectionError: Error | null = null;
   private readonly log: Logger;
   private follower: Follower = START;
   private stamp: string | null = null;
@@ -141,7 +143,8 @@ export class RevocationWatcher {
         enableOfflineQueue: true,
         retryStrategy: () => null, // the loop reconnects, with backoff and jitter
       });
-    if (this.ownsClient) this.client.on("error", () => undefined); // reported by the loop, not as unhandled events
+    // Reported by the loop, not as unhandled events; connect() itself only says "Connection is closed."
+    if (this.ownsClient) this.client.on("error", (error: Error) => (this.connectionError = error));
   }
 
   /** Start following (once; calling it again while running is harmless). */
@@ -195,7 +198,7 @@ export class RevocationWatcher {
     let needLoad = true;
     while (!this.stopped) {
       try {
-        if (this.ownsClient && (this.client.status === "wait" || this.client.status === "end")) await this.client.connect();
+        if (this.ownsClient && (this.client.status === "wait" || this.client.status === "end")) await this.connect();
         if (needLoad) {
           await this.load();
           needLoad = false;
@@ -213,6 +216,14 @@ export class RevocationWatcher {
         await this.pause(backoffDelay(this.failures, this.retryDelay, this.maxRetryDelay));
       }
     }
+  }
+
+  /** (Re)connect the watcher's own client; the error names the cause (e.g. ECONNREFUSED). */
+  private async connect(): Promise<void> {
+    this.connectionError = null;
+    await this.client.connect().catch((error: unknown) => {
+      throw this.connectionError ?? error;
+    });
   }
 
   /** Wait `seconds`, or until stop(). */

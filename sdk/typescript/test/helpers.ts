@@ -55,7 +55,7 @@ export async function startRedis(port?: number): Promise<RedisServer> {
     client,
     async stop() {
       client.disconnect();
-      if (child.pid !== undefined) process.kill(-child.pid, "SIGTERM");
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, "SIGTERM"); // stopping twice is harmless
       await new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.once("exit", resolve)));
       rmSync(dir, { recursive: true, force: true });
     },

@@ -58,6 +58,7 @@ test("status: INITIALIZING, VALID, INTERRUPTED while Redis is down, VALID again,
     await redis.stop(); // an outage long enough for the backoff to reach its cap
     await waitFor(() => watcher.status().state === "INTERRUPTED", 5, "INTERRUPTED");
     assert.match(watcher.status().lastError ?? "", /^Redis unreachable/);
+    await waitFor(() => /^Redis unreachable \(Error: connect ECONNREFUSED /.test(watcher.status().lastError ?? ""), 5, "the cause of the failed reconnect");
     await sleep(4);
     assert.ok(watcher.status().stalenessS > 3.5);
     redis = await startChannel(redis.port);
