@@ -104,6 +104,10 @@ export class Guard {
     const guard = new Guard(token, claims, watcher, options.watcher === undefined, options);
     watcher.addListener((state) => guard.onState(state));
     if (await watcher.waitUntilReady(options.readyTimeout ?? 5)) guard.onState(watcher.state);
+    else {
+      const status = watcher.status();
+      guard.log(`guard for agent ${guard.agentId} starts without revocation state (${status.state.toLowerCase()}: ${status.lastError}); checks refuse until it is current`);
+    }
     return guard;
   }
 

@@ -101,6 +101,25 @@ test("status: a guard refuses a stale state naming the watcher's state and error
     );
   } finally {
     await guard.close();
+    await redis.stop();
+  }
+});
+
+test("status: a guard that starts without revocation state says so, naming the watcher's status", async () => {
+  const redis = await startRedis(); // no channel published
+  const signer = makeSigner();
+  const claims = passportClaims({ rev: { stream: `${PREFIX}:revocations:stream` } });
+  const logged: string[] = [];
+  const guard = await Guard.create(await sign(signer, claims), { keys: signer.keys, issuer: ISSUER, redisUrl: redis.url, readyTimeout: 0.3, log: (message) => logged.push(message) });
+  try {
+    assert.ok(
+      logged.some((message) => message.startsWith(`guard for agent ${claims["sub"]} starts without revocation state (initializing: revocation state unavailable: no snapshot in Redis`)),
+      JSON.stringify(logged),
+    );
+    assert.throws(() => guard.check("tool:shell", null, "DE"), RevocationStateStale);
+  } finally {
+    await guard.close();
+    await redis.stop();
   }
 });
 
