@@ -12,12 +12,12 @@ import { RevocationChannel } from "./protocol.js";
 import type { RevocationState } from "./revocations.js";
 import { decide } from "./rules.js";
 import { keysFromJwks, type Keys, verifyToken } from "./tokens.js";
-import { RevocationWatcher } from "./watcher.js";
+import { RevocationWatcher, type WatcherStatus } from "./watcher.js";
 
 const USAGE = `usage:
   agent-passport-ts verify TOKEN (--registry URL | --jwks-file FILE) [--issuer ISS] [--audience AUD]
   agent-passport-ts check TOKEN ACTION [--resource R] [--jurisdiction J] [--redis URL] (--registry URL | --jwks-file FILE)
-  agent-passport-ts watch --prefix P [--redis URL] [--timeout S]
+  agent-passport-ts watch --prefix P [--redis URL] [--timeout S] [--status-interval S]
 TOKEN is the passport, '-' for stdin or @FILE. Exit: 0 allowed/valid, 1 refused/invalid, 2 usage error.`;
 
 class CLIError extends Error {}
@@ -32,6 +32,7 @@ const OPTIONS = {
   redis: { type: "string" },
   prefix: { type: "string" },
   timeout: { type: "string", default: "5" },
+  "status-interval": { type: "string", default: "1" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -104,10 +105,21 @@ async function check(values: Values, positionals: string[]): Promise<number> {
   return 0;
 }
 
+/** `status: valid (confirmed current 0.1 s ago)`, or the state and why (as the Python CLI). */
+function describeStatus(status: WatcherStatus): string {
+  const state = status.state.toLowerCase();
+  if (status.lastError === null) return `status: ${state} (confirmed current ${status.stalenessS.toFixed(1)} s ago)`;
+  return `status: ${state}: ${status.lastError}`;
+}
+
+/** Print the active revocations whenever they change, and the watcher's status whenever it
+ * changes (checked every --status-interval seconds), until SIGINT or SIGTERM. */
 async function watch(values: Values): Promise<number> {
   if (!values.prefix) throw new CLIError("give --prefix: the registry's REVOCATION_REDIS_PREFIX (also in every passport's rev claim)");
   const timeout = Number(values.timeout);
   if (!(timeout > 0)) throw new CLIError(`--timeout must be a positive number of seconds, not ${values.timeout}`);
+  const statusInterval = Number(values["status-interval"]);
+  if (!(statusInterval > 0)) throw new CLIError(`--status-interval must be a positive number of seconds, not ${values["status-interval"]}`);
   const redis = values.redis ?? process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379/0";
   const watcher = new RevocationWatcher(redis, { channel: new RevocationChannel(values.prefix) });
   const show = (state: RevocationState) => {
@@ -118,7 +130,17 @@ async function watch(values: Values): Promise<number> {
   watcher.start();
   if (await watcher.waitUntilReady(timeout)) show(watcher.state);
   else console.error(`no revocation snapshot at ${redis} (prefix '${values.prefix}') yet; waiting…`);
+  let shown = "";
+  const showStatus = () => {
+    const status = watcher.status();
+    const key = `${status.state} ${status.lastError}`;
+    if (key !== shown) console.log(describeStatus(status));
+    shown = key;
+  };
+  showStatus();
+  const timer = setInterval(showStatus, statusInterval * 1000);
   await new Promise<void>((resolve) => process.once("SIGINT", resolve).once("SIGTERM", resolve));
+  clearInterval(timer);
   await watcher.stop();
   return 0;
 }

@@ -104,6 +104,10 @@ export class Guard {
     const guard = new Guard(token, claims, watcher, options.watcher === undefined, options);
     watcher.addListener((state) => guard.onState(state));
     if (await watcher.waitUntilReady(options.readyTimeout ?? 5)) guard.onState(watcher.state);
+    else {
+      const status = watcher.status();
+      guard.log(`guard for agent ${guard.agentId} starts without revocation state (${status.state.toLowerCase()}: ${status.lastError}); checks refuse until it is current`);
+    }
     return guard;
   }
 
@@ -134,7 +138,8 @@ export class Guard {
     if (blocking !== null) throw refusal(PassportRevoked, `${action} refused: ${blocking.describe()}`);
     const staleness = monotonic() - heard;
     if (staleness > this.maxStaleness) {
-      const why = watcher.problem ? ` (${watcher.problem})` : "";
+      const status = watcher.status();
+      const why = status.lastError ? ` (watcher ${status.state.toLowerCase()}: ${status.lastError})` : "";
       const confirmed = staleness === Infinity ? "never confirmed current" : `last confirmed current ${staleness.toFixed(1)} s ago`;
       const message = `${action} refused: the revocation state was ${confirmed} (limit ${this.maxStaleness} s)${why}, so revocations cannot be ruled out`;
       if (!this.failOpen) throw refusal(RevocationStateStale, message);

@@ -10,4 +10,4 @@ export { ActionReporter, type ReporterOptions } from "./reporter.js";
 export { type Follower, followPoll, loadSnapshot, RevocationEntry, RevocationState, revocationsDigest, SnapshotUnavailable } from "./revocations.js";
 export { Decision, decide, MAX_RESOURCE_LENGTH, MAX_RULES, parseJurisdiction, parseRule, parseScope, Policy } from "./rules.js";
 export { CLOCK_SKEW_LEEWAY, type Claims, type Keys, keysFromJwks, type KeyLookup, verifyToken } from "./tokens.js";
-export { RevocationWatcher, type WatcherOptions } from "./watcher.js";
+export { RevocationWatcher, type WatcherOptions, type WatcherState, type WatcherStatus } from "./watcher.js";

@@ -9,7 +9,8 @@
  * `record()` only appends to an in-memory buffer. Each event gets its id once, before its
  * first delivery attempt, so a retried batch is stored once (the registry deduplicates by id).
  * While the registry is unreachable (network error, 5xx, 429, 401, 3xx, 409 with Retry-After)
- * the buffer is appended to a spill file (JSON lines, fsync'd) every SPILL_INTERVAL, and the
+ * or a post has been in flight for STALLED_POST (a registry that accepts connections but does not
+ * answer), the buffer is appended to a spill file (JSON lines, fsync'd) every SPILL_INTERVAL, and the
  * spill file is sent again, oldest first, before anything new. Other 4xx answers drop the batch
  * (it would be refused again); every drop is counted and reported in the next heartbeat. The
  * token is never logged.
@@ -18,6 +19,7 @@ import { randomUUID } from "node:crypto";
 import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, constants as fsConstants, statSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { backoffDelay } from "./backoff.js";
 import type { Heartbeat } from "./guard.js";
 import { codePointLength, codePointPrefix } from "./pytext.js";
 import { DIGEST_LENGTH } from "./revocations.js";
@@ -32,6 +34,8 @@ export const HEARTBEAT_INTERVAL = 2.0;
 export const MAX_BACKOFF = 5.0;
 export const MAX_RETRY_AFTER = 60.0;
 export const SPILL_INTERVAL = 0.005;
+/** Seconds a post may be in flight before it counts as an outage: the events after it go to disk. */
+export const STALLED_POST = 0.5;
 export const MAX_SPILL_BYTES = 256 * 2 ** 20;
 const WARNING_INTERVAL = 10.0;
 const NOFOLLOW = fsConstants.O_NOFOLLOW ?? 0;
@@ -142,6 +146,8 @@ export class ActionReporter {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private spillTimer: NodeJS.Timeout | null = null;
+  private outage = false;
+  private stalled = false;
   private readonly warnedAt = new Map<string, number>();
 
   constructor(url: string, token: string, options: ReporterOptions = {}) {
@@ -224,8 +230,9 @@ export class ActionReporter {
         delay = this.heartbeat ? Math.min(this.flushInterval, HEARTBEAT_INTERVAL) : this.flushInterval;
       } else {
         this.failures++;
-        const backoff = Math.min(MAX_BACKOFF, this.flushInterval * 2 ** Math.min(this.failures, 16));
-        delay = backoff * (0.5 + Math.random() / 2); // jitter: agents do not retry in lock-step
+        // Steps of 2, 4, 8 … flush intervals up to MAX_BACKOFF, each wait drawn in the upper
+        // half of its step: agents cut off together do not retry together.
+        delay = backoffDelay(this.failures, 2 * this.flushInterval, MAX_BACKOFF);
       }
       delay = Math.max(delay, this.retryAfter);
       this.retryAfter = 0;
@@ -277,15 +284,25 @@ export class ActionReporter {
     return false;
   }
 
-  /** While the registry is unreachable, the buffer goes to the spill file every SPILL_INTERVAL. */
   private setOutage(outage: boolean): void {
+    this.outage = outage;
+    this.updateSpilling();
+  }
 
-    if (outage && this.spillTimer === null) {
+  private setStalled(stalled: boolean): void {
+    this.stalled = stalled;
+    this.updateSpilling();
+  }
+
+  /** While the registry is unreachable or a post is stalled, the buffer goes to the spill file every SPILL_INTERVAL. */
+  private updateSpilling(): void {
+    const spilling = this.outage || this.stalled;
+    if (spilling && this.spillTimer === null) {
       this.spillTimer = setInterval(() => {
         if (this.buffer.length) this.spill(this.take(this.buffer.length));
       }, SPILL_INTERVAL * 1000);
       this.spillTimer.unref();
-    } else if (!outage && this.spillTimer !== null) {
+    } else if (!spilling && this.spillTimer !== null) {
       clearInterval(this.spillTimer);
       this.spillTimer = null;
     }
@@ -331,21 +348,15 @@ export class ActionReporter {
     const body = JSON.stringify(document);
     if (Buffer.byteLength(body) > MAX_BODY_BYTES && events.length > 1) return "too_large";
     let response: Response;
+    let answer: string;
     try {
-      response = await fetch(this.url, {
-        method: "POST",
-        body,
-        headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
-        redirect: "manual",
-        signal: AbortSignal.timeout(this.timeout * 1000),
-      });
+      [response, answer] = await this.exchange(body);
     } catch (error) {
       const why = String((error as Error).cause ?? (error as Error).message).replaceAll(this.token, "<token>");
       this.warn("unreachable", `cannot reach the registry at ${this.url} (${why})`);
       return "retry";
     }
     const status = response.status;
-    const answer = await response.text().catch(() => "");
     if (status === 413) return "too_large";
     if (status === 401 || status === 429 || status >= 500 || (status >= 300 && status < 400) || (status === 409 && response.headers.has("retry-after"))) {
       const seconds = Number(response.headers.get("retry-after") ?? 0);
@@ -363,6 +374,24 @@ export class ActionReporter {
     const rejected = this.countRejected(events, answer);
     this.sent += events.length - rejected;
     return "delivered";
+  }
+
+  /** The POST and its answer. While it is in flight past STALLED_POST, new events go to disk. */
+  private async exchange(body: string): Promise<[Response, string]> {
+    const stall = setTimeout(() => this.setStalled(true), STALLED_POST * 1000);
+    try {
+      const response = await fetch(this.url, {
+        method: "POST",
+        body,
+        headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
+        redirect: "manual",
+        signal: AbortSignal.timeout(this.timeout * 1000),
+      });
+      return [response, await response.text().catch(() => "")];
+    } finally {
+      clearTimeout(stall);
+      this.setStalled(false);
+    }
   }
 
   /** Log the events the registry refused one by one; returns how many. */

@@ -11,9 +11,17 @@
  * `lastHeard` is the moment (monotonic seconds) up to which the state is known current: the
  * time of the newest heartbeat stamp, counted only once every epoch that stamp and the snapshot
  * announce is applied. Guards refuse once it is older than their `maxStaleness`.
+ *
+ * Lifecycle: `start()` starts the loop; `stop()` ends it and closes the Redis connection the
+ * watcher opened (never a `client` passed in). A stopped watcher cannot be restarted: make a new
+ * one. `status()` tells the host how it is doing. After a failure the watcher reconnects with
+ * exponential backoff and jitter (`retryDelay` doubling up to `maxRetryDelay`, each wait a random
+ * point in the upper half of its step), reset by the next good round trip, so agents that lost
+ * Redis together do not reconnect in lock-step.
  */
 import { Redis } from "ioredis";
-import { monotonic, sleep } from "./clock.js";
+import { backoffDelay } from "./backoff.js";
+import { monotonic } from "./clock.js";
 import { pyInt } from "./pytext.js";
 import {
   HEARTBEAT_AT_FIELD,
@@ -32,14 +40,37 @@ export type Logger = (message: string) => void;
 type RawMessage = [string, string[]];
 type Stamp = [string | null, string | null];
 
+/**
+ * Health of a watcher, as the host program sees it: INITIALIZING (started; the state has not
+ * been confirmed current yet), VALID (the last round trip confirmed the state up to the newest
+ * heartbeat stamp), INTERRUPTED (was valid; now failing and retrying), OFF (not started, or
+ * stopped).
+ */
+export type WatcherState = "INITIALIZING" | "VALID" | "INTERRUPTED" | "OFF";
+
+/** `lastError`: why the state is not known current (null when VALID); `stalenessS`: seconds
+ * since it was last known current (Infinity: never). */
+export interface WatcherStatus {
+  state: WatcherState;
+  lastError: string | null;
+  stalenessS: number;
+}
+
 export interface WatcherOptions {
   channel?: RevocationChannel;
   /** How long one XREAD blocks (ms). */
   blockMs?: number;
   /** Stream entries per read. */
   batch?: number;
-  /** Seconds before a reload after a failure. */
+  /** Seconds: the first backoff step after a failure. */
   retryDelay?: number;
+  /**
+   * Seconds: the longest backoff step. Keep it well below the guards' `maxStaleness`, so a
+   * recovered Redis is noticed before they refuse for long.
+   */
+  maxRetryDelay?: number;
+  /** A client the caller owns (and closes); else the watcher opens one on its URL. */
+  client?: Redis;
   /** Where warnings go (default: console.warn). */
   log?: Logger;
 }
@@ -65,12 +96,16 @@ export class RevocationWatcher {
   readonly blockMs: number;
   readonly batch: number;
   readonly retryDelay: number;
+  readonly maxRetryDelay: number;
   state: RevocationState = RevocationState.empty();
   /** See the module comment. */
   lastHeard = -Infinity;
   /** Why the state is not known current ("" when it is). */
   problem = "not loaded yet";
   private readonly client: Redis;
+  private readonly ownsClient: boolean;
+  /** Why the last connection attempt of the watcher's own client failed. */
+  private connectionError: Error | null = null;
   private readonly log: Logger;
   private follower: Follower = START;
   private stamp: string | null = null;
@@ -80,6 +115,12 @@ export class RevocationWatcher {
   private running: Promise<void> | null = null;
   private stopped = false;
   private loggedProblem = "";
+  /** Consecutive failed rounds: the backoff step. */
+  private failures = 0;
+  /** INTERRUPTED rather than INITIALIZING once it has been VALID. */
+  private wasValid = false;
+  /** Ends the current backoff wait early (on stop). */
+  private wake: (() => void) | null = null;
   private readyResolve!: () => void;
   private readonly ready = new Promise<void>((resolve) => (this.readyResolve = resolve));
 
@@ -88,29 +129,50 @@ export class RevocationWatcher {
     this.blockMs = options.blockMs ?? 100;
     this.batch = options.batch ?? 1000;
     this.retryDelay = options.retryDelay ?? 0.1;
+    this.maxRetryDelay = options.maxRetryDelay ?? 0.5;
+    if (!(this.retryDelay > 0 && this.retryDelay <= this.maxRetryDelay)) throw new RangeError("need 0 < retryDelay <= maxRetryDelay");
     this.log = options.log ?? ((message) => console.warn(`agent-passport: ${message}`));
-    this.client = new Redis(redisUrl, {
-      lazyConnect: true,
-      connectTimeout: 1000,
-      commandTimeout: this.blockMs + 1000,
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: true,
-      retryStrategy: () => this.retryDelay * 1000,
-    });
-    this.client.on("error", () => undefined); // reported by the loop, not as unhandled events
+    this.ownsClient = options.client === undefined;
+    this.client =
+      options.client ??
+      new Redis(redisUrl, {
+        lazyConnect: true,
+        connectTimeout: 1000,
+        commandTimeout: this.blockMs + 1000,
+        maxRetriesPerRequest: 0,
+        enableOfflineQueue: true,
+        retryStrategy: () => null, // the loop reconnects, with backoff and jitter
+      });
+    // Reported by the loop, not as unhandled events; connect() itself only says "Connection is closed."
+    if (this.ownsClient) this.client.on("error", (error: Error) => (this.connectionError = error));
   }
 
-  /** Start following (once). */
+  /** Start following (once; calling it again while running is harmless). */
   start(): this {
+    if (this.stopped) throw new Error("a stopped RevocationWatcher cannot be restarted; make a new one");
     this.running ??= this.run();
     return this;
   }
 
-  /** Stop following and close the Redis connection. */
+  /**
+   * Stop following and close the Redis connection the watcher opened (never a `client` passed
+   * in). Guards that use it refuse once the state is older than their `maxStaleness`.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.wake?.();
     await this.running;
-    this.client.disconnect();
+    this.problem = "stopped";
+    if (this.ownsClient) this.client.disconnect();
+  }
+
+  /** How the watcher is doing, for the host program to show and alert on. */
+  status(): WatcherStatus {
+    let state: WatcherState;
+    if (this.running === null || this.stopped) state = "OFF";
+    else if (!this.problem) state = "VALID";
+    else state = this.wasValid ? "INTERRUPTED" : "INITIALIZING";
+    return { state, lastError: this.problem || null, stalenessS: this.staleness() };
   }
 
   /** Call `listener(state)` after every change of the active revocations. */
@@ -136,12 +198,13 @@ export class RevocationWatcher {
     let needLoad = true;
     while (!this.stopped) {
       try {
-        if (this.client.status === "wait") await this.client.connect();
+        if (this.ownsClient && (this.client.status === "wait" || this.client.status === "end")) await this.connect();
         if (needLoad) {
           await this.load();
           needLoad = false;
         }
         needLoad = !(await this.follow());
+        this.failures = 0; // a good round trip
       } catch (error) {
         const message =
           error instanceof SnapshotUnavailable
@@ -149,9 +212,31 @@ export class RevocationWatcher {
             : `Redis unreachable (${(error as Error).name}: ${(error as Error).message})`;
         this.setProblem(message, true);
         needLoad = true;
-        if (!this.stopped) await sleep(this.retryDelay);
+        this.failures++;
+        await this.pause(backoffDelay(this.failures, this.retryDelay, this.maxRetryDelay));
       }
     }
+  }
+
+  /** (Re)connect the watcher's own client; the error names the cause (e.g. ECONNREFUSED). */
+  private async connect(): Promise<void> {
+    this.connectionError = null;
+    await this.client.connect().catch((error: unknown) => {
+      throw this.connectionError ?? error;
+    });
+  }
+
+  /** Wait `seconds`, or until stop(). */
+  private async pause(seconds: number): Promise<void> {
+    if (this.stopped) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, seconds * 1000);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.wake = null;
   }
 
   private setProblem(message: string, log = false): void {
@@ -237,6 +322,7 @@ export class RevocationWatcher {
       return;
     }
     this.lastHeard = this.stampAt;
+    this.wasValid = true;
     if (this.loggedProblem) {
       this.log(`revocation channel healthy again (epoch ${this.state.epoch})`);
       this.loggedProblem = "";

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { ISSUER, makeSigner, passportClaims, sign } from "./helpers.js";
+import { ISSUER, makeSigner, passportClaims, sign, startRedis, TestPublisher, waitFor } from "./helpers.js";
 
 const CLI = resolve(fileURLToPath(import.meta.url), "../../src/cli.js");
 const signer = makeSigner();
@@ -42,4 +42,25 @@ test("cli: check answers allowed or denied with the reason; usage errors exit 2"
   assert.equal(run("check", `@${join(dir, "missing")}`, "tool:shell", "--jwks-file", jwksFile, "--issuer", ISSUER).code, 2);
   assert.equal(run("frobnicate").code, 2);
   assert.equal(run("watch").code, 2);
+});
+
+test("cli: watch prints the revocations and the watcher's status whenever it changes", async () => {
+  const redis = await startRedis();
+  await new TestPublisher(redis.client, "cliwatch").reset();
+  const child = spawn(process.execPath, [CLI, "watch", "--prefix", "cliwatch", "--redis", redis.url, "--status-interval", "0.05"], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.on("data", (chunk) => (out += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+  try {
+    await waitFor(() => /^status: valid \(confirmed current \d+\.\d s ago\)$/m.test(out), 10, `a valid status in ${JSON.stringify(out)}`);
+    assert.match(out, /^epoch 0: 0 active revocation\(s\)$/m);
+    await redis.stop();
+    await waitFor(() => /^status: interrupted: Redis unreachable \(/m.test(out), 10, `an interrupted status in ${JSON.stringify(out)}`);
+    const statuses = out.split("\n").filter((line) => line.startsWith("status: "));
+    assert.ok(statuses.every((line, i) => i === 0 || line !== statuses[i - 1]), `a status repeated: ${statuses}`);
+  } finally {
+    child.kill("SIGTERM");
+  }
+  assert.equal(await exited, 0);
+  assert.equal(run("watch", "--prefix", "p", "--status-interval", "0").code, 2);
 });

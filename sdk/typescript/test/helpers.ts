@@ -19,14 +19,18 @@ export async function freePort(): Promise<number> {
 }
 
 export interface RedisServer {
+  port: number;
   url: string;
   client: Redis;
   stop(): Promise<void>;
 }
 
-/** An empty, non-persistent redis-server on 127.0.0.1, stopped (whole process group) by stop(). */
-export async function startRedis(): Promise<RedisServer> {
-  const port = await freePort();
+/**
+ * An empty, non-persistent redis-server on 127.0.0.1 (on `port`, e.g. to restart one that was
+ * stopped; else a free one), stopped (whole process group) by stop().
+ */
+export async function startRedis(port?: number): Promise<RedisServer> {
+  port ??= await freePort();
   const dir = mkdtempSync(join(tmpdir(), "aps-ts-redis-"));
   const child: ChildProcess = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no", "--dir", dir], {
     stdio: "ignore",
@@ -46,11 +50,12 @@ export async function startRedis(): Promise<RedisServer> {
     }
   }
   return {
+    port,
     url,
     client,
     async stop() {
       client.disconnect();
-      if (child.pid !== undefined) process.kill(-child.pid, "SIGTERM");
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, "SIGTERM"); // stopping twice is harmless
       await new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.once("exit", resolve)));
       rmSync(dir, { recursive: true, force: true });
     },

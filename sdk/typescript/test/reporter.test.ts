@@ -104,3 +104,31 @@ test("reporter: a batch the registry refuses for good is dropped, counted and re
     await close(registry.server);
   }
 });
+
+test("reporter: while a post hangs past STALLED_POST, new events go to the spill file, and are sent once after", async () => {
+  const registry = await actionsEndpoint(await freePort());
+  let hang = true;
+  const answered = registry.server.listeners("request")[0] as (request: IncomingMessage, response: unknown) => void;
+  registry.server.removeAllListeners("request");
+  registry.server.on("request", (request: IncomingMessage, response) => {
+    const delay = hang ? 2000 : 0; // the first post: a registry that accepts but does not answer
+    hang = false;
+    setTimeout(() => answered(request, response), delay);
+  });
+  const reporter = new ActionReporter(registry.url, "t.o.k", { spillPath: spillPath(), flushInterval: 0.05, log: quiet });
+  try {
+    reporter.record(1, "a:first", null, null, true, "");
+    reporter.start();
+    await waitFor(() => !hang, 5, "the first post");
+    reporter.record(2, "a:second", null, null, true, "");
+    reporter.record(3, "a:third", null, null, true, "");
+    await waitFor(() => reporter.spilled === 2, 1.5, "the events after the stalled post on disk");
+    assert.equal(reporter.buffered, 0);
+    assert.equal(await reporter.flush(5), true);
+    assert.equal(registry.ids.size, 3);
+    assert.equal(reporter.sent, 3);
+  } finally {
+    await reporter.close();
+    await close(registry.server);
+  }
+});
