@@ -222,6 +222,15 @@ def test_dashboard_counts_no_agent_or_passport_as_active_under_a_global_kill(
     assert 'title="A fleet or global kill stops it">stopped</span></h1>' in page
 
 
+def test_dashboard_offers_no_second_global_kill_while_one_is_in_force(signed_in, operator, agent):
+    page = signed_in.get("/").content.decode()
+    assert "/kill/?all=1" in page
+    revocation = kill(operator, {"all": True}, reason="credential leak")
+    page = signed_in.get("/").content.decode()
+    assert "/kill/?all=1" not in page
+    assert f'href="/revocations/{revocation.pk}/"' in page
+
+
 def test_killed_and_suspended_agents_passports_are_not_active(signed_in, operator, agent, issue):
     other = Agent.objects.create(name="scraper-7", fleet="web", owner=operator)
     issue()
