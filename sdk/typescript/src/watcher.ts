@@ -206,6 +206,9 @@ export class RevocationWatcher {
         needLoad = !(await this.follow());
         this.failures = 0; // a good round trip
       } catch (error) {
+        if (error instanceof SnapshotUnavailable && error.reason === "unsupported_protocol") {
+          this.lastHeard = -Infinity; // a channel it cannot read: guards refuse at once
+        }
         const message =
           error instanceof SnapshotUnavailable
             ? `revocation state unavailable: ${error.message}`

@@ -125,6 +125,20 @@ test("watcher: an older snapshot is refused and the applied epoch never goes bac
   }
 });
 
+test("watcher: a snapshot in an unknown protocol version makes guards refuse at once", async () => {
+  const publisher = await freshChannel("t7");
+  const watcher = watch(publisher).start();
+  try {
+    await watcher.waitUntilReady(5);
+    assert.ok(watcher.staleness() < 2);
+    await redis.client.hset("t7:revocations:snapshot", "_v", "2"); // read on every poll
+    await waitFor(() => watcher.problem.includes("protocol version"), 5, "the refusal");
+    assert.equal(watcher.staleness(), Infinity);
+  } finally {
+    await watcher.stop();
+  }
+});
+
 test("watcher: no snapshot at all is never trusted", async () => {
   await redis.client.del("t6:revocations:snapshot");
   const watcher = new RevocationWatcher(redis.url, { channel: new RevocationChannel("t6"), log: quiet }).start();
