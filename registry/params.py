@@ -40,3 +40,12 @@ def boolean(value: str, field: str) -> bool:
     if value not in ("true", "false"):
         raise RequestRejected(field, "must be true or false")
     return value == "true"
+
+
+def choice(value: str | None, choices: list[str], field: str) -> str | None:
+    """One of ``choices``, or None when the parameter is absent or empty."""
+    if value in (None, ""):
+        return None
+    if value not in choices:
+        raise RequestRejected(field, f"must be one of {', '.join(choices)}")
+    return value
