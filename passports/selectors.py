@@ -1,21 +1,10 @@
 """Read queries for agents and passports, with validated filters."""
 
-import uuid
-
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from passports.models import Agent, Passport
-from registry.errors import RequestRejected
-from registry.params import choice
-
-
-def agent_id(value: str, field: str = "agent") -> uuid.UUID:
-    """An agent id from a query parameter, or a 400 naming the parameter."""
-    try:
-        return uuid.UUID(value)
-    except ValueError as exc:
-        raise RequestRejected(field, "must be an agent id (UUID)") from exc
+from registry.params import agent_id, choice
 
 
 def agents(*, fleet: str | None = None, status: str | None = None) -> QuerySet[Agent]:

@@ -4,6 +4,7 @@ A query parameter is text an outsider chooses. Every conversion here either retu
 database and Python's datetime arithmetic accept, or raises ``RequestRejected`` for the parameter.
 """
 
+import uuid
 from datetime import UTC, datetime
 
 from django.utils.dateparse import parse_datetime
@@ -34,6 +35,14 @@ def database_id(value: str, field: str) -> int:
     if not digits or not 0 < int(value) <= MAX_DATABASE_ID:
         raise RequestRejected(field, "must be an id (a positive integer)")
     return int(value)
+
+
+def agent_id(value: str, field: str = "agent") -> uuid.UUID:
+    """An agent id from a query parameter, or a 400 naming the parameter."""
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise RequestRejected(field, "must be an agent id (UUID)") from exc
 
 
 def boolean(value: str, field: str) -> bool:

@@ -13,8 +13,7 @@ from actions.models import ActionEvent
 from killswitch.models import ALL_AGENTS, Revocation, RuleMatch
 from killswitch.notifications import outcome
 from passports.models import Agent
-from passports.selectors import agent_id
-from registry.params import choice
+from registry.params import agent_id, choice
 from signals.models import Signal
 
 # Items of one instant, cause first: what the agent did, what was seen, the rule, the kill.
