@@ -7,9 +7,8 @@ from actions.models import ActionEvent
 from agent_passport.errors import RuleError
 from agent_passport.rules import parse_rule
 from passports.models import Agent
-from passports.selectors import agent_id
 from registry.errors import RequestRejected
-from registry.params import moment
+from registry.params import agent_id, moment
 
 
 def matching_pattern(queryset: QuerySet[ActionEvent], pattern: str) -> QuerySet[ActionEvent]:

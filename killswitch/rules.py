@@ -36,9 +36,8 @@ from killswitch import notifications, services
 from killswitch.models import KillRule, Revocation, RuleMatch
 from passports.models import Agent
 from passports.roles import Role, has_role
-from passports.selectors import agent_id
 from registry.errors import RequestRejected, StateConflict
-from registry.params import boolean, database_id
+from registry.params import agent_id, boolean, database_id
 from signals.models import Signal
 
 logger = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from django.utils import timezone
 from agent_passport.revocations import describe_target, revocations_digest
 from killswitch.models import ALL_AGENTS, EpochCounter, Revocation
 from passports.models import Agent
+from registry.errors import RequestRejected
 
 RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
 ACKNOWLEDGED, WAITING, MISMATCHED = "acknowledged", "waiting", "mismatched"
@@ -60,6 +61,8 @@ def revocations(
     if active is not None:
         queryset = queryset.filter(lifted_at__isnull=active)
     if target_type:
+        if target_type not in Revocation.TargetType.values:
+            raise RequestRejected("target_type", "must be passport, agent, fleet or all")
         queryset = queryset.filter(target_type=target_type)
     return queryset
 

@@ -60,14 +60,6 @@ class IsViewer(_MinimumRole):
     minimum = Role.VIEWER
 
 
-class IsOperator(_MinimumRole):
-    minimum = Role.OPERATOR
-
-
-class IsAdmin(_MinimumRole):
-    minimum = Role.ADMIN
-
-
 class ReadViewerWriteOperator(BasePermission):
     """Viewers may read; writes need the operator role."""
 

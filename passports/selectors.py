@@ -1,35 +1,17 @@
 """Read queries for agents and passports, with validated filters."""
 
-import uuid
-
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from passports.models import Agent, Passport
-from registry.errors import RequestRejected
-
-
-def _choice(value: str | None, choices: list[str], field: str) -> str | None:
-    if value in (None, ""):
-        return None
-    if value not in choices:
-        raise RequestRejected(field, f"must be one of {', '.join(choices)}")
-    return value
-
-
-def agent_id(value: str, field: str = "agent") -> uuid.UUID:
-    """An agent id from a query parameter, or a 400 naming the parameter."""
-    try:
-        return uuid.UUID(value)
-    except ValueError as exc:
-        raise RequestRejected(field, "must be an agent id (UUID)") from exc
+from registry.params import agent_id, choice
 
 
 def agents(*, fleet: str | None = None, status: str | None = None) -> QuerySet[Agent]:
     queryset = Agent.objects.select_related("owner")
     if fleet:
         queryset = queryset.filter(fleet=fleet)
-    if status := _choice(status, Agent.Status.values, "status"):
+    if status := choice(status, Agent.Status.values, "status"):
         queryset = queryset.filter(status=status)
     return queryset
 
@@ -43,7 +25,7 @@ def passports(
     if fleet:
         queryset = queryset.filter(agent__fleet=fleet)
     now = timezone.now()
-    status = _choice(status, Passport.Status.values, "status")
+    status = choice(status, Passport.Status.values, "status")
     if status == Passport.Status.ACTIVE:
         queryset = queryset.filter(status=status, expires_at__gt=now)
     elif status == Passport.Status.EXPIRED:

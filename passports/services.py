@@ -293,15 +293,17 @@ def agent_run_status(agent: Agent) -> RunStatus:
     if agent.status != Agent.Status.ACTIVE and not reasons:
         reasons.append(f"agent is {agent.status}")
     now = timezone.now()
-    active_passports = agent.passports.filter(status=Passport.Status.ACTIVE, expires_at__gt=now)
-    if not active_passports.exists():
+    active_passports = agent.passports.filter(
+        status=Passport.Status.ACTIVE, expires_at__gt=now
+    ).count()
+    if not active_passports:
         reasons.append("agent holds no active passport")
     return RunStatus(
         agent=agent.pk,
         status=agent.status,
         allowed=not reasons,
         reasons=reasons,
-        active_passports=active_passports.count(),
+        active_passports=active_passports,
         epoch=current_epoch(),
         last_seen_at=agent.last_seen_at,
         last_seen_epoch=agent.last_seen_epoch,

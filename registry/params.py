@@ -4,6 +4,7 @@ A query parameter is text an outsider chooses. Every conversion here either retu
 database and Python's datetime arithmetic accept, or raises ``RequestRejected`` for the parameter.
 """
 
+import uuid
 from datetime import UTC, datetime
 
 from django.utils.dateparse import parse_datetime
@@ -36,7 +37,24 @@ def database_id(value: str, field: str) -> int:
     return int(value)
 
 
+def agent_id(value: str, field: str = "agent") -> uuid.UUID:
+    """An agent id from a query parameter, or a 400 naming the parameter."""
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise RequestRejected(field, "must be an agent id (UUID)") from exc
+
+
 def boolean(value: str, field: str) -> bool:
     if value not in ("true", "false"):
         raise RequestRejected(field, "must be true or false")
     return value == "true"
+
+
+def choice(value: str | None, choices: list[str], field: str) -> str | None:
+    """One of ``choices``, or None when the parameter is absent or empty."""
+    if value in (None, ""):
+        return None
+    if value not in choices:
+        raise RequestRejected(field, f"must be one of {', '.join(choices)}")
+    return value

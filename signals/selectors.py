@@ -13,8 +13,7 @@ from actions.models import ActionEvent
 from killswitch.models import ALL_AGENTS, Revocation, RuleMatch
 from killswitch.notifications import outcome
 from passports.models import Agent
-from passports.selectors import agent_id
-from registry.errors import RequestRejected
+from registry.params import agent_id, choice
 from signals.models import Signal
 
 # Items of one instant, cause first: what the agent did, what was seen, the rule, the kill.
@@ -25,9 +24,7 @@ def signals(*, agent: str | None = None, category: str | None = None) -> QuerySe
     queryset = Signal.objects.select_related("reported_by")
     if agent:
         queryset = queryset.filter(agent_id=agent_id(agent))
-    if category:
-        if category not in Signal.Category.values:
-            raise RequestRejected("category", f"must be one of {', '.join(Signal.Category.values)}")
+    if category := choice(category, Signal.Category.values, "category"):
         queryset = queryset.filter(category=category)
     return queryset
 
