@@ -234,11 +234,12 @@ def _check_snapshot(snapshot: Mapping[str, str | None]) -> int:
     problem = unsupported_protocol(_decimal(version)) if version is not None else None
     if problem:
         raise SnapshotUnavailable(f"the revocation snapshot's {problem}", "unsupported_protocol")
-    if not isinstance(_decimal(epoch), int):
+    parsed = _decimal(epoch)
+    if not isinstance(parsed, int):
         raise SnapshotUnavailable(
             f"malformed snapshot: epoch {epoch!r:.40} is not an integer", "malformed_snapshot"
         )
-    return int(epoch)
+    return parsed
 
 
 def _decimal(text: str) -> int | str:
