@@ -31,7 +31,6 @@ Plain Python (no Django); uses ``requests``. The token is never logged.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import enum
 import hashlib
@@ -52,6 +51,7 @@ from typing import Any
 
 import requests
 
+from agent_passport.audit import b64url_decode
 from agent_passport.backoff import backoff_delay
 from agent_passport.revocations import DIGEST_LENGTH
 from agent_passport.rules import MAX_RESOURCE_LENGTH
@@ -98,7 +98,7 @@ def _token_id(token: str) -> str:
     """The token's jti (read without verification, only to name a file), else a digest."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(b64url_decode(payload))
         jti = re.sub(r"[^A-Za-z0-9_-]", "", str(claims["jti"]))[:64]
         if jti:
             return jti
