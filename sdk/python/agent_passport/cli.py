@@ -188,9 +188,7 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot fetch the registry's JWKS: {exc}") from exc
         keys = keys.keys
     report = verify_log(events, checkpoints, keys)
-    summary = (
-        f"{report.chains} chain(s), {report.events} event(s), {report.checkpoints} checkpoint(s)"
-    )
+    summary = report.summary()
     if not report.checkpoints and report.events:
         print(f"NOT VERIFIED: no signed checkpoint in the export ({summary})")
         return 1
