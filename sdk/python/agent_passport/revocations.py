@@ -17,7 +17,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 from agent_passport.protocol import (
     SNAPSHOT_ENTRY_PREFIX,
@@ -177,12 +176,6 @@ class RevocationState:
     def digest(self) -> str:
         """revocations_digest of the active set (computed once per state)."""
         return revocations_digest(self.active)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "active": [json.loads(e.to_json()) for e in self.active.values()],
-        }
 
 
 # -- following the channel: the watcher's decisions as pure functions (conformance vectors drive
