@@ -578,11 +578,11 @@ class ActionReporter:
             return {}
         body: dict[str, Any] = {}
         epoch, host, pid = raw.get("epoch"), raw.get("host"), raw.get("pid")
-        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        if _is_count(epoch):
             body["epoch"] = epoch
         if isinstance(host, str):
             body["host"] = _text(host, MAX_HOST_LENGTH)
-        if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+        if _is_count(pid):
             body["pid"] = pid
         digest = raw.get("digest")  # revocations_digest of the state the guard applied
         if isinstance(digest, str) and len(digest) == DIGEST_LENGTH:
@@ -745,6 +745,11 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) and isinstance(event.get("id"), str) else None
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative integer (a bool is not one), as the heartbeat's epoch and pid must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _says_retry(response: requests.Response) -> bool:
