@@ -60,7 +60,8 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _b64url_decode(text: str) -> bytes:
+def b64url_decode(text: str) -> bytes:
+    """The inverse of :func:`b64url` (padding restored); ValueError if ``text`` is not ASCII."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -133,7 +134,7 @@ def verify_checkpoint(
     if key is None:
         return f"{name} is signed by unknown key {checkpoint.get('kid')!r}"
     try:
-        key.verify(_b64url_decode(checkpoint["signature"]), checkpoint_payload(checkpoint))
+        key.verify(b64url_decode(checkpoint["signature"]), checkpoint_payload(checkpoint))
     except (InvalidSignature, KeyError, ValueError):
         return f"{name} has a bad signature"
     return None

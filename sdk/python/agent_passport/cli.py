@@ -56,14 +56,19 @@ def _keys(args: argparse.Namespace) -> JWKSClient | dict[str, Ed25519PublicKey]:
     raise CLIError("give --registry URL (to fetch its JWKS) or --jwks-file FILE")
 
 
-def _add_token_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("token", help="the passport token, '-' for stdin, or @FILE")
+def _add_key_options(parser: argparse.ArgumentParser) -> None:
+    """Where the registry's public keys come from (read by ``_keys``)."""
     parser.add_argument(
         "--registry",
         default=os.environ.get("AGENT_PASSPORT_REGISTRY"),
         help="registry base URL (JWKS is fetched from it)",
     )
     parser.add_argument("--jwks-file", help="pinned JWKS document instead of fetching it")
+
+
+def _add_token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("token", help="the passport token, '-' for stdin, or @FILE")
+    _add_key_options(parser)
     parser.add_argument(
         "--issuer",
         default=os.environ.get("AGENT_PASSPORT_ISSUER"),
@@ -183,9 +188,7 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot fetch the registry's JWKS: {exc}") from exc
         keys = keys.keys
     report = verify_log(events, checkpoints, keys)
-    summary = (
-        f"{report.chains} chain(s), {report.events} event(s), {report.checkpoints} checkpoint(s)"
-    )
+    summary = report.summary()
     if not report.checkpoints and report.events:
         print(f"NOT VERIFIED: no signed checkpoint in the export ({summary})")
         return 1
@@ -234,8 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify-audit", help="verify an action-log export (JSONL) offline with the JWKS"
     )
     verify_audit.add_argument("export", help="file from GET /api/v1/actions/export")
-    verify_audit.add_argument("--registry", default=os.environ.get("AGENT_PASSPORT_REGISTRY"))
-    verify_audit.add_argument("--jwks-file")
+    _add_key_options(verify_audit)
     verify_audit.set_defaults(handler=cmd_verify_audit)
     return parser
 

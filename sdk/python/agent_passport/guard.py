@@ -248,12 +248,10 @@ class _Requirement(contextlib.ContextDecorator):
     def __init__(
         self, guard: Guard, action: str, resource: str | None, jurisdiction: str | None
     ) -> None:
-        self.guard, self.action, self.resource, self.jurisdiction = (
-            guard,
-            action,
-            resource,
-            jurisdiction,
-        )
+        self.guard = guard
+        self.action = action
+        self.resource = resource
+        self.jurisdiction = jurisdiction
 
     def __enter__(self) -> Decision:
         return self.guard.check(self.action, self.resource, self.jurisdiction)

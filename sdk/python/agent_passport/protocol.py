@@ -14,6 +14,7 @@ TOKEN_TYPE = "agent-passport+jwt"  # noqa: S105 (a JWT "typ", not a secret)
 ALGORITHM = "EdDSA"
 MAX_TOKEN_BYTES = 16 * 1024
 DEFAULT_REDIS_PREFIX = "aps"
+_STREAM_SUFFIX = ":revocations:stream"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RevocationChannel:
 
     @property
     def stream_key(self) -> str:
-        return f"{self.prefix}:revocations:stream"
+        return self.prefix + _STREAM_SUFFIX
 
     @property
     def snapshot_key(self) -> str:
@@ -48,9 +49,12 @@ class RevocationChannel:
     def from_claim(cls, claim: object) -> "RevocationChannel":
         """The channel named by a passport's ``rev`` claim (the default one if absent)."""
         stream = claim.get("stream", "") if isinstance(claim, dict) else ""
-        suffix = ":revocations:stream"
-        if isinstance(stream, str) and stream.endswith(suffix) and len(stream) > len(suffix):
-            return cls(prefix=stream[: -len(suffix)])
+        if (
+            isinstance(stream, str)
+            and stream.endswith(_STREAM_SUFFIX)
+            and len(stream) > len(_STREAM_SUFFIX)
+        ):
+            return cls(prefix=stream.removesuffix(_STREAM_SUFFIX))
         return cls()
 
     def as_claim(self) -> dict[str, str | int]:

@@ -31,7 +31,6 @@ Plain Python (no Django); uses ``requests``. The token is never logged.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import enum
 import hashlib
@@ -52,6 +51,7 @@ from typing import Any
 
 import requests
 
+from agent_passport.audit import b64url_decode
 from agent_passport.backoff import backoff_delay
 from agent_passport.revocations import DIGEST_LENGTH
 from agent_passport.rules import MAX_RESOURCE_LENGTH
@@ -98,7 +98,7 @@ def _token_id(token: str) -> str:
     """The token's jti (read without verification, only to name a file), else a digest."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(b64url_decode(payload))
         jti = re.sub(r"[^A-Za-z0-9_-]", "", str(claims["jti"]))[:64]
         if jti:
             return jti
@@ -578,11 +578,11 @@ class ActionReporter:
             return {}
         body: dict[str, Any] = {}
         epoch, host, pid = raw.get("epoch"), raw.get("host"), raw.get("pid")
-        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        if _is_count(epoch):
             body["epoch"] = epoch
         if isinstance(host, str):
             body["host"] = _text(host, MAX_HOST_LENGTH)
-        if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+        if _is_count(pid):
             body["pid"] = pid
         digest = raw.get("digest")  # revocations_digest of the state the guard applied
         if isinstance(digest, str) and len(digest) == DIGEST_LENGTH:
@@ -745,6 +745,11 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) and isinstance(event.get("id"), str) else None
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative integer (a bool is not one), as the heartbeat's epoch and pid must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _says_retry(response: requests.Response) -> bool:

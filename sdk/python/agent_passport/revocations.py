@@ -17,7 +17,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 from agent_passport.protocol import (
     SNAPSHOT_ENTRY_PREFIX,
@@ -178,12 +177,6 @@ class RevocationState:
         """revocations_digest of the active set (computed once per state)."""
         return revocations_digest(self.active)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "active": [json.loads(e.to_json()) for e in self.active.values()],
-        }
-
 
 # -- following the channel: the watcher's decisions as pure functions (conformance vectors drive
 # them; README, "Kill-switch protocol", steps 1-3) ------------------------------------------------
@@ -234,11 +227,12 @@ def _check_snapshot(snapshot: Mapping[str, str | None]) -> int:
     problem = unsupported_protocol(_decimal(version)) if version is not None else None
     if problem:
         raise SnapshotUnavailable(f"the revocation snapshot's {problem}", "unsupported_protocol")
-    if not isinstance(_decimal(epoch), int):
+    parsed = _decimal(epoch)
+    if not isinstance(parsed, int):
         raise SnapshotUnavailable(
             f"malformed snapshot: epoch {epoch!r:.40} is not an integer", "malformed_snapshot"
         )
-    return int(epoch)
+    return parsed
 
 
 def _decimal(text: str) -> int | str:

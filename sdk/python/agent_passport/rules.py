@@ -45,8 +45,8 @@ MAX_RULE_WILDCARDS = 16  # "*" and "**" each count one
 MAX_SCOPE_WILDCARDS = 32  # not counting the "**" of prefix** rules
 MAX_SEARCHING_RULES = 6
 
-_NAME = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*")
 _ACTION_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_RULE_NAME = re.compile(r"\*|" + _ACTION_NAME.pattern)  # a rule may also name "*"
 _FORBIDDEN_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 _DECISION_CACHE_SIZE = 8192
 
@@ -92,7 +92,7 @@ def parse_rule(text: str) -> Rule:
         raise RuleError(text, "expected domain:action[:resource], e.g. tool:shell:exec")
     domain, action = parts[0], parts[1]
     for label, value in (("domain", domain), ("action", action)):
-        if not _NAME.fullmatch(value):
+        if not _RULE_NAME.fullmatch(value):
             raise RuleError(
                 text,
                 f"{label} {value!r} must be '*' or lower-case letters, digits, '_', '.', '-' "

@@ -77,6 +77,7 @@ class WatcherStatus:
 
 
 _POLLED_SNAPSHOT_FIELDS = [SNAPSHOT_EPOCH_FIELD, SNAPSHOT_GENERATION_FIELD, SNAPSHOT_VERSION_FIELD]
+_STAMP_FIELDS = [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD]  # read by every load and every poll
 
 
 class RevocationWatcher:
@@ -220,7 +221,7 @@ class RevocationWatcher:
         with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.snapshot_key)
             pipe.xrevrange(keys.stream_key, count=1)
-            pipe.hmget(keys.heartbeat_key, [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD])
+            pipe.hmget(keys.heartbeat_key, _STAMP_FIELDS)
             pipe.time()
             snapshot, last, stamp, redis_now = pipe.execute()
         follower = load_snapshot(snapshot, last[0] if last else None, self.state.epoch)
@@ -234,7 +235,7 @@ class RevocationWatcher:
         sent_at = time.monotonic()
         with self._client.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.snapshot_key, _POLLED_SNAPSHOT_FIELDS)
-            pipe.hmget(keys.heartbeat_key, [HEARTBEAT_EPOCH_FIELD, HEARTBEAT_AT_FIELD])
+            pipe.hmget(keys.heartbeat_key, _STAMP_FIELDS)
             pipe.time()
             pipe.xread(
                 {keys.stream_key: self._follower.last_id}, count=self.batch, block=self.block_ms
