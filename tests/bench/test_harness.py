@@ -74,7 +74,9 @@ def test_closed_loop_releases_every_client_and_counts_bad_answers():
     assert len(load.error_samples) == 5 and load.error_samples[0].startswith("HTTP 500: ")
     start, end = load.window
     assert end - start == pytest.approx(0.3) and start - load.started == pytest.approx(0.1)
-    assert all(start <= c.ended < end for c in load.ok_in_window())
+    in_window = load.ok_in_window()
+    assert in_window and all(c.error is None and start <= c.ended < end for c in in_window)
+    assert any(c.ended < start for c in good), "the warm-up's good calls are not in the window"
     assert load.finished >= end
 
 
