@@ -148,7 +148,8 @@ class RevocationHeartbeat:
         self._thread.start()
         key = revocation_channel().heartbeat_key
         deadline = time.monotonic() + 5
-        while not publisher.redis_client().exists(key) and time.monotonic() < deadline:
+        while not publisher.redis_client().exists(key):
+            assert time.monotonic() < deadline, "the heartbeat wrote no stamp in 5 s"
             time.sleep(0.005)
 
     def stop(self) -> None:
