@@ -1,3 +1,4 @@
+import signal
 import threading
 import time
 import uuid
@@ -12,6 +13,16 @@ from killswitch.publisher import revocation_channel
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (``timeout``, CI) still runs the fixtures' teardown: the
+    servers they started in process groups of their own would outlive it otherwise."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 @pytest.fixture(scope="session")
