@@ -125,11 +125,17 @@ def test_run_bench_cleans_up_after_success_and_keeps_the_logs_of_a_failure(signa
     shutil.rmtree(seen[-1])
 
 
-def test_run_bench_stops_on_ctrl_c_with_exit_code_130(signal_handlers):
+def test_run_bench_stops_on_ctrl_c_with_exit_code_130_and_keeps_the_logs(signal_handlers):
+    workdirs = []
+
     def interrupted(run) -> int:
+        workdirs.append(run.workdir)
+        (run.workdir / "server.log").write_text("log")
         raise KeyboardInterrupt
 
     assert run_bench(interrupted, name="aps-test-bench") == 130
+    assert (workdirs[0] / "server.log").read_text() == "log"
+    shutil.rmtree(workdirs[0])
 
 
 def test_the_parser_bench_runs_and_writes_its_report(tmp_path):
