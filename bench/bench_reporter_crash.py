@@ -6,7 +6,8 @@ What is measured, in one run:
    rate through ``ActionReporter`` while its registry is down, and is SIGKILLed at a random
    moment 0.5-1.5 s after its first event reached the spill file. It publishes how many events
    it had recorded in a shared-memory counter after each ``record()``; the spill file is read
-   after the kill. Lost = recorded - on disk, also expressed in milliseconds of recording.
+   after the kill. Lost = recorded - on disk, and in milliseconds: from the moment the first
+   lost event was recorded (the agent publishes each event's moment too) to the kill.
    Two outages: *refused* (nothing listens on the port: every post fails at once) and
    *hanging* (a socket that accepts connections and never answers: the post in flight stalls
    until the reporter's 5 s timeout; after STALLED_POST = 0.5 s the spill writer takes over, so

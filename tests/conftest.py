@@ -1,3 +1,4 @@
+import signal
 import threading
 import time
 import uuid
@@ -12,6 +13,16 @@ from killswitch.publisher import revocation_channel
 from passports.auth import create_api_token
 from passports.models import Agent
 from passports.roles import Role, assign_role
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (``timeout``, CI) still runs the fixtures' teardown: the
+    servers they started in process groups of their own would outlive it otherwise."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +159,8 @@ class RevocationHeartbeat:
         self._thread.start()
         key = revocation_channel().heartbeat_key
         deadline = time.monotonic() + 5
-        while not publisher.redis_client().exists(key) and time.monotonic() < deadline:
+        while not publisher.redis_client().exists(key):
+            assert time.monotonic() < deadline, "the heartbeat wrote no stamp in 5 s"
             time.sleep(0.005)
 
     def stop(self) -> None:

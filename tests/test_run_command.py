@@ -84,6 +84,17 @@ def machine_redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 
+def celery_keys_appear(port: int, timeout: float = 60) -> bool:
+    """Whether the worker's keys appear in the instance's namespace. 'Serving on' waits for the
+    web server only: the worker declares its queues (and writes its keys) when it is ready."""
+    deadline = time.monotonic() + timeout
+    while not any(machine_redis().scan_iter(f"aps-runtest-{port}:celery:*")):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def remove_instance_keys(port: int) -> list[bytes]:
     """Delete every Redis key of the run command's namespace; returns what is left (nothing,
     unless a process of it still writes)."""
@@ -140,8 +151,7 @@ def test_run_serves_refuses_a_second_copy_and_keeps_the_password(tmp_path):
         )
         assert agent.status_code == 201, agent.text
         workers = celery_sessions(port)
-        celery_keys = list(machine_redis().scan_iter(f"aps-runtest-{port}:celery:*"))
-        assert celery_keys, "Celery's keys are not in the instance's namespace"
+        assert celery_keys_appear(port), "Celery's keys are not in the instance's namespace"
 
         second = subprocess.run(
             [sys.executable, "-m", "registry.devserver", "run"],

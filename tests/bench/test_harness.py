@@ -74,7 +74,9 @@ def test_closed_loop_releases_every_client_and_counts_bad_answers():
     assert len(load.error_samples) == 5 and load.error_samples[0].startswith("HTTP 500: ")
     start, end = load.window
     assert end - start == pytest.approx(0.3) and start - load.started == pytest.approx(0.1)
-    assert all(start <= c.ended < end for c in load.ok_in_window())
+    in_window = load.ok_in_window()
+    assert in_window and all(c.error is None and start <= c.ended < end for c in in_window)
+    assert any(c.ended < start for c in good), "the warm-up's good calls are not in the window"
     assert load.finished >= end
 
 
@@ -123,11 +125,17 @@ def test_run_bench_cleans_up_after_success_and_keeps_the_logs_of_a_failure(signa
     shutil.rmtree(seen[-1])
 
 
-def test_run_bench_stops_on_ctrl_c_with_exit_code_130(signal_handlers):
+def test_run_bench_stops_on_ctrl_c_with_exit_code_130_and_keeps_the_logs(signal_handlers):
+    workdirs = []
+
     def interrupted(run) -> int:
+        workdirs.append(run.workdir)
+        (run.workdir / "server.log").write_text("log")
         raise KeyboardInterrupt
 
     assert run_bench(interrupted, name="aps-test-bench") == 130
+    assert (workdirs[0] / "server.log").read_text() == "log"
+    shutil.rmtree(workdirs[0])
 
 
 def test_the_parser_bench_runs_and_writes_its_report(tmp_path):

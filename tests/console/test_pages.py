@@ -2,6 +2,7 @@
 
 import re
 import time
+from datetime import UTC, datetime
 
 import pytest
 from django.test import Client
@@ -293,7 +294,11 @@ def test_times_have_one_format_on_every_page(signed_in, operator, agent, issue):
         times = TIME.findall(page)
         assert len(times) >= at_least, (url, times)
         assert not re.search(r"\b[ap]\.m\.|\d\d:\d\d:\d\d\.\d{3}\b|\+00:00<", page), url
-    assert passport["jti"]  # the expiry shown above is this passport's
+    expiry = datetime.fromtimestamp(passport["claims"]["exp"], UTC)
+    agent_page = signed_in.get(f"/agents/{agent.pk}/").content.decode()
+    assert expiry.strftime("%Y-%m-%d %H:%M:%S UTC") in [
+        shown for _, shown in TIME.findall(agent_page)
+    ]
 
 
 def test_passport_ids_are_shown_in_full_and_linked(signed_in, operator, agent, issue):

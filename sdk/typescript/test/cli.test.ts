@@ -1,15 +1,16 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { ISSUER, makeSigner, passportClaims, sign, startRedis, TestPublisher, waitFor } from "./helpers.js";
 
 const CLI = resolve(fileURLToPath(import.meta.url), "../../src/cli.js");
 const signer = makeSigner();
 const dir = mkdtempSync(join(tmpdir(), "aps-ts-cli-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const jwksFile = join(dir, "jwks.json");
 writeFileSync(jwksFile, JSON.stringify(signer.jwks));
 

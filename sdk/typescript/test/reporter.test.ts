@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { appendFileSync, mkdtempSync, readFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { ActionReporter } from "../src/reporter.js";
 import { freePort, waitFor } from "./helpers.js";
 
@@ -33,7 +33,10 @@ async function actionsEndpoint(port: number, status = () => 200): Promise<{ url:
 
 const close = (server: Server) => new Promise((resolve) => server.close(resolve));
 const quiet = () => undefined;
-const spillPath = () => join(mkdtempSync(join(tmpdir(), "aps-ts-spill-")), "actions.jsonl");
+const spillDir = mkdtempSync(join(tmpdir(), "aps-ts-spill-"));
+after(() => rmSync(spillDir, { recursive: true, force: true }));
+let spills = 0;
+const spillPath = () => join(spillDir, `actions-${++spills}.jsonl`);
 
 test("reporter: events are posted in batches with the token and the guard's heartbeat", async () => {
   const registry = await actionsEndpoint(await freePort());
