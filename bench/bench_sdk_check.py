@@ -54,6 +54,7 @@ from bench.harness.servers import (  # noqa: E402
     Api,
     PrivateRedis,
     Service,
+    delete_keys,
     manage,
     prepare_database,
     setup_registry,
@@ -272,6 +273,7 @@ def run_propagation(workdir: Path, rounds: int) -> dict[str, Any]:
         for process in service.processes.values():
             process.terminate()
         stop_all_children()
+        delete_keys(redis_url, [f"{prefix}*"])  # the machine's Redis keeps nothing of the run
     rows = {name: stats(values) for name, values in timings.items()}
     return {
         "database": db.engine,
