@@ -30,9 +30,12 @@ def redis_servers(*, parent: int | None = None, pids: list[int] | None = None) -
 
 
 def test_sigterm_during_a_test_stops_the_redis_server_it_started():
+    # On SQLite (in memory): the nested run's teardown must not drop this run's test database.
+    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
     run = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", REGISTRY_TEST],
         cwd=BASE_DIR,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
