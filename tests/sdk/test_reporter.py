@@ -105,6 +105,23 @@ def test_recorded_events_arrive_with_the_reporters_ids(actions_url, token, make_
 
 
 @transactional
+def test_details_are_stored_with_the_event_and_oversized_details_are_noted(
+    actions_url, token, make_reporter
+):
+    reporter = make_reporter(actions_url, token).start()
+    now = time.time()
+    reporter.record(now, "tool:files:read", None, None, True, "ok", {"arguments": ["path"]})
+    reporter.record(now, "tool:files:write", None, None, False, "no", {"blob": "x" * 5000})
+    reporter.record(now, "tool:files:list", None, None, True, "ok", {"nul": "a\x00b"})
+    assert reporter.flush(timeout=10)
+
+    details = dict(ActionEvent.objects.values_list("resource", "details"))  # tool:files + read
+    assert details["read"] == {"arguments": ["path"]}
+    assert "limit 4096" in details["write"]["omitted"]
+    assert details["list"] == {"nul": "a\\x00b"}
+
+
+@transactional
 def test_unreachable_registry_spills_then_delivers_exactly_once(
     actions_url, token, make_reporter, tmp_path
 ):

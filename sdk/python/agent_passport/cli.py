@@ -17,7 +17,6 @@ from typing import Any
 
 import redis
 import requests
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent_passport.audit import verify_log
 from agent_passport.errors import GuardError, PassportError
@@ -26,12 +25,9 @@ from agent_passport.jwks import JWKSClient
 from agent_passport.protocol import RevocationChannel
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
-from agent_passport.tokens import keys_from_jwks, verify_token
+from agent_passport.session import CLIError, key_source
+from agent_passport.tokens import verify_token
 from agent_passport.watcher import RevocationWatcher, WatcherStatus
-
-
-class CLIError(Exception):
-    """A problem with the command's input; printed without a traceback, exit code 2."""
 
 
 def _read_token(value: str) -> str:
@@ -43,17 +39,6 @@ def _read_token(value: str) -> str:
         except OSError as exc:
             raise CLIError(f"cannot read token file {value[1:]}: {exc.strerror}") from exc
     return value.strip()
-
-
-def _keys(args: argparse.Namespace) -> JWKSClient | dict[str, Ed25519PublicKey]:
-    if args.jwks_file:
-        try:
-            return keys_from_jwks(json.loads(Path(args.jwks_file).read_text()))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise CLIError(f"cannot read JWKS file {args.jwks_file}: {exc}") from exc
-    if args.registry:
-        return JWKSClient(args.registry.rstrip("/") + "/.well-known/jwks.json")
-    raise CLIError("give --registry URL (to fetch its JWKS) or --jwks-file FILE")
 
 
 def _add_key_options(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +66,9 @@ def _verify(args: argparse.Namespace) -> dict[str, Any]:
     issuer = args.issuer or args.registry
     if not issuer:
         raise CLIError("give --issuer (or --registry)")
-    return verify_token(_read_token(args.token), _keys(args), issuer=issuer, audience=args.audience)
+    return verify_token(
+        _read_token(args.token), key_source(args), issuer=issuer, audience=args.audience
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -99,7 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.redis:
         guard = Guard(
             _read_token(args.token),
-            keys=_keys(args),
+            keys=key_source(args),
             issuer=args.issuer or args.registry or "",
             audience=args.audience,
             redis_url=args.redis,
@@ -180,7 +167,7 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot read {args.export}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise CLIError(f"{args.export} is not UTF-8 text ({exc.reason})") from exc
-    keys = _keys(args)
+    keys = key_source(args)
     if isinstance(keys, JWKSClient):
         try:
             keys.refresh()

@@ -54,6 +54,7 @@ class Reporter(Protocol):
         jurisdiction: str | None,
         allowed: bool,
         reason: str,
+        details: Mapping[str, Any] | None = None,
     ) -> None: ...
 
 
@@ -133,18 +134,24 @@ class Guard:
 
     # -- checks -------------------------------------------------------------------------------
     def check(
-        self, action: str, resource: str | None = None, jurisdiction: str | None = None
+        self,
+        action: str,
+        resource: str | None = None,
+        jurisdiction: str | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
     ) -> Decision:
         """Allow the action or raise ScopeDenied, PassportRevoked, PassportExpired,
-        PassportNotYetValid or RevocationStateStale. Every outcome is reported."""
+        PassportNotYetValid or RevocationStateStale. Every outcome is reported, with
+        ``details`` (a small JSON object, e.g. a tool call's argument names) if given."""
         now = time.time()
         region = jurisdiction if jurisdiction is not None else self.jurisdiction
         try:
             decision = self._decide(now, action, resource, region)
         except Exception as exc:
-            self._report(now, action, resource, region, False, str(exc))
+            self._report(now, action, resource, region, False, str(exc), details)
             raise
-        self._report(now, action, resource, region, True, decision.reason)
+        self._report(now, action, resource, region, True, decision.reason, details)
         return decision
 
     def _decide(

@@ -78,7 +78,7 @@ SPILL_INTERVAL = 0.005  # while the registry is unreachable, the buffer goes to 
 STALLED_POST = 0.5  # a post in flight this long counts as an outage: its followers go to disk
 MAX_SPILL_BYTES = 256 * 2**20
 
-_Record = tuple[float, str, str | None, str | None, bool, str]
+_Record = tuple[float, str, str | None, str | None, bool, str, Mapping[str, Any] | None]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -121,7 +121,7 @@ def _text(value: object, limit: int | None = None) -> str:
 
 def _to_wire(record: _Record) -> dict[str, Any] | None:
     """The wire form of a recorded decision, with a fresh id; None if ``at`` is not a time."""
-    at, action, resource, jurisdiction, allowed, reason = record
+    at, action, resource, jurisdiction, allowed, reason, details = record
     try:
         at = float(at)
     except (TypeError, ValueError):
@@ -137,7 +137,35 @@ def _to_wire(record: _Record) -> dict[str, Any] | None:
         "decision": "allow" if allowed else "deny",
         "reason": "" if reason is None else _text(reason, MAX_REASON_LENGTH),
         "at": at,
+        **({"details": _details(details)} if details else {}),
     }
+
+
+def _details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """``details`` as the registry accepts them: a JSON object whose strings pass ``_text``, of
+    at most MAX_DETAILS_BYTES (else replaced by a note saying so: the event itself is kept)."""
+    try:
+        clean: dict[str, Any] = _clean(dict(details), depth=0)
+        size = len(json.dumps(clean, ensure_ascii=False).encode())
+    except (TypeError, ValueError, RecursionError):
+        return {"omitted": "details were not a small JSON object"}
+    if size > MAX_DETAILS_BYTES:
+        return {"omitted": f"details were {size} bytes (limit {MAX_DETAILS_BYTES})"}
+    return clean
+
+
+def _clean(value: Any, depth: int) -> Any:
+    if depth > 8:
+        raise ValueError("nested too deep")
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, Mapping):
+        return {_text(key): _clean(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item, depth + 1) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 class ActionReporter:
@@ -273,12 +301,14 @@ class ActionReporter:
         jurisdiction: str | None,
         allowed: bool,
         reason: str,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
-        """Queue one decision. Never blocks; when the buffer is full the event is dropped."""
+        """Queue one decision (``details``: a small JSON object stored with it). Never blocks;
+        when the buffer is full the event is dropped."""
         if len(self._buffer) >= self.max_buffer:
             self._drop(1, "the buffer is full")
             return
-        self._buffer.append((at, action, resource, jurisdiction, allowed, reason))
+        self._buffer.append((at, action, resource, jurisdiction, allowed, reason, details))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
