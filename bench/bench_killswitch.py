@@ -702,7 +702,7 @@ class ListReporter:
     def heartbeat_now(self) -> None:
         pass
 
-    def record(self, at, action, resource, jurisdiction, allowed, reason) -> None:
+    def record(self, at, action, resource, jurisdiction, allowed, reason, details=None) -> None:
         self.events.append((at, action, resource, jurisdiction, allowed, reason))
 
 
