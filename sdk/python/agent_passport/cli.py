@@ -26,6 +26,7 @@ from agent_passport.protocol import RevocationChannel
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
 from agent_passport.session import CLIError, key_source
+from agent_passport.supervisor import add_run_options, cmd_run
 from agent_passport.tokens import verify_token
 from agent_passport.watcher import RevocationWatcher, WatcherStatus
 
@@ -230,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify_audit.add_argument("export", help="file from GET /api/v1/actions/export")
     _add_key_options(verify_audit)
     verify_audit.set_defaults(handler=cmd_verify_audit)
+
+    run = commands.add_parser(
+        "run",
+        help="run a command under the passport: its whole process tree is stopped on a kill",
+        description="Exit codes: the command's own; 2 usage; 70 killed by the registry; "
+        "71 refused to start; 72 revocation state stale; 73 passport expired; 128+N signal N.",
+    )
+    add_run_options(run)
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

@@ -129,14 +129,23 @@ class ProcessTree:
         return self.popen.pid if self.popen is not None else None
 
     def poll(self) -> int | None:
-        """The command's exit status once it ended (negative: killed by that signal), else None.
-        Also reaps the tree's orphaned zombies."""
-        self._reap()
+        """The command's exit status once it ended (negative: killed by that signal), else None."""
         return self.popen.poll() if self.popen is not None else None
+
+    def reap(self) -> None:
+        """Collect the zombies of the tree's orphans (re-parented to us as the subreaper); call
+        it on SIGCHLD. The command itself is left to Popen, which keeps its exit status."""
+        own = self.popen.pid if self.popen is not None else None
+        for child in psutil.Process().children():
+            if child.pid in self._foreign or child.pid == own:
+                continue
+            with contextlib.suppress(psutil.Error, ChildProcessError):
+                if child.status() == _ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
 
     def close(self) -> None:
         """Remove the cgroup (the tree must be gone: call ``stop()`` first)."""
-        self._reap()
+        self.reap()
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 self.cgroup.rmdir()
@@ -223,7 +232,7 @@ class ProcessTree:
         stop = self._stop_cgroup if self.cgroup is not None else self._stop_subreaper
         processes, sigkilled = stop(grace)
         self.paused = False
-        self.poll()
+        self.reap()
         return StopResult(processes=len(processes), sigkilled=sigkilled, at=time.time())
 
     def _stop_cgroup(self, grace: float) -> tuple[set[int], int]:
@@ -236,14 +245,14 @@ class ProcessTree:
         while (alive := self._cgroup_pids()) and time.monotonic() < deadline:
             _signal_all(alive - seen, signal.SIGTERM)  # forked meanwhile
             seen |= alive
-            self._reap()
+            self.reap()
             time.sleep(POLL)
         if not alive:
             return seen, 0
         seen |= alive
         (self.cgroup / "cgroup.kill").write_text("1")
         while self._cgroup_pids():
-            self._reap()
+            self.reap()
             time.sleep(POLL)
         return seen, len(alive)
 
@@ -257,7 +266,7 @@ class ProcessTree:
             _signal_all(new, signal.SIGTERM)  # forked meanwhile
             _signal_all(new, signal.SIGCONT)
             seen |= alive
-            self._reap()
+            self.reap()
             time.sleep(POLL)
         if not alive:
             return seen, 0
@@ -271,21 +280,10 @@ class ProcessTree:
     def _wait_gone(self, pids: Iterable[int]) -> None:
         waiting = set(pids)
         while waiting:
-            self._reap()
+            self.reap()
             waiting = {pid for pid in waiting if _alive(pid)}
             if waiting:
                 time.sleep(POLL)
-
-    def _reap(self) -> None:
-        """Collect the zombies of the tree's orphans (re-parented to us as the subreaper); the
-        command itself is left to Popen, which keeps its exit status."""
-        own = self.popen.pid if self.popen is not None else None
-        for child in psutil.Process().children():
-            if child.pid in self._foreign or child.pid == own:
-                continue
-            with contextlib.suppress(psutil.Error, ChildProcessError):
-                if child.status() == _ZOMBIE:
-                    os.waitpid(child.pid, os.WNOHANG)
 
 
 def _make_cgroup() -> Path | None:

@@ -1,0 +1,293 @@
+"""``agent-passport run`` against the live registry, a real Redis and real processes: an agent
+that imports nothing of ours and hides its children is still stopped whole by a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from actions.models import ActionEvent
+from agent_passport.proctree import cgroup2_root
+from agent_passport.supervisor import EXIT_EXPIRED, EXIT_KILLED, EXIT_REFUSED, EXIT_STALE
+from killswitch import publisher
+from killswitch.models import Revocation
+from tests.killswitch.conftest import wait_until
+from tests.passports.test_tokens import sign_with_active_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+SDK = BASE_DIR / "sdk" / "python"
+AGENT = SDK / "tests" / "uncooperative_agent.py"
+SCOPE = ["fs:*:/workspace/**", "!net:connect:*:22"]
+MECHANISMS = [
+    pytest.param(
+        "cgroup",
+        marks=pytest.mark.skipif(cgroup2_root() is None, reason="no writable cgroup v2 here"),
+    ),
+    "subreaper",
+]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Run:
+    """One ``agent-passport run`` process (its own session), stopped after the test."""
+
+    def __init__(self, process: subprocess.Popen, pids: Path) -> None:
+        self.process = process
+        self.pids_file = pids
+
+    def roles(self, timeout: float = 10.0) -> dict[str, int]:
+        assert wait_until(
+            lambda: "ready" in self.pids_file.read_text() or self.process.poll() is not None,
+            timeout,
+        ), "the agent did not get ready"
+        assert self.process.poll() is None, self.stderr()
+        return dict(
+            (role, int(pid))
+            for role, pid in (line.split() for line in self.pids_file.read_text().splitlines())
+        )
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.process.wait(timeout)
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # the supervisor stops its tree
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def passport(issue, live_server, settings):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()  # a deployed service has written the snapshot before agents start
+    return issue(scope=SCOPE, jurisdiction=["EU"])
+
+
+@pytest.fixture
+def run(live_server, settings, tmp_path, revocation_heartbeat):
+    started: list[Run] = []
+
+    def _run(token: str, *options: str, command: list[str] | None = None) -> Run:
+        pids = tmp_path / f"pids-{len(started)}"
+        pids.touch()
+        argv = [
+            sys.executable, "-m", "agent_passport", "run",
+            "--registry", live_server.url,
+            "--redis", settings.REDIS_URL,
+            "--jurisdiction", "DE",
+            *options,
+            "--", *(command or [sys.executable, str(AGENT), "--pids", str(pids)]),
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "AGENT_PASSPORT_TOKEN": token,
+            "PYTHONPATH": os.pathsep.join([str(SDK), os.environ.get("PYTHONPATH", "")]),
+        }
+        process = subprocess.Popen(
+            argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        started.append(Run(process, pids))
+        return started[-1]
+
+    yield _run
+    for each in started:
+        each.close()
+
+
+def kill_agent(operator_api, agent) -> Revocation:
+    response = operator_api.post(
+        "/api/v1/killswitch",
+        {"target": {"agent": str(agent.id)}, "reason": "cryptominer"},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return Revocation.objects.get(pk=response.json()["id"])
+
+
+def events(agent, action: str) -> list[ActionEvent]:
+    return list(ActionEvent.objects.filter(agent=agent, action=action).order_by("seq"))
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_a_kill_from_the_api_stops_the_whole_uncooperative_tree(
+    passport, run, operator_api, agent, mechanism
+):
+    supervised = run(passport["token"], "--grace", "1", "--containment", mechanism)
+    roles = supervised.roles()
+    assert wait_until(lambda: events(agent, "proc:start"), timeout=5)
+    start = events(agent, "proc:start")[0]
+    assert start.details["mechanism"] == mechanism and start.decision == "allow"
+
+    requested = time.monotonic()  # the supervisor cannot SIGTERM before this
+    revocation = kill_agent(operator_api, agent)
+    others = [pid for role, pid in roles.items() if role != "stubborn"]
+    assert wait_until(lambda: not any(alive(pid) for pid in others), timeout=1.0)
+    assert alive(roles["stubborn"])  # it ignores SIGTERM: only SIGKILL, after the grace period
+    assert wait_until(lambda: not alive(roles["stubborn"]), timeout=3.0)
+    assert time.monotonic() - requested >= 1.0  # SIGKILL came no earlier than --grace 1
+
+    assert supervised.wait() == EXIT_KILLED
+    stderr = supervised.stderr()
+    assert f"process tree owned by {mechanism}" in stderr
+    assert "4 processes (1 needed SIGKILL after 1 s)" in stderr
+    # The acknowledgement reached the registry: the epoch applied and the stop, with details.
+    agent.refresh_from_db()
+    assert agent.last_seen_epoch is not None and agent.last_seen_epoch >= revocation.epoch
+    (stop,) = events(agent, "proc:kill")
+    assert stop.decision == "deny" and "cryptominer" in stop.reason
+    assert stop.details == {
+        "cause": "revoked",
+        "processes": 4,
+        "sigkilled": 1,
+        "epoch": revocation.epoch,
+    }
+    assert events(agent, "proc:exit")[0].details == {"code": EXIT_KILLED}
+
+
+def test_a_revoked_passport_refuses_to_start(passport, run, operator_api, agent):
+    kill_agent(operator_api, agent)
+    supervised = run(passport["token"])
+    assert supervised.wait() == EXIT_REFUSED
+    stderr = supervised.stderr()
+    assert "refusing to start: passport" in stderr and "is revoked" in stderr
+    assert supervised.pids_file.read_text() == ""  # the command never ran
+
+
+def test_an_expired_or_not_yet_valid_passport_refuses_to_start(passport, run):
+    now = int(time.time())
+    claims = {**passport["claims"], "jti": str(uuid.uuid4())}
+    expired = sign_with_active_key({**claims, "iat": now - 60, "nbf": now - 60, "exp": now - 5})
+    early = sign_with_active_key(
+        {**claims, "iat": now + 3600, "nbf": now + 3600, "exp": now + 7200}
+    )
+    for token, reason in ((expired, "expired"), (early, "not_yet_valid")):
+        supervised = run(token)
+        assert supervised.wait() == EXIT_REFUSED
+        assert f"the passport is not valid ({reason})" in supervised.stderr()
+        assert supervised.pids_file.read_text() == ""
+
+
+def test_the_tree_is_stopped_at_passport_expiry(issue, live_server, settings, run, agent):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    short = issue(scope=SCOPE, jurisdiction=["EU"], ttl_seconds=3)
+    supervised = run(short["token"], "--grace", "0.2")
+    roles = supervised.roles()
+    assert supervised.wait(timeout=10) == EXIT_EXPIRED
+    assert "expires in" in supervised.stderr()
+    assert not any(alive(pid) for pid in roles.values())
+    (stop,) = events(agent, "proc:kill")
+    assert stop.details["cause"] == "expired" and stop.details["processes"] == 4
+
+
+def test_exit_codes_pass_through(passport, run, agent):
+    assert run(passport["token"], command=[sys.executable, "-c", "exit(7)"]).wait() == 7
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    assert run(passport["token"], command=[sys.executable, "-c", suicide]).wait() == 128 + 9
+    assert wait_until(lambda: len(events(agent, "proc:exit")) == 2, timeout=5)
+    assert [e.details["code"] for e in events(agent, "proc:exit")] == [7, 137]
+
+
+def test_a_missing_command_is_127(passport, run):
+    supervised = run(passport["token"], "--containment", "subreaper", command=["no-such-agent"])
+    assert supervised.wait() == 127
+    assert "cannot execute no-such-agent" in supervised.stderr()
+
+
+def test_sigterm_to_the_supervisor_is_forwarded_and_the_tree_stopped(passport, run):
+    supervised = run(passport["token"], "--grace", "0.5")
+    roles = supervised.roles()
+    supervised.process.send_signal(signal.SIGTERM)
+    assert supervised.wait() == 128 + signal.SIGTERM
+    assert not any(alive(pid) for pid in roles.values())
+    assert "got SIGTERM: forwarding it" in supervised.stderr()
+
+
+@pytest.fixture
+def private_redis_passport(private_redis, issue, live_server, settings):
+    """A passport whose revocation channel lives on a redis-server of this test's own."""
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    return issue(scope=SCOPE, jurisdiction=["EU"])
+
+
+def test_stale_state_stops_the_tree(private_redis, private_redis_passport, run):
+    supervised = run(private_redis_passport["token"], "--max-staleness", "1", "--grace", "0.2")
+    roles = supervised.roles()
+    private_redis.stop()
+    assert supervised.wait(timeout=10) == EXIT_STALE
+    assert "revocation state not current" in supervised.stderr()
+    assert not any(alive(pid) for pid in roles.values())
+
+
+def frozen(pid: int, mechanism: str) -> bool:
+    if mechanism == "subreaper":
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    cgroup = Path("/proc", str(pid), "cgroup").read_text().split("0::", 1)[1].split()[0]
+    events = (cgroup2_root() / cgroup.lstrip("/") / "cgroup.events").read_text()  # type: ignore[operator]
+    return "frozen 1" in events.splitlines()
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_stale_state_pauses_the_tree_until_redis_is_back_then_a_kill_stops_it(
+    private_redis, private_redis_passport, run, operator_api, agent, mechanism
+):
+    supervised = run(
+        private_redis_passport["token"],
+        "--max-staleness", "1", "--on-stale", "pause", "--grace", "0.2",
+        "--containment", mechanism,
+    )  # fmt: skip
+    roles = supervised.roles()
+    private_redis.stop()
+    assert wait_until(lambda: all(frozen(pid, mechanism) for pid in roles.values()), timeout=8)
+    assert supervised.process.poll() is None  # paused, not stopped
+    private_redis.start()
+    publisher.reconcile()
+    assert wait_until(lambda: not any(frozen(pid, mechanism) for pid in roles.values()), 8)
+    assert all(alive(pid) for pid in roles.values())
+    kill_agent(operator_api, agent)
+    assert supervised.wait() == EXIT_KILLED
+    assert not any(alive(pid) for pid in roles.values())
+    stderr = supervised.stderr()
+    assert "process tree paused (4 processes)" in stderr and "process tree resumed" in stderr
+
+
+def test_a_kill_while_paused_stops_the_tree_when_redis_is_back(
+    private_redis, private_redis_passport, run, operator_api, agent
+):
+    supervised = run(private_redis_passport["token"], "--max-staleness", "1", "--on-stale", "pause")
+    roles = supervised.roles()
+    mechanism = "cgroup" if cgroup2_root() is not None else "subreaper"
+    private_redis.stop()
+    assert wait_until(lambda: all(frozen(pid, mechanism) for pid in roles.values()), timeout=8)
+    kill_agent(operator_api, agent)  # committed; Redis gets it when it is back
+    private_redis.start()
+    publisher.reconcile()
+    assert supervised.wait() == EXIT_KILLED
+    assert not any(alive(pid) for pid in roles.values())
+    assert "process tree resumed" not in supervised.stderr()  # stopped, never thawed first
