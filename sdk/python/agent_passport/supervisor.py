@@ -214,7 +214,7 @@ class Supervisor:
         except ContainmentError as exc:
             return _refuse(str(exc))
         self.tree = tree
-        where = f"cgroup {tree.cgroup}" if tree.cgroup is not None else "child subreaper + psutil"
+        where = f"cgroup {tree.cgroup}" if tree.cgroup else "subreaper, descendants from /proc"
         previous = self._install_signals()
         try:
             try:

@@ -1,11 +1,11 @@
 """An agent that does not cooperate: it imports nothing of agent_passport and hides its children.
 
 It starts a "miner" that double-forks and calls ``setsid`` (so it is neither the agent's child
-nor in its session or process group), a child that moves to a process group of its own, a child
-that ignores SIGTERM, and ``--extra`` plain children (``--setsid-extra`` of them in new
-sessions). Every process appends ``<role> <pid>`` to ``--pids FILE``; the agent writes
-``ready <pid>`` last. Then it sleeps until killed, or exits with ``--exit CODE`` after
-``--exit-after`` seconds (leaving its children behind).
+nor in its session or process group), a child that moves to a process group of its own,
+``--stubborn`` children (default 1) that ignore SIGTERM, and ``--extra`` plain children
+(``--setsid-extra`` of them in new sessions). Every process appends ``<role> <pid>`` to
+``--pids FILE``; the agent writes ``ready <pid>`` last. Then it sleeps until killed, or exits
+with ``--exit CODE`` after ``--exit-after`` seconds (leaving its children behind).
 """
 
 import argparse
@@ -48,6 +48,7 @@ def double_forked_miner(path: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pids", required=True)
+    parser.add_argument("--stubborn", type=int, default=1, help="children ignoring SIGTERM")
     parser.add_argument("--extra", type=int, default=0)
     parser.add_argument("--setsid-extra", type=int, default=0)
     parser.add_argument("--exit", type=int, default=None)
@@ -57,11 +58,12 @@ def main() -> int:
 
     double_forked_miner(args.pids)
     child(args.pids, "own-group", lambda: os.setpgid(0, 0))
-    child(args.pids, "stubborn", lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    for _ in range(args.stubborn):
+        child(args.pids, "stubborn", lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     for number in range(args.extra):
         setup = os.setsid if number < args.setsid_extra else (lambda: None)
         child(args.pids, "extra", setup)
-    expected = 3 + args.extra
+    expected = 2 + args.stubborn + args.extra
     while True:  # ready once every child has written its line
         with open(args.pids) as pids:
             if len(pids.read().splitlines()) >= expected:
