@@ -187,13 +187,16 @@ class Supervisor:
 
     # -- the heartbeat (C1), read on the reporter's thread --------------------------------------
     def heartbeat(self) -> dict[str, Any]:
+        """The guard's heartbeat, plus ``supervisor`` once the tree exists."""
         tree = self.tree
+        if tree is None:
+            return self.guard.heartbeat()
         return {
             **self.guard.heartbeat(),
             "supervisor": {
-                "mechanism": tree.mechanism if tree is not None else None,
-                "child_pid": tree.pid if tree is not None else None,
-                "processes": tree.count() if tree is not None else 0,
+                "mechanism": tree.mechanism,
+                "child_pid": tree.pid,
+                "processes": tree.count(),
                 "state": self.state,
                 "stopped": self.stopped,
             },
