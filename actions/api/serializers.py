@@ -128,26 +128,6 @@ class _EventItem(serializers.Field):
         return value
 
 
-class SupervisorStopSerializer(StrictSerializer):
-    """``heartbeat.supervisor.stopped`` (CONTRACTS C1): how a supervisor stopped its tree."""
-
-    epoch = StrictIntegerField(allow_null=True, min_value=0, max_value=2**63 - 1)
-    cause = serializers.ChoiceField(choices=["revoked", "expired", "stale"])
-    processes = StrictIntegerField(min_value=0, max_value=2**31 - 1)
-    sigkilled = StrictIntegerField(min_value=0, max_value=2**31 - 1)
-    at = UnixTimeField()
-
-
-class SupervisorHeartbeatSerializer(StrictSerializer):
-    """``heartbeat.supervisor`` (CONTRACTS C1): sent by ``agent-passport run`` only."""
-
-    mechanism = serializers.ChoiceField(choices=["cgroup", "subreaper"], allow_null=True)
-    child_pid = StrictIntegerField(allow_null=True, min_value=0, max_value=2**31 - 1)
-    processes = StrictIntegerField(min_value=0, max_value=2**31 - 1)
-    state = serializers.ChoiceField(choices=["running", "paused", "stopped", "exited"])
-    stopped = SupervisorStopSerializer(allow_null=True)
-
-
 class HeartbeatSerializer(StrictSerializer):
     epoch = StrictIntegerField(
         required=False, allow_null=True, default=None, min_value=0, max_value=2**63 - 1
@@ -163,7 +143,6 @@ class HeartbeatSerializer(StrictSerializer):
         required=False, allow_null=True, default=None, min_value=0, max_value=2**31 - 1
     )
     dropped = StrictIntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1)
-    supervisor = SupervisorHeartbeatSerializer(required=False, allow_null=True, default=None)
 
 
 class ActionBatchSerializer(StrictSerializer):

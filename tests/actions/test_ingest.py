@@ -305,27 +305,6 @@ def test_heartbeat_updates_the_agent(agent_api, agent):
     assert (agent.last_seen_epoch, agent.last_seen_address) == (9, "h (127.0.0.1)")
 
 
-SUPERVISOR = {
-    "mechanism": "cgroup",
-    "child_pid": 4243,
-    "processes": 0,
-    "state": "stopped",
-    "stopped": {"epoch": 7, "cause": "revoked", "processes": 50, "sigkilled": 1, "at": 1.5e9},
-}
-
-
-def test_a_supervisors_heartbeat_is_accepted_and_a_malformed_one_names_the_field(agent_api, agent):
-    heartbeat = {"epoch": 7, "host": "h", "pid": 4242, "supervisor": SUPERVISOR}
-    response = agent_api.post(URL, {"events": [], "heartbeat": heartbeat}, format="json")
-    assert response.status_code == 200, response.content
-    agent.refresh_from_db()
-    assert agent.last_seen_epoch == 7
-    bad = {**SUPERVISOR, "stopped": {**SUPERVISOR["stopped"], "cause": "boredom"}}
-    response = agent_api.post(URL, {"events": [], "heartbeat": {"supervisor": bad}}, format="json")
-    assert response.status_code == 400
-    assert "cause" in response.json()["errors"]["heartbeat"]["supervisor"]["stopped"]
-
-
 def test_batch_without_heartbeat_still_marks_the_agent_seen(agent_api, agent):
     agent_api.post(URL, {"events": [event()]}, format="json")
     agent.refresh_from_db()
