@@ -77,3 +77,74 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint {self.agent_id}#{self.count}"
+
+
+class AgentCopy(models.Model):
+    """One running copy of an agent: a process that posts heartbeats, told apart by (host, pid).
+
+    An in-process SDK copy reports its guard's epoch and digest; a supervisor (``agent-passport
+    run``) also reports the process tree it owns and, once it stopped the tree, how. Written only
+    by :func:`actions.services.record_heartbeat`, whose upsert keeps epochs from moving back.
+    """
+
+    class Mechanism(models.TextChoices):
+        CGROUP = "cgroup"
+        SUBREAPER = "subreaper"
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        PAUSED = "paused"
+        STOPPED = "stopped"
+        EXITED = "exited"
+
+    class StopCause(models.TextChoices):
+        REVOKED = "revoked"
+        EXPIRED = "expired"
+        STALE = "stale"
+
+    FINAL_STATES = (State.STOPPED, State.EXITED)
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="copies")
+    # The passport it last reported with (a passport revocation stops only its copies).
+    passport = models.ForeignKey(Passport, on_delete=models.PROTECT, related_name="+")
+    host = models.CharField(max_length=255, help_text="as reported, else the remote address")
+    pid = models.BigIntegerField(help_text="0 when the heartbeat carried none")
+    address = models.CharField(max_length=255, blank=True, help_text="remote address")
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    last_seen_epoch = models.BigIntegerField(null=True, blank=True)
+    last_seen_digest = models.CharField(max_length=64, blank=True)
+    supervised = models.BooleanField(default=False)
+    # The supervisor's process tree (blank / null for an in-process copy).
+    mechanism = models.CharField(max_length=10, choices=Mechanism.choices, blank=True)
+    child_pid = models.BigIntegerField(null=True, blank=True)
+    processes = models.PositiveIntegerField(null=True, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, blank=True)
+    # Set once the supervisor stopped the tree.
+    stopped_cause = models.CharField(max_length=10, choices=StopCause.choices, blank=True)
+    stopped_epoch = models.BigIntegerField(null=True, blank=True)
+    stopped_processes = models.PositiveIntegerField(null=True, blank=True)
+    stopped_sigkilled = models.PositiveIntegerField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "host", "pid"], name="one_copy_per_process"),
+            models.CheckConstraint(
+                condition=models.Q(supervised=True) | models.Q(state="", stopped_at__isnull=True),
+                name="copy_tree_only_when_supervised",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(stopped_at__isnull=True, stopped_cause="")
+                | (models.Q(stopped_at__isnull=False) & ~models.Q(stopped_cause="")),
+                name="copy_stop_recorded_whole",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"copy {self.host}:{self.pid} of {self.agent_id}"
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None

@@ -7,16 +7,17 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypedDict
 
-from django.db import IntegrityError, models, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from actions import audit
-from actions.models import ActionEvent
+from actions.models import ActionEvent, AgentCopy
 from killswitch import rules
 from passports import signing
 from passports.models import Agent, Passport, SigningKey
@@ -39,12 +40,29 @@ class ReportedAction(TypedDict):
     occurred_at: datetime
 
 
+class SupervisorStop(TypedDict):
+    epoch: int | None  # the revocation epoch that caused it (None: expiry or stale state)
+    cause: str
+    processes: int
+    sigkilled: int
+    at: datetime
+
+
+class Supervisor(TypedDict):
+    mechanism: str
+    child_pid: int | None
+    processes: int
+    state: str
+    stopped: SupervisorStop | None
+
+
 class Heartbeat(TypedDict, total=False):
     epoch: int | None  # the last revocation epoch the agent applied
     digest: str  # revocations_digest of the revocations it holds at that epoch
     host: str
     pid: int | None
     dropped: int  # events the SDK lost since its last acknowledged heartbeat
+    supervisor: Supervisor | None  # present when the copy is a supervisor
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,12 @@ def ingest_actions(
     commit, so two batches of one agent (a retry racing the original) are counted one after the
     other; SQLite serialises all writers anyway.
     """
-    record_heartbeat(agent_id=passport.agent_id, heartbeat=heartbeat, remote_addr=remote_addr)
+    record_heartbeat(
+        agent_id=passport.agent_id,
+        passport_id=passport.jti,
+        heartbeat=heartbeat,
+        remote_addr=remote_addr,
+    )
     unique: dict[uuid.UUID, ReportedAction] = {}
     for event in events:
         unique.setdefault(event["id"], event)  # a repeated id within the batch is a duplicate
@@ -117,23 +140,23 @@ def _evaluate_rules(agent: Agent, rows: list[ActionEvent]) -> None:
 def record_heartbeat(
     *,
     agent_id: uuid.UUID,
+    passport_id: uuid.UUID,
     heartbeat: Heartbeat | None,
     remote_addr: str,
     now: datetime | None = None,
 ) -> None:
-    """Mark the agent as seen now, from ``remote_addr``, in a single UPDATE.
+    """Mark the agent as seen now, from ``remote_addr``, in a single UPDATE; then record the
+    copy that sent the heartbeat (see :func:`record_copy`).
 
     ``last_seen_epoch`` only moves forward: a late, out-of-order post cannot lower it, and
     ``last_seen_digest`` changes only with it, so the pair always comes from one heartbeat.
     Events the SDK reports as lost are added to ``events_dropped``.
     """
+    now = now or timezone.now()
     heartbeat = heartbeat or {}
     host = heartbeat.get("host") or ""
     address = f"{host} ({remote_addr})" if host and remote_addr else host or remote_addr
-    fields: dict[str, object] = {
-        "last_seen_at": now or timezone.now(),
-        "last_seen_address": address[:255],
-    }
+    fields: dict[str, object] = {"last_seen_at": now, "last_seen_address": address[:255]}
     epoch = heartbeat.get("epoch")
     if epoch is not None:
         reported = models.Value(epoch, output_field=models.BigIntegerField())
@@ -148,6 +171,108 @@ def record_heartbeat(
     if dropped := heartbeat.get("dropped"):
         fields["events_dropped"] = models.F("events_dropped") + dropped
     Agent.objects.filter(pk=agent_id).update(**fields)
+    if heartbeat.get("host") or heartbeat.get("pid") is not None:
+        record_copy(
+            agent_id=agent_id,
+            passport_id=passport_id,
+            heartbeat=heartbeat,
+            remote_addr=remote_addr,
+            now=now,
+        )
+
+
+def _copy_upsert_sql() -> str:
+    """``INSERT ... ON CONFLICT (agent, host, pid) DO UPDATE`` (PostgreSQL and SQLite ≥ 3.24).
+
+    In ``DO UPDATE`` a bare table-qualified column is the stored row and ``excluded`` the
+    heartbeat, so each rule below compares the two inside the one atomic statement:
+    - the epoch and its digest move only forward (a late post cannot lower them);
+    - the tree's state, processes and child stay once the tree reached a final state;
+    - the stop record changes only to a later stop.
+    """
+    quote = connection.ops.quote_name
+    table = quote(AgentCopy._meta.db_table)
+    fields = AgentCopy._meta.concrete_fields
+    columns = [column for field in fields if (column := field.column) and column != "id"]
+    stored = {column: f"{table}.{quote(column)}" for column in columns}
+    epoch, stored_epoch = "excluded.last_seen_epoch", stored["last_seen_epoch"]
+    newer_epoch = f"{epoch} IS NOT NULL AND ({stored_epoch} IS NULL OR {epoch} >= {stored_epoch})"
+    final = ", ".join(f"'{state}'" for state in AgentCopy.FINAL_STATES)
+    live = f"{stored['state']} NOT IN ({final})"
+    later_stop = (
+        f"excluded.stopped_at IS NOT NULL AND "
+        f"({stored['stopped_at']} IS NULL OR excluded.stopped_at >= {stored['stopped_at']})"
+    )
+    rules = {
+        "last_seen_epoch": newer_epoch,
+        "last_seen_digest": newer_epoch,
+        **dict.fromkeys(["mechanism", "child_pid", "processes", "state"], live),
+        **{column: later_stop for column in columns if column.startswith("stopped_")},
+    }
+    keep = {"agent_id", "host", "pid", "first_seen_at"}
+    assignments = [
+        f"{quote(column)} = "
+        + (
+            f"CASE WHEN {rules[column]} THEN excluded.{quote(column)} ELSE {stored[column]} END"
+            if column in rules
+            else f"excluded.{quote(column)}"
+        )
+        for column in columns
+        if column not in keep
+    ]
+    # Names come from the model's metadata; every value is a query parameter.
+    return (
+        f"INSERT INTO {table} ({', '.join(map(quote, columns))}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({quote('agent_id')}, {quote('host')}, {quote('pid')}) "
+        f"DO UPDATE SET {', '.join(assignments)}"
+    )
+
+
+def record_copy(
+    *,
+    agent_id: uuid.UUID,
+    passport_id: uuid.UUID,
+    heartbeat: Heartbeat,
+    remote_addr: str,
+    now: datetime,
+) -> None:
+    """Insert or update the copy (agent, host, pid) that sent ``heartbeat``, in one statement
+    (concurrent heartbeats of one copy cannot lose each other's forward moves)."""
+    supervisor = heartbeat.get("supervisor")
+    stop = supervisor["stopped"] if supervisor else None
+    values: dict[str, object] = {
+        "agent": agent_id,
+        "passport": passport_id,
+        "host": (heartbeat.get("host") or remote_addr)[:255],
+        "pid": heartbeat.get("pid") or 0,
+        "address": remote_addr[:255],
+        "first_seen_at": now,
+        "last_seen_at": now,
+        "last_seen_epoch": heartbeat.get("epoch"),
+        "last_seen_digest": heartbeat.get("digest") or "",
+        "supervised": supervisor is not None,
+        "mechanism": supervisor["mechanism"] if supervisor else "",
+        "child_pid": supervisor["child_pid"] if supervisor else None,
+        "processes": supervisor["processes"] if supervisor else None,
+        "state": supervisor["state"] if supervisor else "",
+        "stopped_cause": stop["cause"] if stop else "",
+        "stopped_epoch": stop["epoch"] if stop else None,
+        "stopped_processes": stop["processes"] if stop else None,
+        "stopped_sigkilled": stop["sigkilled"] if stop else None,
+        "stopped_at": stop["at"] if stop else None,
+    }
+    fields = [field for field in AgentCopy._meta.concrete_fields if field.column != "id"]
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_copy_upsert_sql(), params)
+
+
+def prune_agent_copies(*, now: datetime | None = None) -> int:
+    """Forget copies not seen for ``AGENT_COPY_RETENTION_SECONDS``. Returns how many."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.AGENT_COPY_RETENTION_SECONDS)
+    deleted, _ = AgentCopy.objects.filter(last_seen_at__lt=cutoff).delete()
+    return deleted
 
 
 @dataclass(frozen=True)

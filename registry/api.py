@@ -21,6 +21,8 @@ class StrictSerializer(serializers.Serializer):
 
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
+            if self.parent is not None:  # nested: the error goes under the field's own name
+                raise serializers.ValidationError(["must be a JSON object"])
             raise serializers.ValidationError({"body": ["must be a JSON object"]})
         unknown = {name: ["unknown field"] for name in sorted(set(data) - set(self.fields))}
         try:

@@ -64,6 +64,15 @@ def _headers(rejected: RequestRejected) -> dict[str, str] | None:
     return {"Retry-After": str(rejected.retry_after)}
 
 
+def _paths(errors: dict, prefix: str = "") -> list[str]:
+    """The dotted paths of the fields with errors: ``heartbeat.supervisor.processes``."""
+    paths = []
+    for name, value in errors.items():
+        path = f"{prefix}.{name}" if prefix else str(name)
+        paths.extend(_paths(value, path) if isinstance(value, dict) and value else [path])
+    return paths
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     if rejected := _rejection(exc):
         return Response(_body(rejected), status=rejected.status_code, headers=_headers(rejected))
@@ -77,7 +86,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
             if isinstance(response.data, dict)
             else {"non_field_errors": response.data}
         )
-        names = ", ".join(f"'{name}'" for name in errors) or "'request'"
+        names = ", ".join(f"'{path}'" for path in _paths(errors)) or "'request'"
         response.data = {"detail": f"Invalid input in {names}.", "errors": errors}
     elif isinstance(exc, exceptions.ParseError):
         field = getattr(exc, "field", "body")  # registry.parsers.RefusedJSON names the field

@@ -162,6 +162,8 @@ PASSPORT_RENEW_MAX_GRACE_SECONDS = env.int("PASSPORT_RENEW_MAX_GRACE_SECONDS", d
 PASSPORT_REVOCATION_RETENTION_SECONDS = env.int(
     "PASSPORT_REVOCATION_RETENTION_SECONDS", default=3600
 )
+# How long a copy of an agent (a process that posts heartbeats) is remembered after its last one.
+AGENT_COPY_RETENTION_SECONDS = env.int("AGENT_COPY_RETENTION_SECONDS", default=7 * 86400)
 # Key-encryption key for private signing keys at rest. Any string; a 256-bit key is derived.
 KEY_ENCRYPTION_KEY = env.str("KEY_ENCRYPTION_KEY", default="insecure-dev-only-key-encryption-key")
 JWKS_CACHE_SECONDS = env.int("JWKS_CACHE_SECONDS", default=300)
@@ -249,6 +251,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "killswitch.tasks.retire_expired_passport_revocations",
         "schedule": 300.0,
     },
+    "prune-agent-copies": {"task": "actions.tasks.prune_agent_copies", "schedule": 3600.0},
     "reconcile-revocations": {
         "task": "killswitch.tasks.reconcile_revocations",
         "schedule": env.float("REVOCATION_RECONCILE_SECONDS", default=10.0),

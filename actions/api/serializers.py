@@ -7,7 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from actions.models import ActionEvent
+from actions.models import ActionEvent, AgentCopy
 from agent_passport.reporter import (
     MAX_ACTION_LENGTH,
     MAX_BATCH_EVENTS,
@@ -128,9 +128,60 @@ class _EventItem(serializers.Field):
         return value
 
 
+MAX_PID = 2**31 - 1
+MAX_EPOCH = 2**63 - 1
+MAX_PROCESSES = 2**31 - 1
+
+
+class SupervisorStopSerializer(StrictSerializer):
+    """How the supervisor stopped the process tree (set once, when the last process was gone)."""
+
+    epoch = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0,
+        max_value=MAX_EPOCH,
+        help_text="the revocation epoch that caused it; null for expiry or stale state",
+    )
+    cause = serializers.ChoiceField(choices=AgentCopy.StopCause.choices)
+    processes = StrictIntegerField(min_value=0, max_value=MAX_PROCESSES)
+    sigkilled = StrictIntegerField(
+        min_value=0, max_value=MAX_PROCESSES, help_text="of those, how many needed SIGKILL"
+    )
+    at = UnixTimeField(help_text="unix seconds when the last process was gone")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["sigkilled"] > attrs["processes"]:
+            raise serializers.ValidationError({"sigkilled": ["is more than processes"]})
+        revoked = attrs["cause"] == AgentCopy.StopCause.REVOKED
+        if revoked and attrs["epoch"] is None:
+            raise serializers.ValidationError({"epoch": ["is required when cause is revoked"]})
+        if not revoked and attrs["epoch"] is not None:
+            raise serializers.ValidationError({"epoch": ["must be null unless cause is revoked"]})
+        return attrs
+
+
+class SupervisorSerializer(StrictSerializer):
+    """The process tree a supervisor (``agent-passport run``) owns, in its heartbeat."""
+
+    mechanism = serializers.ChoiceField(choices=AgentCopy.Mechanism.choices)
+    child_pid = StrictIntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=MAX_PID
+    )
+    processes = StrictIntegerField(min_value=0, max_value=MAX_PROCESSES)
+    state = serializers.ChoiceField(choices=AgentCopy.State.choices)
+    stopped = SupervisorStopSerializer(required=False, allow_null=True, default=None)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["state"] == AgentCopy.State.STOPPED and attrs["stopped"] is None:
+            raise serializers.ValidationError({"stopped": ["is required when state is stopped"]})
+        return attrs
+
+
 class HeartbeatSerializer(StrictSerializer):
     epoch = StrictIntegerField(
-        required=False, allow_null=True, default=None, min_value=0, max_value=2**63 - 1
+        required=False, allow_null=True, default=None, min_value=0, max_value=MAX_EPOCH
     )
     host = StrictCharField(max_length=MAX_HOST_LENGTH, required=False, default="", allow_blank=True)
     digest = serializers.RegexField(
@@ -140,9 +191,15 @@ class HeartbeatSerializer(StrictSerializer):
         error_messages={"invalid": "must be the 64 hex digits of a revocations digest"},
     )
     pid = StrictIntegerField(
-        required=False, allow_null=True, default=None, min_value=0, max_value=2**31 - 1
+        required=False, allow_null=True, default=None, min_value=0, max_value=MAX_PID
     )
     dropped = StrictIntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1)
+    supervisor = SupervisorSerializer(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="present when the copy is a supervisor that owns the agent's process tree",
+    )
 
 
 class ActionBatchSerializer(StrictSerializer):
