@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -319,6 +320,7 @@ class EgressProxy:
         self._clients: set[asyncio.StreamWriter] = set()
         self._upstreams: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._refusing = 0
         self._stopped = False
 
     # -- lifecycle (any thread) ------------------------------------------------------------
@@ -409,8 +411,7 @@ class EgressProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= self.max_connections:
-            writer.write(answer(503, f"too many connections (limit {self.max_connections})"))
-            writer.transport.close()  # flushes the answer, then closes
+            await self._refuse(reader, writer)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -428,6 +429,26 @@ class EgressProxy:
         finally:
             self._clients.discard(writer)
             self._tasks.discard(task)
+            writer.transport.close()
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """503 over the limit. The answer is followed by up to a second of reading what the
+        client sent (closing on unread data would reset the connection before the client
+        reads the answer); beyond another ``max_connections`` refusals, just close."""
+        if self._refusing >= self.max_connections:
+            writer.transport.abort()
+            return
+        self._refusing += 1
+        try:
+            writer.write(answer(503, f"too many connections (limit {self.max_connections})"))
+            if writer.can_write_eof():
+                writer.write_eof()
+            with contextlib.suppress(OSError):
+                async with asyncio.timeout(1.0):
+                    while await reader.read(CHUNK):
+                        pass
+        finally:
+            self._refusing -= 1
             writer.transport.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
