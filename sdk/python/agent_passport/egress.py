@@ -420,8 +420,7 @@ class EgressProxy:
         try:
             await self._serve(reader, writer)
         except ProxyError as exc:
-            writer.write(answer(exc.status, exc.message))
-            await _quietly(writer.drain())
+            await self._answer_and_close(reader, writer, answer(exc.status, exc.message))
         except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # a peer went away, or the proxy stops
         except Exception:
@@ -432,24 +431,32 @@ class EgressProxy:
             writer.transport.close()
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """503 over the limit. The answer is followed by up to a second of reading what the
-        client sent (closing on unread data would reset the connection before the client
-        reads the answer); beyond another ``max_connections`` refusals, just close."""
+        """503 over the limit; beyond another ``max_connections`` refusals at once, just close."""
         if self._refusing >= self.max_connections:
             writer.transport.abort()
             return
         self._refusing += 1
         try:
-            writer.write(answer(503, f"too many connections (limit {self.max_connections})"))
-            if writer.can_write_eof():
-                writer.write_eof()
-            with contextlib.suppress(OSError):
-                async with asyncio.timeout(1.0):
-                    while await reader.read(CHUNK):
-                        pass
+            message = f"too many connections (limit {self.max_connections})"
+            await self._answer_and_close(reader, writer, answer(503, message))
         finally:
             self._refusing -= 1
-            writer.transport.close()
+
+    @staticmethod
+    async def _answer_and_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: bytes
+    ) -> None:
+        """Send ``response``, then read (and drop) what the client still sends for up to a
+        second before closing: closing with unread data resets the connection, and the client
+        may then never read the answer."""
+        writer.write(response)
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(1.0):
+                while await reader.read(CHUNK):
+                    pass
+        writer.transport.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -653,13 +660,6 @@ def _is_ipv4(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def _quietly(awaitable: Awaitable[None]) -> None:
-    try:
-        await awaitable
-    except OSError:
-        pass
 
 
 async def _both(first: Awaitable[None], second: Awaitable[None]) -> None:
