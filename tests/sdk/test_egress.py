@@ -172,6 +172,14 @@ def test_allowed_origin_passes_for_connect_and_plain_http(start_proxy, origin, a
     assert sorted(event.details["proxy"] for event in allowed) == ["CONNECT", "GET", "POST", "PUT"]
 
 
+def test_large_bodies_stream_both_ways_and_arrive_whole(start_proxy, origin):
+    proxy = start_proxy()
+    body = bytes(range(256)) * 12_000  # 3 MB up, about 3 MB (as JSON text) back down
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.url}))
+    with opener.open(f"http://127.0.0.1:{origin}/big", data=body, timeout=30) as response:
+        assert json.loads(response.read())["body"] == body.decode("latin-1")
+
+
 def test_denied_connect_is_403_naming_the_rule_and_logged_as_a_deny(start_proxy, agent):
     proxy = start_proxy()
     sock, code, answer = tunnel(proxy, "127.0.0.1:22")

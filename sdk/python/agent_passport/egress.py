@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 ACTION = "net:connect"
 CHUNK = 65536
+CLOSE_LINGER = 10.0  # seconds a closed connection may take to send what is buffered
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(r"HTTP/1\.[01]")
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -410,12 +411,15 @@ class EgressProxy:
             writer.transport.abort()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._clients) >= self.max_connections:
-            await self._refuse(reader, writer)
-            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        if len(self._clients) >= self.max_connections:
+            try:
+                await self._refuse(reader, writer)
+            finally:
+                self._tasks.discard(task)
+            return
         self._clients.add(writer)
         try:
             await self._serve(reader, writer)
@@ -428,7 +432,7 @@ class EgressProxy:
         finally:
             self._clients.discard(writer)
             self._tasks.discard(task)
-            writer.transport.close()
+            _close(writer)
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """503 over the limit; beyond another ``max_connections`` refusals at once, just close."""
@@ -456,7 +460,7 @@ class EgressProxy:
             async with asyncio.timeout(1.0):
                 while await reader.read(CHUNK):
                     pass
-        writer.transport.close()
+        _close(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -484,7 +488,7 @@ class EgressProxy:
                 await self._forward(request, reader, upstream, upstream_reader, writer)
         finally:
             self._upstreams.discard(upstream)
-            upstream.transport.abort()
+            _close(upstream)
 
     # -- checks and the origin connection --------------------------------------------------
     def _check(self, resource: str, details: dict[str, str]) -> None:
@@ -652,6 +656,15 @@ class EgressProxy:
                 data = future.result()
                 activity[0] = loop.time()
                 return data
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    """Close after sending what is buffered, but abort if that takes ``CLOSE_LINGER`` seconds
+    (a peer that stops reading must not hold the socket)."""
+    transport = writer.transport
+    if not transport.is_closing():
+        transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_LINGER, transport.abort)
 
 
 def _is_ipv4(host: str) -> bool:
