@@ -356,6 +356,9 @@ class EgressProxy:
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
         except RuntimeError:  # the loop is already gone
             pass
+        except TimeoutError:
+            logger.warning("egress proxy: connections still closing after 10 s; stopping anyway")
+            loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
 
     def __enter__(self) -> EgressProxy:
