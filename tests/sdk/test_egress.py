@@ -2,6 +2,7 @@
 heartbeat) reporting to the live registry: allowed and denied connections, the action log, a
 kill rule that stops the proxy, malformed and fuzzed requests, its limits, and the CLI."""
 
+import http.client
 import json
 import os
 import signal
@@ -150,6 +151,12 @@ def test_allowed_origin_passes_for_connect_and_plain_http(start_proxy, origin, a
         assert code == 200
         assert get_through(sock, "/through-the-tunnel")["path"] == "/through-the-tunnel"
 
+    tunnelled = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    tunnelled.set_tunnel("127.0.0.1", origin)  # how the standard library does https via proxy
+    tunnelled.request("GET", "/set-tunnel")
+    assert json.loads(tunnelled.getresponse().read())["path"] == "/set-tunnel"
+    tunnelled.close()
+
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.url}))
     with opener.open(f"http://127.0.0.1:{origin}/plain?x=1", timeout=10) as response:
         echo = json.loads(response.read())
@@ -169,7 +176,13 @@ def test_allowed_origin_passes_for_connect_and_plain_http(start_proxy, origin, a
 
     assert proxy.guard.reporter.flush(10)
     allowed = events(agent, decision="allow", resource=f"127.0.0.1:{origin}")
-    assert sorted(event.details["proxy"] for event in allowed) == ["CONNECT", "GET", "POST", "PUT"]
+    assert sorted(event.details["proxy"] for event in allowed) == [
+        "CONNECT",
+        "CONNECT",
+        "GET",
+        "POST",
+        "PUT",
+    ]
 
 
 def test_large_bodies_stream_both_ways_and_arrive_whole(start_proxy, origin):

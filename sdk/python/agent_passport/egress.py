@@ -726,6 +726,19 @@ def parse_listen(text: str) -> tuple[str, int]:
 def cmd_proxy(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or a kill of the passport (exit ``EXIT_KILLED``)."""
     host, port = parse_listen(args.listen)
+    limits = {
+        name: getattr(args, name)
+        for name in (
+            "max_connections",
+            "max_header_bytes",
+            "header_timeout",
+            "connect_timeout",
+            "idle_timeout",
+        )
+    }
+    for name, value in limits.items():
+        if not value > 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if not ipaddress.ip_address(host).is_loopback:
         print(
             f"warning: listening on {host}, not loopback: whoever reaches it acts with this "
@@ -738,19 +751,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             print(f"not started: {guard.kill_entry.describe()}", file=sys.stderr)
             return EXIT_KILLED
         try:
-            proxy = EgressProxy(
-                guard,
-                host=host,
-                port=port,
-                max_connections=args.max_connections,
-                max_header_bytes=args.max_header_bytes,
-                header_timeout=args.header_timeout,
-                connect_timeout=args.connect_timeout,
-                idle_timeout=args.idle_timeout,
-            )
-            proxy.start()
-        except ValueError as exc:
-            raise CLIError(str(exc).replace("_", "-")) from exc
+            proxy = EgressProxy(guard, host=host, port=port, **limits).start()
         except OSError as exc:
             raise CLIError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
         done = threading.Event()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent_passport.cli import main
 from agent_passport.egress import (
     ProxyError,
     canonical_host,
@@ -181,3 +182,20 @@ def test_listen_option():
     for bad in ("8899", "localhost:8899", "127.0.0.1:http", "127.0.0.1:70000", ":80"):
         with pytest.raises(CLIError, match="--listen"):
             parse_listen(bad)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--listen", "localhost:8899"], "--listen"),
+        (["--max-connections", "0"], "--max-connections must be positive"),
+        (["--idle-timeout", "-1"], "--idle-timeout must be positive"),
+        ([], "no passport"),  # checked before anything is started
+    ],
+)
+def test_proxy_command_refuses_bad_options_with_a_message(capsys, monkeypatch, options, message):
+    monkeypatch.delenv("AGENT_PASSPORT_TOKEN", raising=False)
+    base = ["proxy", "--registry", "http://127.0.0.1:9", "--redis", "redis://127.0.0.1:9/0"]
+    assert main([*base, *options]) == 2
+    said = capsys.readouterr().err
+    assert message in said and "Traceback" not in said
