@@ -1,6 +1,7 @@
-"""Command line: ``python -m agent_passport verify|check|watch``.
+"""Command line: ``python -m agent_passport verify|check|watch|verify-audit|proxy``.
 
-Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error.
+Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error; ``proxy``: 0 when
+stopped by SIGINT/SIGTERM, 3 when stopped (or not started) by a kill of its passport.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import redis
 import requests
 
 from agent_passport.audit import verify_log
+from agent_passport.egress import add_proxy_options, cmd_proxy
 from agent_passport.errors import GuardError, PassportError
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
 from agent_passport.protocol import RevocationChannel
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
-from agent_passport.session import CLIError, key_source
+from agent_passport.session import CLIError, add_agent_options, key_source
 from agent_passport.supervisor import add_run_options, cmd_run
 from agent_passport.tokens import verify_token
 from agent_passport.watcher import RevocationWatcher, WatcherStatus
@@ -240,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_options(run)
     run.set_defaults(handler=cmd_run)
+
+    proxy = commands.add_parser(
+        "proxy", help="egress proxy: every connection checked as net:connect:HOST:PORT"
+    )
+    add_agent_options(proxy)
+    add_proxy_options(proxy)
+    proxy.set_defaults(handler=cmd_proxy)
     return parser
 
 
