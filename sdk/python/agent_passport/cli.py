@@ -25,7 +25,7 @@ from agent_passport.jwks import JWKSClient
 from agent_passport.protocol import RevocationChannel
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
-from agent_passport.session import CLIError, key_source
+from agent_passport.session import CLIError, add_agent_options, key_source
 from agent_passport.tokens import verify_token
 from agent_passport.watcher import RevocationWatcher, WatcherStatus
 
@@ -187,6 +187,63 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_mcp_proxy(args: argparse.Namespace) -> int:
+    """The MCP gateway needs the optional ``mcp`` package: imported only when it is used."""
+    try:
+        from agent_passport import mcp_gateway
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types"):
+            raise
+        raise CLIError(
+            "the MCP gateway needs the mcp package: pip install 'agent-passport[mcp]'"
+        ) from exc
+    return mcp_gateway.cmd_mcp_proxy(args)
+
+
+def _add_mcp_proxy(commands: Any) -> None:
+    mcp = commands.add_parser(
+        "mcp-proxy",
+        help="MCP gateway: relay an MCP server over stdio, every tool call checked",
+        description="Launch SERVER_COMMAND as an MCP server (stdio) and relay the MCP client on "
+        "this process's stdin/stdout to it: tools/call checked as tool:<server-name>:<tool>, "
+        "tools/list filtered, a kill closes the session. Exit codes: 0 the client ended the "
+        "session, 1 the passport was revoked or is not valid, 2 bad input, 3 the server ended it.",
+    )
+    add_agent_options(mcp)
+    mcp.add_argument(
+        "--server-name",
+        required=True,
+        help="the server's name in rules: calls are checked as tool:<server-name>:<tool>",
+    )
+    mcp.add_argument(
+        "--call-timeout",
+        type=float,
+        help="seconds the server may take to answer a request (default 60)",
+    )
+    mcp.add_argument(
+        "--max-message-bytes",
+        type=int,
+        help="largest JSON-RPC message relayed either way (default 8 MiB)",
+    )
+    mcp.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="requests that may wait for the server at once (default 64)",
+    )
+    mcp.add_argument(
+        "--grace",
+        type=float,
+        help="seconds between closing the server's stdin, SIGTERM and SIGKILL (default 2)",
+    )
+    mcp.add_argument(
+        "server_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- SERVER_COMMAND [ARGS...]",
+        help="the MCP server to launch (stdio transport)",
+    )
+    mcp.set_defaults(handler=cmd_mcp_proxy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-passport", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify_audit.add_argument("export", help="file from GET /api/v1/actions/export")
     _add_key_options(verify_audit)
     verify_audit.set_defaults(handler=cmd_verify_audit)
+
+    _add_mcp_proxy(commands)
     return parser
 
 
