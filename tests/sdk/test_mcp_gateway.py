@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
@@ -295,3 +297,111 @@ def test_without_the_mcp_extra_the_cli_says_what_to_install(gateway):
         timeout=60,
     )
     assert result.returncode == 2 and "agent-passport[mcp]" in result.stderr, result.stderr
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+METHODS = st.sampled_from(
+    [
+        "tools/call",
+        "tools/list",
+        "resources/read",
+        "prompts/get",
+        "ping",
+        "initialize",
+        "completion/complete",
+        "notifications/cancelled",
+        "nonsense",
+    ]
+)
+MESSAGES = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "1.0", 2])},
+    optional={
+        "id": st.integers() | st.text(max_size=5) | st.none() | st.booleans(),
+        "method": METHODS | JSON,
+        "params": st.fixed_dictionaries(
+            {},
+            optional={
+                "name": st.sampled_from(["echo", "delete_everything", "rm *"]) | JSON,
+                "arguments": JSON,
+                "uri": JSON,
+                "requestId": JSON,
+            },
+        )
+        | JSON,
+        "result": JSON,
+        "error": JSON,
+    },
+)
+LINES = st.one_of(
+    st.binary(max_size=300).map(lambda data: data.replace(b"\n", b" ")),
+    MESSAGES.map(lambda message: json.dumps(message).encode()),
+    JSON.map(lambda value: json.dumps(value).encode()),
+)
+
+
+def test_fuzzed_lines_never_break_the_gateway(gateway, agent):
+    """Whatever a line holds, the gateway answers a ping after it, only with JSON-RPC."""
+    process = gateway.popen("--max-message-bytes", "2048", "--call-timeout", "3")
+    sent = []
+    try:
+        exchange(process, [INITIALIZE], 1)
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(LINES)
+        def one_line(line):
+            sent.append(line)
+            ping = f"fuzz-ping-{len(sent)}"
+            request = {"jsonrpc": "2.0", "id": ping, "method": "ping"}
+            process.stdin.write(line + b"\n" + json.dumps(request).encode() + b"\n")
+            process.stdin.flush()
+            for _ in range(20):
+                (reply,) = exchange(process, [], 1)
+                assert reply["jsonrpc"] == "2.0"
+                if reply.get("id") == ping:
+                    assert reply == {"jsonrpc": "2.0", "id": ping, "result": {}}
+                    return
+            raise AssertionError(f"no answer to {ping} after {line!r}")
+
+        one_line()
+        server = gateway.server_pid()
+        process.stdin.close()
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = process.stderr.read().decode()
+    assert "Traceback" not in stderr, stderr
+    assert wait_until(lambda: not alive(server), 5)
+
+
+def test_a_slow_call_times_out_and_a_server_that_exits_ends_the_session(gateway):
+    process = gateway.popen("--call-timeout", "1")
+    try:
+        exchange(process, [INITIALIZE], 1)
+        call = {"name": "wait", "arguments": {"seconds": 30}}
+        (late,) = exchange(
+            process,
+            [
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}
+                ).encode()
+                + b"\n"
+            ],
+            1,
+        )
+        assert late["id"] == 1 and late["error"]["code"] == -32001
+        assert "did not answer tools/call within 1 s" in late["error"]["message"]
+        server = gateway.server_pid()
+        os.kill(server, signal.SIGKILL)  # the server dies: the session ends, exit code 3
+        assert process.wait(15) == 3
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.stdout.read() == b""  # the client's pipe is closed
+    assert "Traceback" not in process.stderr.read().decode()

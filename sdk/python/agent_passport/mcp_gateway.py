@@ -302,7 +302,8 @@ class Gateway:
 
         def on_kill(entry: RevocationEntry) -> None:  # the watcher's thread
             kill_entry.append(entry)
-            loop.call_soon_threadsafe(self._killed.set)
+            with contextlib.suppress(RuntimeError):  # the session is over, its loop closed
+                loop.call_soon_threadsafe(self._killed.set)
 
         self.guard.on_kill(on_kill)
         if self._killed.is_set() or self.guard.killed:
@@ -325,7 +326,9 @@ class Gateway:
                 logger.error(
                     "passport %s stopped (%s): closing the MCP session", self.guard.jti, reason
                 )
-                await self._end_session(f"the agent's passport was revoked: {reason}")
+                await self._end_session(
+                    PASSPORT_REFUSED, f"the agent's passport was revoked: {reason}"
+                )
                 await stop_process(self.process, self.limits.grace, close_stdin_first=False)
             elif from_client.done():
                 outcome = Outcome.CLIENT_CLOSED
@@ -333,7 +336,7 @@ class Gateway:
             else:
                 outcome = Outcome.SERVER_ENDED
                 logger.warning("the MCP server ended the session")
-                await self._end_session("the MCP server ended the session")
+                await self._end_session(types.INTERNAL_ERROR, "the MCP server ended the session")
                 await stop_process(self.process, self.limits.grace, close_stdin_first=True)
         finally:
             self._closing = True
@@ -349,7 +352,7 @@ class Gateway:
                     pending.timer.cancel()
         return outcome
 
-    async def _end_session(self, why: str) -> None:
+    async def _end_session(self, code: int, why: str) -> None:
         """Answer every open request with an error, then close the client's pipe."""
         self._closing = True
         pending, self._pending = self._pending, {}
@@ -357,9 +360,7 @@ class Gateway:
             for ident, entry in pending.items():
                 if entry.timer is not None:
                     entry.timer.cancel()
-                await asyncio.wait_for(
-                    self._client.send(error_response(ident, PASSPORT_REFUSED, why)), 1.0
-                )
+                await asyncio.wait_for(self._client.send(error_response(ident, code, why)), 1.0)
             self._client.writer.close()
 
     # -- client → server ----------------------------------------------------------------------
