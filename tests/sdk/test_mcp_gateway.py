@@ -405,3 +405,43 @@ def test_a_slow_call_times_out_and_a_server_that_exits_ends_the_session(gateway)
             os.killpg(process.pid, signal.SIGKILL)
     assert process.stdout.read() == b""  # the client's pipe is closed
     assert "Traceback" not in process.stderr.read().decode()
+
+
+def run_gateway(gateway: Gateway, argv: list[str], **options) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *argv],
+        env={**os.environ, **gateway.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **options,
+    )
+
+
+def test_a_server_that_cannot_start_or_stdin_that_is_a_file_exit_2(gateway, tmp_path):
+    missing = run_gateway(
+        gateway,
+        [*gateway.args, "--server-name", "files", "--", "/nonexistent/server"],
+        stdin=subprocess.PIPE,
+    )
+    assert missing.returncode == 2, missing.stderr
+    assert "cannot run the MCP server '/nonexistent/server'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    regular = tmp_path / "requests.jsonl"
+    regular.write_text('{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+    with regular.open() as stdin:
+        filed = run_gateway(gateway, gateway.argv(), stdin=stdin)
+    assert filed.returncode == 2 and "must be pipes or sockets" in filed.stderr, filed.stderr
+    assert "Traceback" not in filed.stderr and not gateway.pid_file.exists()
+    null = run_gateway(gateway, gateway.argv(), stdin=subprocess.DEVNULL)
+    assert null.returncode == 2 and "must be pipes or sockets" in null.stderr, null.stderr
+
+
+def test_a_revoked_passport_starts_no_server(gateway, agent):
+    services.revoke(
+        target=services.Target("agent", str(agent.pk)), reason="stop it", actor=None, source="api"
+    )
+    refused = run_gateway(gateway, gateway.argv(), stdin=subprocess.PIPE)
+    assert refused.returncode == 1, refused.stderr
+    assert "revoked" in refused.stderr and "Traceback" not in refused.stderr
+    assert not gateway.pid_file.exists()

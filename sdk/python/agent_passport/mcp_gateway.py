@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import re
+import selectors
 import signal
 import sys
 import time
@@ -292,6 +293,7 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._killed = asyncio.Event()
         self._closing = False
+        self._hidden_names: set[str] = set()
 
     # -- session ------------------------------------------------------------------------------
     async def run(
@@ -356,12 +358,17 @@ class Gateway:
         """Answer every open request with an error, then close the client's pipe."""
         self._closing = True
         pending, self._pending = self._pending, {}
-        with contextlib.suppress(OSError, RuntimeError):
-            for ident, entry in pending.items():
-                if entry.timer is not None:
-                    entry.timer.cancel()
-                await asyncio.wait_for(self._client.send(error_response(ident, code, why)), 1.0)
-            self._client.writer.close()
+        for entry in pending.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+
+        async def answer_all() -> None:
+            for ident in pending:
+                await self._client.send(error_response(ident, code, why))
+
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            await asyncio.wait_for(answer_all(), 1.0)  # a client that stops reading: no wait
+        self._client.writer.close()
 
     # -- client → server ----------------------------------------------------------------------
     async def _relay_client(self, reader: asyncio.StreamReader) -> None:
@@ -562,7 +569,11 @@ class Gateway:
         if not isinstance(name, str):
             return False
         if name_field == "name" and action.startswith("tool:") and not TOOL_NAME.fullmatch(name):
-            logger.warning("hid tool %r: its name is outside the MCP tool-name grammar", name[:80])
+            if name not in self._hidden_names and len(self._hidden_names) < 1000:
+                self._hidden_names.add(name)  # said once per name, not at every listing
+                logger.warning(
+                    "hid tool %r: its name is outside the MCP tool-name grammar", name[:80]
+                )
             return False
         return self.guard.policy.decide(action, name, self.guard.jurisdiction).allowed
 
@@ -639,7 +650,14 @@ def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
 
 
 async def open_stdio(in_fd: int, out_fd: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Asyncio streams on the client's pipes (or sockets)."""
+    """Asyncio streams on the client's pipes (or sockets); ValueError for anything the event
+    loop cannot poll (a regular file, /dev/null)."""
+    for fd in (in_fd, out_fd):
+        with selectors.DefaultSelector() as selector:
+            try:
+                selector.register(fd, selectors.EVENT_READ)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"fd {fd} cannot be polled ({exc})") from exc
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=READ_CHUNK)
     await loop.connect_read_pipe(
@@ -664,8 +682,8 @@ async def serve_stdio(gateway: Gateway) -> Outcome:
     try:
         reader, writer = await open_stdio(wire_in, wire_out)
     except (OSError, ValueError) as exc:
-        raise OSError(
-            f"stdin and stdout must be pipes or sockets (an MCP client's): {exc}"
+        raise CLIError(
+            f"stdin and stdout must be pipes or sockets, as an MCP client's: {exc}"
         ) from exc
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
