@@ -194,6 +194,63 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_mcp_proxy(args: argparse.Namespace) -> int:
+    """The MCP gateway needs the optional ``mcp`` package: imported only when it is used."""
+    try:
+        from agent_passport import mcp_gateway
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types"):
+            raise
+        raise CLIError(
+            "the MCP gateway needs the mcp package: pip install 'agent-passport[mcp]'"
+        ) from exc
+    return mcp_gateway.cmd_mcp_proxy(args)
+
+
+def _add_mcp_proxy(commands: Any) -> None:
+    mcp = commands.add_parser(
+        "mcp-proxy",
+        help="MCP gateway: relay an MCP server over stdio, every tool call checked",
+        description="Launch SERVER_COMMAND as an MCP server (stdio) and relay the MCP client on "
+        "this process's stdin/stdout to it: tools/call checked as tool:<server-name>:<tool>, "
+        "tools/list filtered, a kill closes the session. Exit codes: 0 the client ended the "
+        "session, 1 the passport was revoked or is not valid, 2 bad input, 3 the server ended it.",
+    )
+    add_agent_options(mcp)
+    mcp.add_argument(
+        "--server-name",
+        required=True,
+        help="the server's name in rules: calls are checked as tool:<server-name>:<tool>",
+    )
+    mcp.add_argument(
+        "--call-timeout",
+        type=float,
+        help="seconds the server may take to answer a request (default 60)",
+    )
+    mcp.add_argument(
+        "--max-message-bytes",
+        type=int,
+        help="largest JSON-RPC message relayed either way (default 8 MiB)",
+    )
+    mcp.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="requests that may wait for the server at once (default 64)",
+    )
+    mcp.add_argument(
+        "--grace",
+        type=float,
+        help="seconds between closing the server's stdin, SIGTERM and SIGKILL (default 2)",
+    )
+    mcp.add_argument(
+        "server_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- SERVER_COMMAND [ARGS...]",
+        help="the MCP server to launch (stdio transport)",
+    )
+    mcp.set_defaults(handler=cmd_mcp_proxy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-passport", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_options(proxy)
     add_proxy_options(proxy)
     proxy.set_defaults(handler=cmd_proxy)
+
+    _add_mcp_proxy(commands)
     return parser
 
 

@@ -1,0 +1,221 @@
+"""Benchmark: what the MCP gateway adds to a tool call, next to the client talking to the server
+directly, in the same run on the same machine.
+
+Two sessions of the official mcp client (``Client`` over ``stdio_client``, the 2026-07-28
+protocol as its ``auto`` mode negotiates it) are open at once on the test MCP server
+(tests/sdk/mcp_files_server.py, a real process each):
+
+- **direct**: the client launches the server itself (the naive alternative: nothing checked);
+- **gateway**: the client launches ``agent-passport mcp-proxy`` which launches the server; every
+  call is checked against a 50-rule passport plus the server's tool rules and reported.
+
+Each measures ``call_tool("echo", {"text": "x"})`` round trips, in alternating blocks so both
+see the same background noise; the gateway's refusal of a forbidden tool (answered by the gateway
+without the server) is measured too. The gateway's Guard follows a private redis-server stamped
+every 0.2 s (the registry's heartbeat stand-in) and reports to a loopback HTTP stand-in for the
+registry's action log (which counts the events: every call must be there). Records the machine's
+load and the gateway's CPU per call. Writes bench/results/mcp.json.
+
+    .venv/bin/python bench/bench_mcp.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psutil
+import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+import agent_passport  # noqa: E402
+from agent_passport.protocol import TOKEN_TYPE, RevocationChannel  # noqa: E402
+from agent_passport.tokens import public_key_to_jwk  # noqa: E402
+from bench.harness.machine import busy_cores, machine_basics, process_cpu  # noqa: E402
+from bench.harness.report import Column, table, write_json  # noqa: E402
+from bench.harness.run import Run, run_bench  # noqa: E402
+from bench.harness.servers import PrivateRedis  # noqa: E402
+from bench.harness.stats import summary  # noqa: E402
+from bench.harness.workload import policy_rules  # noqa: E402
+
+RESULTS = BASE_DIR / "bench" / "results" / "mcp.json"
+SERVER = BASE_DIR / "tests" / "sdk" / "mcp_files_server.py"
+SDK_DIR = Path(agent_passport.__file__).resolve().parents[1]
+ISSUER = "https://bench.invalid"
+PREFIX = "aps-bench-mcp"
+SCOPE = ["tool:files:echo", "!tool:files:delete_*", *policy_rules()]
+
+
+def signed_passport() -> tuple[str, dict[str, Any]]:
+    """A passport signed by a key of this run, and the JWKS that verifies it."""
+    key = Ed25519PrivateKey.generate()
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": "bench-mcp-agent",
+        "aud": "agent-passport",
+        "jti": f"bench-mcp-{os.getpid()}",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "scope": SCOPE,
+        "jurisdiction": ["GLOBAL"],
+        "rev": RevocationChannel(PREFIX).as_claim(),
+    }
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"typ": TOKEN_TYPE, "kid": "bench"})
+    return token, {"keys": [public_key_to_jwk("bench", key.public_key())]}
+
+
+def stamp_forever(client: redis.Redis, stop: threading.Event) -> None:
+    """The registry's heartbeat stamp (epoch 0, Redis TIME), every 0.2 s."""
+    channel = RevocationChannel(PREFIX)
+    client.hset(channel.snapshot_key, mapping={"_epoch": 0, "_generation": "bench"})
+    while not stop.is_set():
+        seconds, micros = client.time()
+        client.hset(
+            channel.heartbeat_key, mapping={"epoch": 0, "at": seconds * 1000 + micros // 1000}
+        )
+        stop.wait(0.2)
+
+
+class ActionSink(ThreadingHTTPServer):
+    """The registry's ``POST /api/v1/actions`` stand-in: accepts and counts the events."""
+
+    events: list[dict[str, Any]]
+
+
+class _SinkHandler(BaseHTTPRequestHandler):
+    server: ActionSink
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.events.extend(body.get("events", []))
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def measure(quick: bool, gateway_argv: list[str], env: dict[str, str], pid_file: Path):
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    server = [str(SERVER)]
+    direct = StdioServerParameters(command=sys.executable, args=server)
+    gated = StdioServerParameters(
+        command=sys.executable,
+        args=[*gateway_argv, "--", sys.executable, *server, "--pid-file", str(pid_file)],
+        env=env,
+    )
+    blocks, per_block = (6, 50) if quick else (20, 150)
+    timings: dict[str, list[float]] = {"direct": [], "gateway": [], "gateway_refusal": []}
+    async with Client(direct) as plain, Client(gated) as guarded:
+        for client in (plain, guarded):  # warm both (first calls import and cache)
+            for _ in range(20):
+                await client.call_tool("echo", {"text": "x"})
+        gateway_pid = psutil.Process(int(pid_file.read_text())).ppid()  # the server's parent
+        cpu_before = process_cpu(str(gateway_pid))
+        calls_before = 20  # the gateway session's warm-up calls
+        for block in range(blocks):
+            order = [("direct", plain), ("gateway", guarded)]
+            for name, client in order if block % 2 == 0 else order[::-1]:
+                for _ in range(per_block):
+                    start = time.perf_counter()
+                    result = await client.call_tool("echo", {"text": "x"})
+                    timings[name].append((time.perf_counter() - start) * 1e6)
+                    assert not result.is_error
+            for _ in range(per_block // 5):
+                start = time.perf_counter()
+                refused = await guarded.call_tool("delete_everything", {"path": "/"})
+                timings["gateway_refusal"].append((time.perf_counter() - start) * 1e6)
+                assert refused.is_error
+        gateway_calls = len(timings["gateway"]) + len(timings["gateway_refusal"])
+        cpu_us = (process_cpu(str(gateway_pid)) - cpu_before) / gateway_calls * 1e6
+    return timings, round(cpu_us, 1), gateway_calls + calls_before
+
+
+def body(run: Run, quick: bool) -> int:
+    load_before = {"loadavg": os.getloadavg(), "busy_cores": busy_cores(1.0)}
+    private = PrivateRedis(run.workdir)
+    private.start()
+    stop = threading.Event()
+    stamper = threading.Thread(
+        target=stamp_forever, args=(redis.Redis.from_url(private.url), stop), daemon=True
+    )
+    stamper.start()
+    sink = ActionSink(("127.0.0.1", 0), _SinkHandler)
+    sink.events = []
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    token, jwks = signed_passport()
+    jwks_file = run.workdir / "jwks.json"
+    jwks_file.write_text(json.dumps(jwks))
+    registry = f"http://127.0.0.1:{sink.server_address[1]}"
+    argv = [
+        *("-m", "agent_passport", "mcp-proxy", "--server-name", "files"),
+        *("--registry", registry, "--issuer", ISSUER, "--jwks-file", str(jwks_file)),
+        *("--redis", private.url),
+    ]
+    env = {"AGENT_PASSPORT_TOKEN": token, "PYTHONPATH": str(SDK_DIR)}
+    pid_file = run.workdir / "server.pid"
+    try:
+        timings, cpu_us, calls = asyncio.run(measure(quick, argv, env, pid_file))
+        deadline = time.monotonic() + 10
+        while len(sink.events) < calls and time.monotonic() < deadline:
+            time.sleep(0.1)  # the gateway's reporter flushes as the session ends
+    finally:
+        stop.set()
+        sink.shutdown()
+        private.stop()
+    rows = {name: summary(values) for name, values in timings.items()}
+    added = {q: round(rows["gateway"][q] - rows["direct"][q], 1) for q in ("p50", "p99")}
+    report = {
+        "machine": {**machine_basics(), "before": load_before, "after_loadavg": os.getloadavg()},
+        "scope_rules": len(SCOPE),
+        "calls_us": rows,
+        "added_per_call_us": added,
+        "gateway_cpu_us_per_call": cpu_us,
+        "events_reported": len(sink.events),
+        "gateway_calls": calls,
+    }
+    columns = [Column("path", 18, left=True), *(Column(q, 9, ".0f") for q in ("p50", "p90", "p99"))]
+    print(f"tool call round trip, µs (mcp client → server over stdio, {len(SCOPE)}-rule passport)")
+    print(
+        table(
+            columns,
+            [[name, *(row[q] for q in ("p50", "p90", "p99"))] for name, row in rows.items()],
+        )
+    )
+    print(f"added by the gateway: p50 {added['p50']:.0f} µs, p99 {added['p99']:.0f} µs")
+    print(f"gateway CPU per call: {cpu_us:.0f} µs; events reported {len(sink.events)}/{calls}")
+    print(
+        f"load average before {load_before['loadavg']}, after {report['machine']['after_loadavg']}"
+    )
+    write_json(report, RESULTS)
+    return 0 if len(sink.events) >= calls else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    args = parser.parse_args()
+    return run_bench(lambda run: body(run, args.quick), name="bench-mcp")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
