@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from actions.models import ActionEvent
-from agent_passport.reporter import ActionReporter, default_spill_path
+from agent_passport.reporter import DENY_SPACING, ActionReporter, default_spill_path
 from passports.models import Agent
 from passports.services import issue_passport
 
@@ -43,6 +43,19 @@ class IdRecordingReporter(ActionReporter):
 
     def _post(self, events):
         self.posted_ids.extend(event["id"] for event in events)
+        return super()._post(events)
+
+
+class BatchRecordingReporter(ActionReporter):
+    """Remembers the size of each batch it posted (the network and the registry stay real)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def _post(self, events):
+        if events:
+            self.batches.append(len(events))
         return super()._post(events)
 
 
@@ -272,6 +285,7 @@ class ScriptedRegistry:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else the body waits for the client's delayed ACK
             served = 0
 
             def setup(self) -> None:
@@ -380,6 +394,73 @@ def test_large_batches_are_split_and_odd_text_survives(actions_url, token, make_
     longest = ActionEvent.objects.filter(resource__startswith="/data/0/").get()
     assert len(longest.resource) == 1000 and longest.resource.endswith("…")
     assert ActionEvent.objects.filter(resource="/data/\\udcff.bin").exists()
+
+
+def idle(reporter: ActionReporter) -> ActionReporter:
+    """The reporter, started, past its first cycles: its thread waits for the flush timer."""
+    reporter.start()
+    assert reporter.flush(timeout=10)
+    time.sleep(0.5)  # the cycle flush() asked for may still be running
+    return reporter
+
+
+@transactional
+def test_a_deny_is_sent_at_once_while_allows_wait_for_the_timer(actions_url, token, make_reporter):
+    reporter = idle(make_reporter(actions_url, token, flush_interval=30))
+    reporter.record(time.time(), "fs:read", "/workspace/a", None, True, "allowed")
+    time.sleep(1.0)
+    assert ActionEvent.objects.count() == 0, "an allow waits for the 30 s timer"
+
+    reporter.record(time.time(), "fs:write", "/etc/passwd", None, False, "not in scope")
+    wait_until(lambda: ActionEvent.objects.count() == 2, timeout=5)  # the allow goes with it
+    assert sorted(ActionEvent.objects.values_list("decision", flat=True)) == ["allow", "deny"]
+
+
+@transactional
+def test_a_burst_of_denies_goes_out_in_a_few_posts(actions_url, token, make_reporter):
+    reporter = idle(
+        make_reporter(actions_url, token, cls=BatchRecordingReporter, flush_interval=30)
+    )
+    now = time.time()
+    for i in range(1000):
+        reporter.record(now, "fs:write", f"/etc/{i}", None, False, "not in scope")
+    wait_until(lambda: reporter.sent == 1000, timeout=10)
+    assert ActionEvent.objects.filter(decision="deny").count() == 1000
+    assert len(reporter.batches) <= 5, reporter.batches
+
+
+def test_a_stream_of_denies_is_posted_at_most_every_deny_spacing(scripted_registry, make_reporter):
+    # A registry that answers at once, so only the reporter paces the posts.
+    registry = scripted_registry(lambda number, body: accepted(body))
+    reporter = idle(
+        make_reporter(registry.url, "a.b.c", cls=BatchRecordingReporter, flush_interval=30)
+    )
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < 1.0:
+        reporter.record(time.time(), "fs:write", f"/etc/{elapsed}", None, False, "not in scope")
+        time.sleep(0.001)
+    wait_until(lambda: reporter.sent == sum(reporter.batches) > 0 and not reporter.buffered)
+    # One post per deny would be hundreds; one per DENY_SPACING is at most 1 / 0.05 + 1.
+    assert 2 <= len(reporter.batches) <= 1.0 / DENY_SPACING + 3, reporter.batches
+
+
+def test_a_deny_does_not_cut_the_backoff_short_but_heartbeat_now_does(
+    scripted_registry, make_reporter
+):
+    registry = scripted_registry(lambda number, body: (503, {}, {"detail": "down"}))
+    # The first retry waits 2-4 s (two flush intervals, the upper half of the step).
+    reporter = make_reporter(registry.url, "a.b.c", flush_interval=2.0)
+    reporter.record(time.time(), "fs:read", "/workspace/a", None, True, "allowed")
+    reporter.start()
+    wait_until(lambda: len(registry.bodies) == 1, timeout=5)
+    for i in range(50):
+        reporter.record(time.time(), "fs:write", f"/etc/{i}", None, False, "not in scope")
+    time.sleep(1.0)
+    assert len(registry.bodies) == 1, "the denies waited for the retry"
+    wait_until(lambda: reporter.spilled == 51, timeout=5)  # on disk meanwhile
+
+    reporter.heartbeat_now()  # an explicit request still goes at once
+    wait_until(lambda: len(registry.bodies) == 2, timeout=0.9)
 
 
 def test_default_spill_path_is_per_passport_and_hides_the_token(tmp_path):

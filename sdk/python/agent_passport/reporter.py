@@ -2,7 +2,11 @@
 
 ``record()`` only appends a tuple to an in-memory deque, so checking an action never waits for
 the network or the disk. A daemon thread posts batches to ``POST /api/v1/actions``
-(``Authorization: Bearer <passport token>``)::
+(``Authorization: Bearer <passport token>``) every ``flush_interval``, and at once after a deny
+(kill rules act on denies: the registry should see one while it matters). A deny only wakes the
+thread, which takes everything buffered, so a burst of denies goes out in a few posts; a
+stream of them is posted at most every DENY_SPACING; and while the thread backs off from an
+unreachable registry a deny waits for the next retry like any event::
 
     {"events": [{"id": "<uuid4>", "action": "fs:write", "resource": "/workspace/a",
                  "jurisdiction": "DE", "decision": "allow", "reason": "...", "at": 1767225600.0}],
@@ -77,6 +81,7 @@ WARNING_INTERVAL = 10.0  # the same warning is logged at most this often
 SPILL_INTERVAL = 0.005  # while the registry is unreachable, the buffer goes to disk this often
 STALLED_POST = 0.5  # a post in flight this long counts as an outage: its followers go to disk
 MAX_SPILL_BYTES = 256 * 2**20
+DENY_SPACING = 0.05  # posts woken by denies start at least this far apart (a stream of denies)
 
 _Record = tuple[float, str, str | None, str | None, bool, str, Mapping[str, Any] | None]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -223,7 +228,12 @@ class ActionReporter:
         self._posting_since: float | None = None
         self._outage = threading.Event()  # set while the registry is unreachable
         self._unsynced = threading.Event()  # the spill writer appended; the syncer fsyncs
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # a deny, or one of the requests that set _prompt
+        self._prompt = False  # flush(), a new url or token, heartbeat_now(): even during backoff
+        self._denies = 0  # denies recorded so far
+        self._denies_taken = 0  # _denies when the last cycle took the buffer
+        self._deny_wakes = False  # the delivery thread waits and a deny should wake it
+        self._hurried_at = -math.inf  # when the last post woken by a deny was due
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer: threading.Thread | None = None
@@ -265,12 +275,15 @@ class ActionReporter:
 
     def _retry_now(self) -> None:
         self._failures = 0
+        self._prompt = True
         self._wake.set()
 
     def heartbeat_now(self) -> None:
         """Send the heartbeat at once (e.g. right after a revocation was applied, so the
-        console sees the acknowledgement within a second). Never blocks."""
+        console sees the acknowledgement within a second), even while backing off. Never
+        blocks."""
         self._last_post_at = -math.inf
+        self._prompt = True
         self._wake.set()
 
     # --- counters -----------------------------------------------------------------------------
@@ -304,11 +317,16 @@ class ActionReporter:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         """Queue one decision (``details``: a small JSON object stored with it). Never blocks;
-        when the buffer is full the event is dropped."""
+        when the buffer is full the event is dropped. A deny wakes the delivery thread."""
         if len(self._buffer) >= self.max_buffer:
             self._drop(1, "the buffer is full")
             return
         self._buffer.append((at, action, resource, jurisdiction, allowed, reason, details))
+        if not allowed:
+            self._denies += 1
+            if self._deny_wakes:  # once per wait: a stream of denies does not keep waking it
+                self._deny_wakes = False
+                self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -381,9 +399,31 @@ class ActionReporter:
                     self._failures, first=2 * self.flush_interval, cap=MAX_BACKOFF
                 )
             delay, self._retry_after = max(delay, self._retry_after), 0.0
-            self._wake.wait(delay)
-            self._wake.clear()
+            self._idle(delay, backing_off=self._failures > 0)
         self._safe_cycle()  # last chance: deliver what is still in memory (close() spills the rest)
+
+    def _idle(self, delay: float, *, backing_off: bool) -> None:
+        """Wait ``delay`` seconds between cycles. A request (``_prompt``) or close() ends the
+        wait; so does a deny (one recorded during the last cycle too), but no sooner than
+        DENY_SPACING after the previous post a deny woke, and not at all while backing off:
+        a deny must not defeat the backoff (nor wake this thread at all then)."""
+        deadline = time.monotonic() + delay
+        hurried = backing_off  # a deny no longer changes the deadline
+        if not backing_off:
+            self._deny_wakes = True  # before reading _denies: no deny goes unnoticed
+            if self._denies != self._denies_taken:
+                self._wake.set()
+        while (left := deadline - time.monotonic()) > 0 and self._wake.wait(left):
+            self._wake.clear()
+            if self._prompt or self._stop.is_set():
+                break
+            if not hurried:
+                hurried, self._deny_wakes = True, False
+                soonest = max(time.monotonic(), self._hurried_at + DENY_SPACING)
+                deadline = self._hurried_at = min(deadline, soonest)
+        self._deny_wakes = False
+        self._wake.clear()
+        self._prompt = False
 
     def _safe_cycle(self) -> bool:
         try:
@@ -400,6 +440,7 @@ class ActionReporter:
         if not self._resend_spill():
             return self._unreachable()
         self._outage.clear()
+        self._denies_taken = self._denies  # before the buffer's length: these denies are in it
         remaining = len(self._buffer)  # only what is here now: a busy agent cannot pin us
         while remaining > 0:
             count = min(self.batch_size, remaining)

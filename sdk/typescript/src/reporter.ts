@@ -6,7 +6,11 @@
  *                  "jurisdiction": "DE", "decision": "allow", "reason": "...", "at": 1767225600.0}],
  *      "heartbeat": {"epoch": 41, "digest": "<sha-256 hex>", "host": "trainer-1", "pid": 4242}}
  *
- * `record()` only appends to an in-memory buffer. Each event gets its id once, before its
+ * `record()` only appends to an in-memory buffer; the loop posts every `flushInterval`, and at
+ * once after a deny (kill rules act on denies), taking everything buffered, so a burst of denies
+ * goes out in a few posts; posts woken by denies start at least DENY_SPACING apart, and while the
+ * loop backs off from an unreachable registry a deny waits for the next retry like any event.
+ * Each event gets its id once, before its
  * first delivery attempt, so a retried batch is stored once (the registry deduplicates by id).
  * While the registry is unreachable (network error, 5xx, 429, 401, 3xx, 409 with Retry-After)
  * or a post has been in flight for STALLED_POST (a registry that accepts connections but does not
@@ -37,6 +41,8 @@ export const SPILL_INTERVAL = 0.005;
 /** Seconds a post may be in flight before it counts as an outage: the events after it go to disk. */
 export const STALLED_POST = 0.5;
 export const MAX_SPILL_BYTES = 256 * 2 ** 20;
+/** Seconds between the starts of posts woken by denies (a stream of denies). */
+export const DENY_SPACING = 0.05;
 const WARNING_INTERVAL = 10.0;
 const NOFOLLOW = fsConstants.O_NOFOLLOW ?? 0;
 
@@ -144,7 +150,13 @@ export class ActionReporter {
   private lastPostAt = -Infinity;
   private running = false;
   private loop: Promise<void> | null = null;
+  /** Ends the wait between cycles (flush, heartbeatNow, close). */
   private wake: (() => void) | null = null;
+  /** Brings the end of the wait forward, for a deny. */
+  private hurry: (() => void) | null = null;
+  private denies = 0; // denies recorded so far
+  private deniesTaken = 0; // `denies` when the last cycle took the buffer
+  private hurriedAt = -Infinity; // when the last post woken by a deny was due
   private spillTimer: NodeJS.Timeout | null = null;
   private outage = false;
   private stalled = false;
@@ -171,10 +183,14 @@ export class ActionReporter {
     return this.buffer.length;
   }
 
-  /** Queue one decision. Never blocks; when the buffer is full the event is dropped. */
+  /** Queue one decision. Never blocks; when the buffer is full the event is dropped. A deny wakes the delivery loop. */
   record(at: number, action: string, resource: string | null, jurisdiction: string | null, allowed: boolean, reason: string): void {
     if (this.buffer.length >= this.maxBuffer) return this.drop(1, "the buffer is full");
     this.buffer.push([at, action, resource, jurisdiction, allowed, reason]);
+    if (!allowed) {
+      this.denies++;
+      this.hurry?.();
+    }
   }
 
   /** Send the heartbeat at once (e.g. right after a revocation was applied). */
@@ -236,16 +252,36 @@ export class ActionReporter {
       }
       delay = Math.max(delay, this.retryAfter);
       this.retryAfter = 0;
-      if (this.running) await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delay * 1000);
-        this.wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.wake = null;
+      if (this.running) await this.idle(delay, this.failures > 0);
     }
     await this.safeCycle();
+  }
+
+  /**
+   * Wait `delay` seconds between cycles. flush(), heartbeatNow() and close() end the wait; so
+   * does a deny (one recorded during the last cycle too), but no sooner than DENY_SPACING after
+   * the previous post a deny woke, and not at all while backing off: a deny must not defeat the
+   * backoff.
+   */
+  private idle(delay: number, backingOff: boolean): Promise<void> {
+    const now = () => performance.now() / 1000;
+    return new Promise<void>((resolve) => {
+      let deadline = now() + delay;
+      let timer = setTimeout(() => this.wake?.(), delay * 1000);
+      this.wake = () => {
+        clearTimeout(timer);
+        this.wake = this.hurry = null;
+        resolve();
+      };
+      if (backingOff) return;
+      this.hurry = () => {
+        this.hurry = null; // once per wait: a stream of denies does not keep rescheduling it
+        deadline = this.hurriedAt = Math.min(deadline, Math.max(now(), this.hurriedAt + DENY_SPACING));
+        clearTimeout(timer);
+        timer = setTimeout(() => this.wake?.(), Math.max(0, deadline - now()) * 1000);
+      };
+      if (this.denies !== this.deniesTaken) this.hurry();
+    });
   }
 
   private async safeCycle(): Promise<boolean> {
@@ -263,6 +299,7 @@ export class ActionReporter {
   private async cycle(): Promise<boolean> {
     if (!(await this.resendSpill())) return this.unreachable();
     this.setOutage(false);
+    this.deniesTaken = this.denies; // these denies are in the buffer taken below
     let remaining = this.buffer.length;
     while (remaining > 0) {
       const count = Math.min(this.batchSize, remaining);

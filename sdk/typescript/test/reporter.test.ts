@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { ActionReporter } from "../src/reporter.js";
+import { ActionReporter, DENY_SPACING } from "../src/reporter.js";
 import { freePort, waitFor } from "./helpers.js";
 
 interface Posted {
@@ -130,6 +130,84 @@ test("reporter: while a post hangs past STALLED_POST, new events go to the spill
     assert.equal(await reporter.flush(5), true);
     assert.equal(registry.ids.size, 3);
     assert.equal(reporter.sent, 3);
+  } finally {
+    await reporter.close();
+    await close(registry.server);
+  }
+});
+
+const pause = (seconds: number) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+const withEvents = (posts: Posted[]) => posts.filter((post) => post.body.events.length);
+
+/** A started reporter past its first cycles: its loop waits for the flush timer. */
+async function idleReporter(url: string, options: { flushInterval: number }): Promise<ActionReporter> {
+  const reporter = new ActionReporter(url, "t.o.k", { spillPath: spillPath(), log: quiet, ...options }).start();
+  assert.equal(await reporter.flush(5), true);
+  await pause(0.3);
+  return reporter;
+}
+
+test("reporter: a deny is sent at once while allows wait for the flush timer", async () => {
+  const registry = await actionsEndpoint(await freePort());
+  const reporter = await idleReporter(registry.url, { flushInterval: 30 });
+  try {
+    reporter.record(1767225600, "fs:read", "/w/a", null, true, "allowed");
+    await pause(1);
+    assert.equal(withEvents(registry.posts).length, 0, "an allow waits for the 30 s timer");
+    reporter.record(1767225601, "fs:write", "/etc/passwd", null, false, "not in scope");
+    await waitFor(() => registry.ids.size === 2, 5, "the deny, and the allow with it");
+    assert.deepEqual(withEvents(registry.posts)[0]?.body.events.map((event) => event["decision"]), ["allow", "deny"]);
+  } finally {
+    await reporter.close();
+    await close(registry.server);
+  }
+});
+
+test("reporter: a burst of denies goes out in a few posts", async () => {
+  const registry = await actionsEndpoint(await freePort());
+  const reporter = await idleReporter(registry.url, { flushInterval: 30 });
+  try {
+    for (let i = 0; i < 1000; i++) reporter.record(1767225600, "fs:write", `/etc/${i}`, null, false, "not in scope");
+    await waitFor(() => registry.ids.size === 1000, 10, "the burst");
+    assert.ok(withEvents(registry.posts).length <= 5, `${withEvents(registry.posts).length} posts`);
+  } finally {
+    await reporter.close();
+    await close(registry.server);
+  }
+});
+
+test("reporter: a stream of denies is posted at most every DENY_SPACING", async () => {
+  const registry = await actionsEndpoint(await freePort());
+  const reporter = await idleReporter(registry.url, { flushInterval: 30 });
+  try {
+    const started = performance.now();
+    for (let i = 0; performance.now() - started < 1000; i++) {
+      reporter.record(1767225600, "fs:write", `/etc/${i}`, null, false, "not in scope");
+      await pause(0.001);
+    }
+    await waitFor(() => reporter.buffered === 0 && registry.ids.size === reporter.sent, 5, "the stream");
+    const posts = withEvents(registry.posts).length;
+    assert.ok(posts >= 2 && posts <= 1 / DENY_SPACING + 3, `${posts} posts`);
+  } finally {
+    await reporter.close();
+    await close(registry.server);
+  }
+});
+
+test("reporter: a deny does not cut the backoff short, heartbeatNow does", async () => {
+  const registry = await actionsEndpoint(await freePort(), () => 503);
+  // The first retry waits 2-4 s (two flush intervals, the upper half of the step).
+  const reporter = new ActionReporter(registry.url, "t.o.k", { spillPath: spillPath(), flushInterval: 2, log: quiet });
+  try {
+    reporter.record(1767225600, "fs:read", "/w/a", null, true, "allowed");
+    reporter.start();
+    await waitFor(() => registry.posts.length === 1, 5, "the first post");
+    for (let i = 0; i < 50; i++) reporter.record(1767225600, "fs:write", `/etc/${i}`, null, false, "not in scope");
+    await pause(1);
+    assert.equal(registry.posts.length, 1, "the denies waited for the retry");
+    await waitFor(() => reporter.spilled === 51, 5, "the denies on disk");
+    reporter.heartbeatNow();
+    await waitFor(() => registry.posts.length === 2, 0.9, "the explicit request");
   } finally {
     await reporter.close();
     await close(registry.server);
