@@ -17,6 +17,7 @@ from agent_passport.proctree import cgroup2_root
 from agent_passport.supervisor import EXIT_EXPIRED, EXIT_KILLED, EXIT_REFUSED, EXIT_STALE
 from killswitch import publisher
 from killswitch.models import Revocation
+from registry.devserver import free_port
 from tests.killswitch.conftest import wait_until
 from tests.passports.test_tokens import sign_with_active_key
 
@@ -192,6 +193,14 @@ def test_an_expired_or_not_yet_valid_passport_refuses_to_start(passport, run):
         assert supervised.pids_file.read_text() == ""
 
 
+def test_an_unreachable_revocation_channel_refuses_to_start(passport, run, live_server):
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    supervised = run(passport["token"], "--redis", closed, "--max-staleness", "0.5")
+    assert supervised.wait() == EXIT_REFUSED
+    assert "refusing to start: the revocation state is not current" in supervised.stderr()
+    assert supervised.pids_file.read_text() == ""
+
+
 def test_the_tree_is_stopped_at_passport_expiry(issue, live_server, settings, run, agent):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
@@ -291,3 +300,48 @@ def test_a_kill_while_paused_stops_the_tree_when_redis_is_back(
     assert supervised.wait() == EXIT_KILLED
     assert not any(alive(pid) for pid in roles.values())
     assert "process tree resumed" not in supervised.stderr()  # stopped, never thawed first
+
+
+def test_renew_refused_by_the_registry_still_stops_at_expiry(issue, live_server, settings, run):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    short = issue(scope=SCOPE, jurisdiction=["EU"], ttl_seconds=3)  # agent_may_renew: off
+    supervised = run(short["token"], "--renew", "--grace", "0.2")
+    roles = supervised.roles()
+    assert supervised.wait(timeout=10) == EXIT_EXPIRED
+    stderr = supervised.stderr()
+    assert "not renewed" in stderr or "renewal failed" in stderr, stderr
+    assert not any(alive(pid) for pid in roles.values())
+
+
+def test_renew_swaps_in_the_new_passport_and_the_tree_outlives_the_old_one(
+    operator_api, agent, live_server, settings, run
+):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    body = {
+        "agent": str(agent.id),
+        "scope": SCOPE,
+        "jurisdiction": ["EU"],
+        "ttl_seconds": 6,
+        "agent_may_renew": True,
+    }
+    response = operator_api.post("/api/v1/passports", body, format="json")
+    if response.status_code == 400 and "agent_may_renew" in str(response.content):
+        pytest.skip("the registry has no self-renewal yet (CONTRACTS C3, branch server)")
+    assert response.status_code == 201, response.content
+    old = response.json()
+    supervised = run(old["token"], "--renew", "--grace", "0.2")
+    roles = supervised.roles()
+    environ = Path(f"/proc/{roles['ready']}/environ").read_bytes().split(b"\0")
+    token_file = Path(
+        next(v for v in environ if v.startswith(b"AGENT_PASSPORT_TOKEN_FILE="))
+        .split(b"=", 1)[1]
+        .decode()
+    )
+    assert wait_until(lambda: token_file.read_text().strip() != old["token"], timeout=8)
+    time.sleep(max(0.0, old["claims"]["exp"] + 1 - time.time()))  # past the old expiry
+    assert supervised.process.poll() is None and all(alive(pid) for pid in roles.values())
+    kill_agent(operator_api, agent)
+    assert supervised.wait() == EXIT_KILLED
+    assert "passport renewed: now" in supervised.stderr()

@@ -363,6 +363,19 @@ def test_keep_alive_connection_closed_by_the_server_is_retried_without_a_warning
     assert not [r.getMessage() for r in caplog.records]
 
 
+def test_the_heartbeat_carries_a_supervisors_process_tree(scripted_registry, make_reporter):
+    tree = {"mechanism": "cgroup", "child_pid": 7, "processes": 3, "state": "running"}
+    beats = iter([{"epoch": 1, "supervisor": tree}, {"epoch": 2, "supervisor": {"x": object()}}])
+    registry = scripted_registry(lambda number, body: accepted(body))
+    reporter = make_reporter(registry.url, "a.b.c", heartbeat=lambda: next(beats, {}))
+    for _ in range(2):
+        reporter.record(time.time(), "proc:start", "agent", None, True, "")
+        assert reporter.flush(timeout=10) is True
+    first, second = (body["heartbeat"] for body in registry.bodies[:2])
+    assert first == {"epoch": 1, "supervisor": tree}
+    assert second == {"epoch": 2}, "a supervisor object that is not JSON is left out"
+
+
 @transactional
 def test_idle_reporter_sends_heartbeats(actions_url, token, make_reporter, agent):
     beats = {"epoch": 3}

@@ -658,6 +658,12 @@ class ActionReporter:
         digest = raw.get("digest")  # revocations_digest of the state the guard applied
         if isinstance(digest, str) and len(digest) == DIGEST_LENGTH:
             body["digest"] = digest
+        supervisor = raw.get("supervisor")  # agent-passport run's process tree (CONTRACTS C1)
+        if isinstance(supervisor, Mapping):
+            try:
+                body["supervisor"] = _clean(dict(supervisor), depth=0)
+            except (TypeError, ValueError, RecursionError):
+                self._warn("heartbeat-supervisor", "the heartbeat's supervisor is not JSON")
         return body
 
     # --- the spill file ---------------------------------------------------------------------
