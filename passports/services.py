@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from actions.selectors import CopyStatus, agent_copies
 from agent_passport.errors import PassportError, RuleError
 from agent_passport.protocol import MAX_TOKEN_BYTES
 from agent_passport.rules import parse_jurisdiction, parse_scope
@@ -283,6 +284,7 @@ class RunStatus:
     epoch: int  # the registry's current revocation epoch
     last_seen_at: datetime | None
     last_seen_epoch: int | None
+    copies: list[CopyStatus]
 
 
 def agent_run_status(agent: Agent) -> RunStatus:
@@ -307,4 +309,5 @@ def agent_run_status(agent: Agent) -> RunStatus:
         epoch=current_epoch(),
         last_seen_at=agent.last_seen_at,
         last_seen_epoch=agent.last_seen_epoch,
+        copies=agent_copies(agent),
     )

@@ -1,6 +1,7 @@
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from actions.api.serializers import CopyStatusSerializer
 from passports.models import Agent, Passport
 from passports.services import effective_status
 from registry.api import StrictCharField, StrictSerializer
@@ -106,6 +107,9 @@ class AgentRunStatusSerializer(serializers.Serializer):
     epoch = serializers.IntegerField(help_text="the registry's current revocation epoch")
     last_seen_at = serializers.DateTimeField(allow_null=True)
     last_seen_epoch = serializers.IntegerField(allow_null=True)
+    copies = CopyStatusSerializer(
+        many=True, help_text="its copies (processes posting heartbeats), newest first"
+    )
 
 
 class RevocationChannelClaimSerializer(serializers.Serializer):
