@@ -30,6 +30,13 @@ class IssuePassportForm(forms.Form):
         required=False,
         help_text=f"Default {settings.PASSPORT_DEFAULT_TTL_SECONDS} s",
     )
+    agent_may_renew = forms.BooleanField(
+        label="The agent may renew this passport itself",
+        required=False,
+        help_text="Off by default. The agent (e.g. agent-passport run --renew) then gets a "
+        "successor with the same scope, jurisdiction and lifetime while this passport is active "
+        "and nothing stops the agent; it can never widen anything.",
+    )
 
     def clean_scope(self) -> list[str]:
         # Whitespace inside a rule is an error the rule engine names, so only split lines here.

@@ -19,13 +19,14 @@ from django.utils import timezone
 from actions import audit
 from actions import selectors as action_selectors
 from actions.models import ActionEvent
+from actions.selectors import RUNNING_WITHIN
 from agent_passport.audit import ChainReport
 from agent_passport.revocations import describe_target
 from console.times import moment
 from killswitch import selectors as kill_selectors
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation, RuleMatch
-from killswitch.selectors import RUNNING_WITHIN, current_epoch, runnable_agents
+from killswitch.selectors import current_epoch, runnable_agents
 from passports import selectors as passport_selectors
 from passports.models import Agent, Passport, SigningKey
 from passports.services import RunStatus, agent_run_status, effective_status
@@ -84,11 +85,44 @@ def stopped_by_group_kill(agents: Iterable[Agent]) -> set[uuid.UUID]:
     return active - set(runnable_agents().filter(pk__in=active).values_list("pk", flat=True))
 
 
+def processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
+def copy_tree(copy: kill_selectors.CopyAcknowledgement) -> str:
+    """What a copy's process tree came to, for people: ``process tree stopped: 50 processes``."""
+    if not copy.supervised:
+        return "in-process SDK (no process tree)"
+    if copy.stopped is not None:
+        killed = f", {copy.stopped.sigkilled} after SIGKILL" if copy.stopped.sigkilled else ""
+        return f"process tree stopped: {processes(copy.stopped.processes)}{killed}"
+    return f"process tree {copy.tree_state}: {processes(copy.processes or 0)}"
+
+
+def _copy_row(copy: kill_selectors.CopyAcknowledgement) -> dict[str, Any]:
+    kind = f"supervisor ({copy.mechanism})" if copy.supervised else "in-process"
+    return {
+        **asdict(copy),
+        "last_seen": moment(copy.last_seen),
+        "stopped": copy.stopped and {**asdict(copy.stopped), "at": moment(copy.stopped.at)},
+        "kind": kind,
+        "tree": copy_tree(copy),
+    }
+
+
 def acknowledgements(revocation: Revocation) -> dict[str, Any]:
-    """The kill switch's acknowledgements, with times in the console's one format."""
-    acks = asdict(kill_selectors.acknowledgements(revocation))
-    rows = [{**row, "last_seen": moment(row["last_seen"])} for row in acks["agents"]]
-    return {**acks, "agents": rows}
+    """The kill switch's acknowledgements, with times in the console's one format and each
+    copy's process tree in words (the page and its live updates render the same)."""
+    acks = kill_selectors.acknowledgements(revocation)
+    rows = [
+        {
+            **asdict(row),
+            "last_seen": moment(row.last_seen),
+            "copies": [_copy_row(copy) for copy in row.copies],
+        }
+        for row in acks.agents
+    ]
+    return {**asdict(acks), "agents": rows}
 
 
 def target_labels(revocations: list[Revocation]) -> dict[int, str]:

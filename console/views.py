@@ -138,6 +138,7 @@ def issue_passport(request: HttpRequest) -> HttpResponse:
                 jurisdiction=data["jurisdiction"],
                 ttl_seconds=data["ttl_seconds"],
                 issued_by=signed_in(request.user),
+                agent_may_renew=data["agent_may_renew"],
             )
         except RequestRejected as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)

@@ -3,19 +3,21 @@
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cache
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from actions.models import AgentCopy
+from actions.selectors import RUNNING_WITHIN, TreeStop, tree_stop
 from agent_passport.revocations import describe_target, revocations_digest
 from killswitch.models import ALL_AGENTS, EpochCounter, Revocation
 from passports.models import Agent
 from registry.errors import RequestRejected
 
-RUNNING_WITHIN = timedelta(seconds=30)  # an agent that reported this recently counts as running
 ACKNOWLEDGED, WAITING, MISMATCHED = "acknowledged", "waiting", "mismatched"
+STOPPING = "stopping"  # a supervised copy applied the epoch; its process tree is not yet stopped
 
 
 def current_epoch() -> int:
@@ -90,15 +92,49 @@ def applied_digest(epoch: int) -> str:
     return revocations_digest(active.values_list("pk", flat=True))
 
 
-def acknowledgement(agent: Agent, epoch: int, expected: Callable[[int], str]) -> str:
-    """Whether the agent's last heartbeat shows it applied ``epoch``: ACKNOWLEDGED (its epoch is
-    at least that and its digest is what the database says was active at its epoch), WAITING
-    (an older epoch, or no digest), or MISMATCHED (the epoch is reached but it holds something
-    else: it skipped or lost revocations)."""
-    seen = agent.last_seen_epoch
-    if seen is None or seen < epoch or not agent.last_seen_digest:
+def acknowledgement(
+    seen: int | None, digest: str, epoch: int, expected: Callable[[int], str]
+) -> str:
+    """Whether a heartbeat (``seen`` epoch, revocations ``digest``) shows ``epoch`` applied:
+    ACKNOWLEDGED (its epoch is at least that and its digest is what the database says was active
+    at its epoch), WAITING (an older epoch, or no digest), or MISMATCHED (the epoch is reached
+    but it holds something else: it skipped or lost revocations)."""
+    if seen is None or seen < epoch or not digest:
         return WAITING
-    return ACKNOWLEDGED if agent.last_seen_digest == expected(seen) else MISMATCHED
+    return ACKNOWLEDGED if digest == expected(seen) else MISMATCHED
+
+
+def copy_acknowledgement(copy: AgentCopy, epoch: int, expected: Callable[[int], str]) -> str:
+    """A copy's acknowledgement of ``epoch``. A supervised copy has acknowledged only once it
+    also reported its process tree stopped for that epoch or a later one (STOPPING until then)."""
+    state = acknowledgement(copy.last_seen_epoch, copy.last_seen_digest, epoch, expected)
+    if state == ACKNOWLEDGED and copy.supervised and not stopped_for(copy, epoch):
+        return STOPPING
+    return state
+
+
+def stopped_for(copy: AgentCopy, epoch: int) -> bool:
+    """The copy's supervisor stopped its tree for a revocation of ``epoch`` or later."""
+    return copy.stopped_at is not None and (copy.stopped_epoch or -1) >= epoch
+
+
+# The agent's state is its least advanced copy's.
+_LEAST_ADVANCED_FIRST = (MISMATCHED, WAITING, STOPPING, ACKNOWLEDGED)
+
+
+@dataclass(frozen=True)
+class CopyAcknowledgement:
+    host: str
+    pid: int
+    supervised: bool
+    mechanism: str  # cgroup or subreaper ("" in-process)
+    epoch_seen: int | None
+    last_seen: datetime
+    state: str  # ACKNOWLEDGED, WAITING, MISMATCHED or STOPPING
+    acknowledged: bool
+    tree_state: str  # the supervisor's tree: running, paused, stopped, exited ("" in-process)
+    processes: int | None  # in the tree at the last heartbeat
+    stopped: TreeStop | None  # the supervisor's stop, if it was for this revocation (or later)
 
 
 @dataclass(frozen=True)
@@ -108,8 +144,9 @@ class AgentAcknowledgement:
     fleet: str
     epoch_seen: int | None
     last_seen: datetime | None  # never None here: only agents that reported are listed
-    state: str  # ACKNOWLEDGED, WAITING or MISMATCHED
+    state: str  # ACKNOWLEDGED, WAITING, MISMATCHED or STOPPING
     acknowledged: bool
+    copies: list[CopyAcknowledgement]
 
 
 @dataclass(frozen=True)
@@ -120,17 +157,63 @@ class Acknowledgements:
     running: int  # targeted agents that reported in the last RUNNING_WITHIN
     acknowledged: int
     mismatched: int
+    copies: int  # copies listed (running, or stopped by a supervisor for this revocation)
+    copies_acknowledged: int
+    processes_stopped: int  # by supervisors, for this revocation (or a later one)
     agents: list[AgentAcknowledgement]
 
 
+def targeted_copies(revocation: Revocation, *, now: datetime) -> QuerySet[AgentCopy]:
+    """Copies a revocation stops that are running, or whose supervisor reported their tree
+    stopped for it (or a later revocation): those stay listed after they stop reporting."""
+    copies = AgentCopy.objects.filter(agent__in=targeted_agents(revocation))
+    if revocation.target_type == Revocation.TargetType.PASSPORT:
+        copies = copies.filter(passport_id=revocation.target_value)
+    listed = Q(last_seen_at__gte=now - RUNNING_WITHIN) | Q(
+        stopped_at__isnull=False, stopped_epoch__gte=revocation.epoch
+    )
+    return copies.filter(listed).order_by("host", "pid")
+
+
+def _copy_row(copy: AgentCopy, epoch: int, expected: Callable[[int], str]) -> CopyAcknowledgement:
+    state = copy_acknowledgement(copy, epoch, expected)
+    return CopyAcknowledgement(
+        host=copy.host,
+        pid=copy.pid,
+        supervised=copy.supervised,
+        mechanism=copy.mechanism,
+        epoch_seen=copy.last_seen_epoch,
+        last_seen=copy.last_seen_at,
+        state=state,
+        acknowledged=state == ACKNOWLEDGED,
+        tree_state=copy.state,
+        processes=copy.processes,
+        stopped=tree_stop(copy) if stopped_for(copy, epoch) else None,
+    )
+
+
 def acknowledgements(revocation: Revocation) -> Acknowledgements:
-    """Which running targeted agents have applied this revocation (from SDK heartbeats)."""
+    """Which running targeted agents, and which of their copies, have applied this revocation
+    (from their heartbeats); for supervised copies, whether the process tree is stopped.
+
+    An agent whose heartbeats name no copy (no host or pid) is judged by its own last heartbeat.
+    """
     now = timezone.now()
-    running = targeted_agents(revocation).filter(last_seen_at__gte=now - RUNNING_WITHIN)
+    epoch = revocation.epoch
     expected = cache(applied_digest)  # one query per distinct epoch reported
+    copies: dict[uuid.UUID, list[CopyAcknowledgement]] = {}
+    for copy in targeted_copies(revocation, now=now):
+        copies.setdefault(copy.agent_id, []).append(_copy_row(copy, epoch, expected))
+    running = targeted_agents(revocation).filter(
+        Q(last_seen_at__gte=now - RUNNING_WITHIN) | Q(pk__in=list(copies))
+    )
     rows = []
     for agent in running.order_by("name"):
-        state = acknowledgement(agent, revocation.epoch, expected)
+        own = copies.get(agent.pk, [])
+        states = {row.state for row in own} or {
+            acknowledgement(agent.last_seen_epoch, agent.last_seen_digest, epoch, expected)
+        }
+        state = next(s for s in _LEAST_ADVANCED_FIRST if s in states)
         rows.append(
             AgentAcknowledgement(
                 id=agent.pk,
@@ -140,14 +223,19 @@ def acknowledgements(revocation: Revocation) -> Acknowledgements:
                 last_seen=agent.last_seen_at,
                 state=state,
                 acknowledged=state == ACKNOWLEDGED,
+                copies=own,
             )
         )
+    listed = [copy for row in rows for copy in row.copies]
     return Acknowledgements(
         revocation=revocation.pk,
-        epoch=revocation.epoch,
+        epoch=epoch,
         active=revocation.is_active,
         running=len(rows),
         acknowledged=sum(row.state == ACKNOWLEDGED for row in rows),
         mismatched=sum(row.state == MISMATCHED for row in rows),
+        copies=len(listed),
+        copies_acknowledged=sum(copy.acknowledged for copy in listed),
+        processes_stopped=sum(copy.stopped.processes for copy in listed if copy.stopped),
         agents=rows,
     )

@@ -65,6 +65,12 @@ class Passport(models.Model):
     renewed_from = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="renewed_by"
     )
+    # The operator lets the agent renew this passport itself (POST /api/v1/passports/self/renew);
+    # copied to every renewal. Off unless asked for when issuing.
+    agent_may_renew = models.BooleanField(default=False)
+    # Issued by such a renewal, asked for by the agent with its own passport (``issued_by`` is
+    # then the operator who allowed it).
+    renewed_by_agent = models.BooleanField(default=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -85,6 +91,10 @@ class Passport(models.Model):
             models.CheckConstraint(
                 condition=~Q(status="revoked") | Q(revoked_at__isnull=False),
                 name="passport_revocation_recorded",
+            ),
+            models.CheckConstraint(
+                condition=Q(renewed_by_agent=False) | Q(renewed_from__isnull=False),
+                name="self_renewal_has_a_predecessor",
             ),
         ]
 

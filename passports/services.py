@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from actions.selectors import CopyStatus, agent_copies
 from agent_passport.errors import PassportError, RuleError
 from agent_passport.protocol import MAX_TOKEN_BYTES
 from agent_passport.rules import parse_jurisdiction, parse_scope
@@ -72,9 +73,13 @@ def issue_passport(
     jurisdiction: list[str],
     ttl_seconds: int | None,
     issued_by: User,
+    agent_may_renew: bool = False,
     renewed_from: Passport | None = None,
+    renewed_by_agent: bool = False,
 ) -> IssuedPassport:
-    """Validate the rules, sign a token and record the passport. Raises RequestRejected."""
+    """Validate the rules, sign a token and record the passport. Raises RequestRejected.
+
+    ``agent_may_renew`` lets the agent renew it itself (:func:`self_renew_passport`)."""
     agent = Agent.objects.select_for_update().get(pk=agent.pk)
     _require_issuable(agent)
     try:
@@ -123,7 +128,9 @@ def issue_passport(
         expires_at=expires_at,
         kid=kid,
         issued_by=issued_by,
+        agent_may_renew=agent_may_renew,
         renewed_from=renewed_from,
+        renewed_by_agent=renewed_by_agent,
     )
     return IssuedPassport(passport=passport, token=token, claims=claims)
 
@@ -135,6 +142,15 @@ def effective_status(passport: Passport, *, now: datetime | None = None) -> str:
     return passport.status
 
 
+def _validated_grace(grace_seconds: int) -> int:
+    if not 0 <= grace_seconds <= settings.PASSPORT_RENEW_MAX_GRACE_SECONDS:
+        raise RequestRejected(
+            "grace_seconds",
+            f"must be between 0 and {settings.PASSPORT_RENEW_MAX_GRACE_SECONDS} seconds",
+        )
+    return grace_seconds
+
+
 @transaction.atomic
 def renew_passport(
     *,
@@ -142,17 +158,15 @@ def renew_passport(
     ttl_seconds: int | None,
     issued_by: User,
     grace_seconds: int = 0,
+    by_agent: bool = False,
 ) -> IssuedPassport:
-    """Issue a successor with the same scope and jurisdiction; the old passport is superseded.
+    """Issue a successor with the same scope, jurisdiction and permission to self-renew; the
+    old passport is superseded. ``by_agent``: the agent asked (see :func:`self_renew_passport`).
 
     Guards stop accepting the old token ``grace_seconds`` later (0: at once), through a
     passport revocation on the kill-switch channel (see :func:`stop_superseded_passport`).
     """
-    if not 0 <= grace_seconds <= settings.PASSPORT_RENEW_MAX_GRACE_SECONDS:
-        raise RequestRejected(
-            "grace_seconds",
-            f"must be between 0 and {settings.PASSPORT_RENEW_MAX_GRACE_SECONDS} seconds",
-        )
+    _validated_grace(grace_seconds)
     passport = Passport.objects.select_for_update().get(pk=passport.pk)
     status = effective_status(passport)
     if status != Passport.Status.ACTIVE:
@@ -163,7 +177,9 @@ def renew_passport(
         jurisdiction=passport.jurisdiction,
         ttl_seconds=ttl_seconds,
         issued_by=issued_by,
+        agent_may_renew=passport.agent_may_renew,
         renewed_from=passport,
+        renewed_by_agent=by_agent,
     )
     passport.status = Passport.Status.SUPERSEDED
     passport.save(update_fields=["status"])
@@ -178,6 +194,57 @@ def renew_passport(
     return issued
 
 
+class RenewalNotAllowed(RequestRejected):
+    """The passport does not let its agent renew it (the operator did not allow it)."""
+
+    status_code = 403
+    reason = "renewal_not_allowed"
+
+
+class NotActive(StateConflict):
+    """The passport or its agent is not active: nothing is left to renew."""
+
+    reason = "not_active"
+
+
+@transaction.atomic
+def self_renew_passport(*, passport: Passport, grace_seconds: int = 0) -> IssuedPassport:
+    """The agent renews its own passport: allowed only if the operator said so when issuing
+    (``agent_may_renew``), for an active, unrevoked passport of an active agent that no
+    revocation stops. The successor has the same scope, jurisdiction and lifetime as this
+    passport and is recorded as issued by the operator who issued it, ``renewed_by_agent``.
+    The agent chooses nothing but an optional grace period for its old token."""
+    _validated_grace(grace_seconds)
+    passport = Passport.objects.select_for_update().select_related("agent").get(pk=passport.pk)
+    if not passport.agent_may_renew:
+        raise RenewalNotAllowed(
+            "passport", "this passport does not allow its agent to renew it; ask an operator"
+        )
+    agent = passport.agent
+    status = effective_status(passport)
+    if status != Passport.Status.ACTIVE:
+        raise NotActive("passport", f"passport is {status}; only an active passport is renewed")
+    if agent.status != Agent.Status.ACTIVE:
+        raise NotActive("passport", f"agent is {agent.status}; its passport is not renewed")
+    blocking = blocking_revocations(agent_id=agent.pk, fleet=agent.fleet, jti=passport.jti)
+    if (revocation := blocking.first()) is not None:
+        raise NotActive("passport", f"{describe_revocation(revocation)}; not renewed")
+    lifetime = int((passport.expires_at - passport.not_before).total_seconds())
+    return renew_passport(
+        passport=passport,
+        ttl_seconds=min(lifetime, settings.PASSPORT_MAX_TTL_SECONDS),
+        issued_by=passport.issued_by,
+        grace_seconds=grace_seconds,
+        by_agent=True,
+    )
+
+
+def superseded_reason(successor: Passport) -> str:
+    """Why a renewed passport was revoked (the agent's timeline shows it)."""
+    by_agent = " (renewed by the agent itself)" if successor.renewed_by_agent else ""
+    return f"superseded by renewal to passport {successor.jti}{by_agent}"
+
+
 def stop_superseded_passport(*, jti: uuid.UUID | str) -> bool:
     """Revoke a superseded passport on the kill-switch channel, so offline guards refuse it too
     (introspection already answers ``superseded``). Idempotent; False if nothing was left to do."""
@@ -189,7 +256,7 @@ def stop_superseded_passport(*, jti: uuid.UUID | str) -> bool:
     try:
         revoke(
             target=Target(Revocation.TargetType.PASSPORT, str(passport.jti)),
-            reason=f"superseded by renewal to passport {passport.renewed_by.jti}",
+            reason=superseded_reason(passport.renewed_by),
             actor=passport.renewed_by.issued_by,
             source=Revocation.Source.API,
         )
@@ -283,6 +350,7 @@ class RunStatus:
     epoch: int  # the registry's current revocation epoch
     last_seen_at: datetime | None
     last_seen_epoch: int | None
+    copies: list[CopyStatus]
 
 
 def agent_run_status(agent: Agent) -> RunStatus:
@@ -307,4 +375,5 @@ def agent_run_status(agent: Agent) -> RunStatus:
         epoch=current_epoch(),
         last_seen_at=agent.last_seen_at,
         last_seen_epoch=agent.last_seen_epoch,
+        copies=agent_copies(agent),
     )

@@ -19,6 +19,7 @@ class RequestRejected(Exception):
 
     status_code: int = status.HTTP_400_BAD_REQUEST
     retry_after: int | None = None  # seconds: the same request may succeed then (Retry-After)
+    reason: str | None = None  # a machine-readable code, added to the body when set
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
@@ -55,7 +56,8 @@ def _rejection(exc: Exception) -> RequestRejected | None:
 
 
 def _body(rejected: RequestRejected) -> dict:
-    return {"detail": rejected.message, "errors": {rejected.field: [rejected.message]}}
+    body = {"detail": rejected.message, "errors": {rejected.field: [rejected.message]}}
+    return body if rejected.reason is None else {**body, "reason": rejected.reason}
 
 
 def _headers(rejected: RequestRejected) -> dict[str, str] | None:

@@ -215,6 +215,8 @@ REST_FRAMEWORK = {
 }
 # Action-log batches (up to 1,000 events each) per agent.
 ACTIONS_RATE_LIMIT = env.str("ACTIONS_RATE_LIMIT", default="600/minute")
+# Self-renewals (POST /api/v1/passports/self/renew) per agent.
+SELF_RENEW_RATE_LIMIT = env.str("SELF_RENEW_RATE_LIMIT", default="20/minute")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Passport Registry API",
     "DESCRIPTION": "Issue, verify and revoke signed passports for AI agents.",

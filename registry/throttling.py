@@ -35,13 +35,28 @@ class UserThrottle(RedisTolerantMixin, UserRateThrottle):
     pass
 
 
-class PerAgentIngestThrottle(RedisTolerantMixin, SimpleRateThrottle):
-    """Action-log batches per agent (the passport's agent), shared across processes."""
+class PerAgentThrottle(RedisTolerantMixin, SimpleRateThrottle):
+    """Requests per agent (the passport's agent), shared across processes. Subclasses set
+    ``scope`` and ``setting``, the name of the Django setting that holds the rate."""
 
-    scope = "actions"
+    setting: str
 
     def get_rate(self) -> str:
-        return settings.ACTIONS_RATE_LIMIT
+        return getattr(settings, self.setting)
 
     def get_cache_key(self, request: Request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
+
+
+class PerAgentIngestThrottle(PerAgentThrottle):
+    """Action-log batches per agent."""
+
+    scope = "actions"
+    setting = "ACTIONS_RATE_LIMIT"
+
+
+class PerAgentRenewThrottle(PerAgentThrottle):
+    """Self-renewals per agent (an agent renews once per passport lifetime)."""
+
+    scope = "self_renew"
+    setting = "SELF_RENEW_RATE_LIMIT"

@@ -286,3 +286,35 @@ class ActionEventSerializer(serializers.ModelSerializer):
             "seq",
             "hash",
         ]
+
+
+class TreeStopSerializer(serializers.Serializer):
+    """How a supervisor stopped its agent's process tree (``actions.selectors.TreeStop``)."""
+
+    cause = serializers.ChoiceField(choices=AgentCopy.StopCause.choices)
+    epoch = serializers.IntegerField(
+        allow_null=True, help_text="the revocation epoch that caused it (null: expiry or stale)"
+    )
+    processes = serializers.IntegerField(help_text="processes it stopped")
+    sigkilled = serializers.IntegerField(help_text="of those, how many needed SIGKILL")
+    at = serializers.DateTimeField(help_text="when the last one was gone")
+
+
+class CopyStatusSerializer(serializers.Serializer):
+    """One copy of an agent (``actions.selectors.CopyStatus``)."""
+
+    host = serializers.CharField(help_text="as it reported it, else its remote address")
+    pid = serializers.IntegerField(help_text="0 when its heartbeat carried none")
+    last_seen_at = serializers.DateTimeField()
+    running = serializers.BooleanField(
+        help_text="reported in the last 30 s and its process tree (if supervised) not final"
+    )
+    epoch = serializers.IntegerField(allow_null=True, help_text="last revocation epoch applied")
+    supervised = serializers.BooleanField(help_text="a supervisor that owns the process tree")
+    mechanism = serializers.CharField(allow_blank=True, help_text="cgroup or subreaper")
+    state = serializers.ChoiceField(
+        choices=[("", ""), *AgentCopy.State.choices],
+        help_text="the supervisor's process tree ('' in-process)",
+    )
+    processes = serializers.IntegerField(allow_null=True, help_text="in the tree now")
+    stopped = TreeStopSerializer(allow_null=True)

@@ -1,9 +1,15 @@
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from actions.api.serializers import CopyStatusSerializer
 from passports.models import Agent, Passport
 from passports.services import effective_status
-from registry.api import StrictCharField, StrictSerializer
+from registry.api import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    StrictSerializer,
+)
 
 
 class AgentCreateSerializer(StrictSerializer):
@@ -49,11 +55,26 @@ class PassportIssueSerializer(StrictSerializer):
         child=StrictCharField(trim_whitespace=False, allow_blank=True), allow_empty=False
     )
     ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
+    agent_may_renew = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="let the agent renew this passport itself (POST /api/v1/passports/self/renew)"
+        ": same scope, jurisdiction and lifetime; copied to every renewal",
+    )
+
+
+GRACE_HELP = "seconds the old passport's token keeps working (0: stopped at once)"
 
 
 class PassportRenewSerializer(StrictSerializer):
     ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
-    grace_seconds = serializers.IntegerField(required=False, default=0)
+    grace_seconds = serializers.IntegerField(required=False, default=0, help_text=GRACE_HELP)
+
+
+class SelfRenewSerializer(StrictSerializer):
+    """The agent chooses nothing about its successor (an empty object is the usual body)."""
+
+    grace_seconds = StrictIntegerField(required=False, default=0, help_text=GRACE_HELP)
 
 
 class ReasonSerializer(StrictSerializer):
@@ -86,6 +107,8 @@ class PassportSerializer(serializers.ModelSerializer):
             "kid",
             "issued_by",
             "renewed_from",
+            "agent_may_renew",
+            "renewed_by_agent",
             "revoked_at",
             "revoked_by",
             "revoked_reason",
@@ -106,6 +129,9 @@ class AgentRunStatusSerializer(serializers.Serializer):
     epoch = serializers.IntegerField(help_text="the registry's current revocation epoch")
     last_seen_at = serializers.DateTimeField(allow_null=True)
     last_seen_epoch = serializers.IntegerField(allow_null=True)
+    copies = CopyStatusSerializer(
+        many=True, help_text="its copies (processes posting heartbeats), newest first"
+    )
 
 
 class RevocationChannelClaimSerializer(serializers.Serializer):

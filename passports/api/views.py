@@ -1,3 +1,5 @@
+from typing import cast
+
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import cache_control
@@ -12,6 +14,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from actions.auth import IsPassportHolder, PassportBearerAuthentication
 from killswitch import services as killswitch
 from killswitch.models import Revocation
 from passports import selectors, services, signing
@@ -26,12 +29,14 @@ from passports.api.serializers import (
     PassportRenewSerializer,
     PassportSerializer,
     ReasonSerializer,
+    SelfRenewSerializer,
 )
 from passports.models import Agent, Passport
 from passports.roles import IsViewer, ReadViewerWriteOperator, signed_in
 from registry.api import UUID_PATTERN
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
+from registry.throttling import PerAgentRenewThrottle
 from signals.api.serializers import AgentTimelineSerializer, TimelineQuerySerializer
 from signals.selectors import agent_timeline
 
@@ -120,6 +125,7 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             jurisdiction=fields["jurisdiction"],
             ttl_seconds=fields["ttl_seconds"],
             issued_by=signed_in(request.user),
+            agent_may_renew=fields["agent_may_renew"],
         )
         return self._issued_response(issued)
 
@@ -132,6 +138,31 @@ class PassportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             passport=self.get_object(),
             ttl_seconds=data.validated_data["ttl_seconds"],
             issued_by=signed_in(request.user),
+            grace_seconds=data.validated_data["grace_seconds"],
+        )
+        return self._issued_response(issued)
+
+    @extend_schema(
+        request=SelfRenewSerializer,
+        responses={201: IssuedPassportSerializer},
+        description="The agent renews its own passport, authenticated with it "
+        "('Authorization: Bearer <passport token>'), when the operator allowed it when issuing "
+        "(agent_may_renew). 403 reason renewal_not_allowed; 409 reason not_active when the "
+        "passport is revoked, superseded or expired or its agent is not active.",
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="self/renew",
+        authentication_classes=[PassportBearerAuthentication],
+        permission_classes=[IsPassportHolder],
+        throttle_classes=[PerAgentRenewThrottle],
+    )
+    def self_renew(self, request: Request) -> Response:
+        data = SelfRenewSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        issued = services.self_renew_passport(
+            passport=cast(Passport, request.auth),  # set by PassportBearerAuthentication
             grace_seconds=data.validated_data["grace_seconds"],
         )
         return self._issued_response(issued)

@@ -132,6 +132,19 @@ def _report_a_denied_tunnel(token: str) -> None:
     assert reported.status_code == 200 and reported.json()["accepted"] == 1, reported.content
 
 
+def _report_a_stopped_tree(token: str, *, epoch: int) -> None:
+    """A supervisor's last heartbeat: it stopped the tree for the revocation of ``epoch``."""
+    stopped = {"epoch": epoch, "cause": "revoked", "processes": 3, "sigkilled": 1, "at": 1e9}
+    supervisor = {"mechanism": "cgroup", "processes": 0, "state": "stopped", "stopped": stopped}
+    heartbeat = {"epoch": epoch, "host": "h", "pid": 2, "supervisor": supervisor}
+    agent_api = APIClient()
+    agent_api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    reported = agent_api.post(
+        "/api/v1/actions", {"events": [], "heartbeat": heartbeat}, format="json"
+    )
+    assert reported.status_code == 200, reported.content
+
+
 @pytest.fixture
 def history(admin_user, agent, issue, django_capture_on_commit_callbacks) -> dict[str, Any]:
     """An agent with one timeline item of every kind, a lifted kill and a rotated key."""
@@ -154,7 +167,9 @@ def history(admin_user, agent, issue, django_capture_on_commit_callbacks) -> dic
     }
     assert api.post("/api/v1/signals", signal, format="json").status_code == 201
     kill = {"target": {"agent": str(agent.pk)}, "reason": "drill"}
-    revocation = api.post("/api/v1/killswitch", kill, format="json").json()["id"]
+    revoked = api.post("/api/v1/killswitch", kill, format="json").json()
+    revocation = revoked["id"]
+    _report_a_stopped_tree(issued["token"], epoch=revoked["epoch"])
     api.post(f"/api/v1/killswitch/{revocation}/lift", {"reason": "done"}, format="json")
     rotate_signing_key()
     rule_match = api.get("/api/v1/rules/matches").json()["results"][0]["id"]
@@ -195,4 +210,5 @@ def test_answers_built_by_services_are_fully_described(
     assert {item["type"] for item in timeline} == {*TIMELINE_KINDS}
     acks = api.get(f"/api/v1/killswitch/{history['revocation']}/acknowledgements").json()
     assert len(acks["agents"]) == 1
+    assert [copy["stopped"] is not None for copy in acks["agents"][0]["copies"]] == [False, True]
     assert {url: fields for url, fields in undescribed.items() if fields} == {}

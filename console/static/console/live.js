@@ -41,14 +41,33 @@
       set(root, "running", data.running);
       set(root, "acknowledged", data.acknowledged);
       set(root, "mismatched", data.mismatched);
+      set(root, "copies", data.copies);
+      set(root, "copies_acknowledged", data.copies_acknowledged);
+      set(root, "processes_stopped", data.processes_stopped);
       var body = root.querySelector("[data-acks]");
-      body.replaceChildren.apply(body, data.agents.map(function (a) {
-        return el("tr", {}, [
+      var rows = [];
+      data.agents.forEach(function (a) {
+        var n = a.copies.length;
+        rows.push(el("tr", {class: "agent-row"}, [
           el("td", {}, [a.name]), el("td", {}, [a.fleet]), el("td", {}, [a.epoch_seen]),
           el("td", {}, [el("span", {class: "badge " + a.state}, [a.state])]),
+          el("td", {class: "muted"}, [n + (n === 1 ? " copy" : " copies")]),
           el("td", {class: "muted"}, [when(a.last_seen)])
-        ]);
-      }));
+        ]));
+        a.copies.forEach(function (c) {
+          rows.push(el("tr", {class: "copy-row" + (c.stopped ? " tree-stopped" : "")}, [
+            el("td", {class: "mono"}, ["↳ " + c.host + ":" + c.pid]), el("td", {}, [c.kind]),
+            el("td", {}, [c.epoch_seen]),
+            el("td", {}, [el("span", {class: "badge " + c.state}, [c.state])]),
+            el("td", {}, [c.tree]), el("td", {class: "muted"}, [when(c.last_seen)])
+          ]));
+        });
+      });
+      if (!rows.length) {
+        rows.push(el("tr", {}, [el("td", {colspan: "6", class: "muted"},
+          ["No running agent is targeted (none reported in the last 30 s)."])]));
+      }
+      body.replaceChildren.apply(body, rows);
     },
     agent: function (root, data) {
       set(root, "status", data.status);
