@@ -193,6 +193,24 @@ def test_large_bodies_stream_both_ways_and_arrive_whole(start_proxy, origin):
         assert json.loads(response.read())["body"] == body.decode("latin-1")
 
 
+@pytest.mark.parametrize("body", [b"zz\r\nhello\r\n", b"1" * 40_000, b"5\r\nhel"])
+def test_a_malformed_or_broken_off_body_ends_the_exchange(start_proxy, origin, body):
+    proxy = start_proxy()  # idle timeout 300 s: ending must not wait for it
+    head = (
+        f"PUT http://127.0.0.1:{origin}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    with dial(proxy, timeout=10) as sock:
+        sock.sendall(head + body)
+        if body.endswith(b"hel"):
+            sock.shutdown(socket.SHUT_WR)  # the client gives up mid-chunk
+        try:
+            assert read_all(sock) == b""  # closed without an answer from the origin
+        except ConnectionResetError:
+            pass
+    assert wait_until(lambda: proxy.open_connections == 0, timeout=5)
+
+
 def test_denied_connect_is_403_naming_the_rule_and_logged_as_a_deny(start_proxy, agent):
     proxy = start_proxy()
     sock, code, answer = tunnel(proxy, "127.0.0.1:22")

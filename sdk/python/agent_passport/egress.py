@@ -583,9 +583,16 @@ class EgressProxy:
         client: asyncio.StreamWriter,
     ) -> None:
         """The request body (exactly as framed; nothing after it) up, the response down until
-        the origin closes; an origin may answer before the body is complete."""
+        the origin closes; an origin may answer before the body is complete. A body that
+        breaks off or is malformed ends the exchange (the origin would wait for the rest)."""
         activity = [asyncio.get_running_loop().time()]
         body = asyncio.ensure_future(self._send_body(request, client_reader, upstream, activity))
+
+        def end_on_failure(task: asyncio.Future[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                upstream.transport.abort()
+
+        body.add_done_callback(end_on_failure)
         try:
             await self._pipe(upstream_reader, client, activity)
         finally:
@@ -604,8 +611,7 @@ class EgressProxy:
                 line = await self._read(reader.readuntil(b"\r\n"), activity)
                 size_text = line.split(b";", 1)[0].strip()
                 if not _CHUNK_SIZE.fullmatch(size_text):
-                    upstream.transport.abort()  # a malformed chunk: end the exchange
-                    return
+                    raise ValueError("malformed chunk size")
                 size = int(size_text, 16)
                 upstream.write(line)
                 if size == 0:
