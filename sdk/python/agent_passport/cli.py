@@ -65,12 +65,16 @@ def _add_token_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audience", default="agent-passport")
 
 
-def _verify(args: argparse.Namespace) -> dict[str, Any]:
-    issuer = args.issuer or args.registry
+def _issuer(args: argparse.Namespace) -> str:
+    issuer: str | None = args.issuer or args.registry
     if not issuer:
         raise CLIError("give --issuer (or --registry)")
+    return issuer
+
+
+def _verify(args: argparse.Namespace) -> dict[str, Any]:
     return verify_token(
-        _read_token(args.token), key_source(args), issuer=issuer, audience=args.audience
+        _read_token(args.token), key_source(args), issuer=_issuer(args), audience=args.audience
     )
 
 
@@ -90,7 +94,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         guard = Guard(
             _read_token(args.token),
             keys=key_source(args),
-            issuer=args.issuer or args.registry or "",
+            issuer=_issuer(args),
             audience=args.audience,
             redis_url=args.redis,
             jurisdiction=args.jurisdiction,

@@ -30,3 +30,12 @@ def test_deeply_nested_jwks_file_is_a_message(tmp_path, capsys):
     jwks.write_text(DEEP)
     assert main(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 2
     assert "cannot read JWKS file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("redis", [[], ["--redis", "redis://127.0.0.1:1/0"]])
+def test_check_without_an_issuer_asks_for_one(tmp_path, capsys, redis):
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    argv = ["check", "a.b.c", "fs:read", "--jwks-file", str(jwks), *redis]
+    assert main(argv) == 2
+    assert "give --issuer (or --registry)" in capsys.readouterr().err
