@@ -396,7 +396,7 @@ HEAD_PIECES = st.sampled_from(
     )
 )
 def test_fuzzed_requests_get_an_answer_or_a_close_and_the_proxy_keeps_serving(
-    start_proxy, origin, data
+    start_proxy, origin, caplog, data
 ):
     proxy = _fuzz_proxy(start_proxy)
     response = exchange(proxy, data, end=True)
@@ -405,6 +405,8 @@ def test_fuzzed_requests_get_an_answer_or_a_close_and_the_proxy_keeps_serving(
     sock, code, _ = tunnel(proxy, f"127.0.0.1:{origin}")
     sock.close()
     assert code == 200
+    crashes = [r for r in caplog.records if r.name == "agent_passport.egress" and r.exc_info]
+    assert not crashes, crashes[0].getMessage()
 
 
 def _fuzz_proxy(start_proxy) -> EgressProxy:
