@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actions.models import ActionEvent
-from agent_passport.egress import EXIT_KILLED, EgressProxy
+from agent_passport.egress import EXIT_EXPIRED, EXIT_KILLED, EXIT_REFUSED, EgressProxy
 from agent_passport.guard import Guard
 from agent_passport.reporter import ActionReporter
 from killswitch import publisher, services
@@ -191,6 +191,24 @@ def test_large_bodies_stream_both_ways_and_arrive_whole(start_proxy, origin):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.url}))
     with opener.open(f"http://127.0.0.1:{origin}/big", data=body, timeout=30) as response:
         assert json.loads(response.read())["body"] == body.decode("latin-1")
+
+
+@pytest.mark.parametrize("body", [b"zz\r\nhello\r\n", b"1" * 40_000, b"5\r\nhel"])
+def test_a_malformed_or_broken_off_body_ends_the_exchange(start_proxy, origin, body):
+    proxy = start_proxy()  # idle timeout 300 s: ending must not wait for it
+    head = (
+        f"PUT http://127.0.0.1:{origin}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    with dial(proxy, timeout=10) as sock:
+        sock.sendall(head + body)
+        if body.endswith(b"hel"):
+            sock.shutdown(socket.SHUT_WR)  # the client gives up mid-chunk
+        try:
+            assert read_all(sock) == b""  # closed without an answer from the origin
+        except ConnectionResetError:
+            pass
+    assert wait_until(lambda: proxy.open_connections == 0, timeout=5)
 
 
 def test_denied_connect_is_403_naming_the_rule_and_logged_as_a_deny(start_proxy, agent):
@@ -378,7 +396,7 @@ HEAD_PIECES = st.sampled_from(
     )
 )
 def test_fuzzed_requests_get_an_answer_or_a_close_and_the_proxy_keeps_serving(
-    start_proxy, origin, data
+    start_proxy, origin, caplog, data
 ):
     proxy = _fuzz_proxy(start_proxy)
     response = exchange(proxy, data, end=True)
@@ -387,6 +405,8 @@ def test_fuzzed_requests_get_an_answer_or_a_close_and_the_proxy_keeps_serving(
     sock, code, _ = tunnel(proxy, f"127.0.0.1:{origin}")
     sock.close()
     assert code == 200
+    crashes = [r for r in caplog.records if r.name == "agent_passport.egress" and r.exc_info]
+    assert not crashes, crashes[0].getMessage()
 
 
 def _fuzz_proxy(start_proxy) -> EgressProxy:
@@ -397,86 +417,70 @@ def _fuzz_proxy(start_proxy) -> EgressProxy:
     return cached
 
 
-def test_cli_serves_until_sigterm_and_exits_3_on_a_kill(
-    live_server, settings, issue, origin, agent, revocation_heartbeat, tmp_path
-):
+@pytest.fixture
+def cli(live_server, settings, issue, agent, revocation_heartbeat, tmp_path):
+    """Start ``agent-passport proxy`` with ``token_file`` or a new passport (issue options as
+    keywords) in a process group of its own; returns the process and, once it listens, its
+    port (None if it exited instead)."""
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
-    token_file = tmp_path / "token"
-    token_file.write_text(issue(scope=SCOPE, jurisdiction=["EU"])["token"])
+    started = []
 
-    def start() -> tuple[subprocess.Popen, int]:
+    def _start(token_file: Path | None = None, **passport) -> tuple[subprocess.Popen, int | None]:
+        if token_file is None:
+            token_file = tmp_path / f"token-{len(started)}"
+            token_file.write_text(issue(scope=SCOPE, jurisdiction=["EU"], **passport)["token"])
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent_passport",
-                "proxy",
-                "--token-file",
-                str(token_file),
-                "--registry",
-                live_server.url,
-                "--redis",
-                settings.REDIS_URL,
-                "--jurisdiction",
-                "DE",
-                "--listen",
-                "127.0.0.1:0",
-            ],
+            [sys.executable, "-m", "agent_passport", "proxy", "--token-file", str(token_file),
+             "--registry", live_server.url, "--redis", settings.REDIS_URL,
+             "--jurisdiction", "DE", "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
             env={**os.environ, "TMPDIR": str(tmp_path)},
-        )
+        )  # fmt: skip
+        started.append(process)
         line = process.stdout.readline()
-        assert line.startswith(f"egress proxy for agent {agent.pk} on http://127.0.0.1:"), (
-            line + process.stderr.read()
-        )
+        if not line:  # it did not start
+            return process, None
+        prefix = f"egress proxy for agent {agent.pk} on http://127.0.0.1:"
+        assert line.startswith(prefix), line + process.stderr.read()
         return process, int(line.rsplit(":", 1)[1])
 
-    process, port = start()
-    try:
-        proxy_url = f"http://127.0.0.1:{port}"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy_url}))
-        with opener.open(f"http://127.0.0.1:{origin}/via-cli", timeout=10) as response:
-            assert json.loads(response.read())["path"] == "/via-cli"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
-    finally:
-        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    yield _start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
-    process, port = start()
-    try:
-        services.revoke(
-            target=services.Target("agent", str(agent.pk)),
-            reason="tunnel",
-            actor=None,
-            source="api",
-        )
-        assert process.wait(15) == EXIT_KILLED
-        said = process.stderr.read()
-        assert "stopped:" in said and "tunnel" in said and "Traceback" not in said
-    finally:
-        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
 
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent_passport",
-            "proxy",
-            "--token-file",
-            str(token_file),
-            "--registry",
-            live_server.url,
-            "--redis",
-            settings.REDIS_URL,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+def test_cli_serves_until_sigterm_then_exits_0(cli, origin):
+    process, port = cli()
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"})
     )
-    assert refused.returncode == EXIT_KILLED and "not started:" in refused.stderr
+    with opener.open(f"http://127.0.0.1:{origin}/via-cli", timeout=10) as response:
+        assert json.loads(response.read())["path"] == "/via-cli"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0
+
+
+def test_cli_exits_70_on_a_kill_and_refuses_to_start_once_revoked(cli, agent, tmp_path):
+    process, port = cli()
+    assert port is not None
+    services.revoke(
+        target=services.Target("agent", str(agent.pk)), reason="tunnel", actor=None, source="api"
+    )
+    assert process.wait(15) == EXIT_KILLED
+    said = process.stderr.read()
+    assert "stopped:" in said and "tunnel" in said and "Traceback" not in said
+    again, port = cli(token_file=tmp_path / "token-0")
+    assert port is None and again.wait(15) == EXIT_REFUSED
+    assert "not started:" in again.stderr.read()
+
+
+def test_cli_exits_73_when_the_passport_expires(cli):
+    process, _ = cli(ttl_seconds=6)
+    assert process.wait(20) == EXIT_EXPIRED
+    assert "expired" in process.stderr.read()

@@ -1,7 +1,8 @@
 """Command line: ``python -m agent_passport verify|check|watch|verify-audit|proxy``.
 
 Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error; ``proxy``: 0 when
-stopped by SIGINT/SIGTERM, 3 when stopped (or not started) by a kill of its passport.
+stopped by SIGINT/SIGTERM, 70 stopped by a kill of its passport, 71 not started (revoked
+already), 73 stopped at the passport's expiry (the codes of ``run``).
 """
 
 from __future__ import annotations

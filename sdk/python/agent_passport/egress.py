@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -582,9 +583,16 @@ class EgressProxy:
         client: asyncio.StreamWriter,
     ) -> None:
         """The request body (exactly as framed; nothing after it) up, the response down until
-        the origin closes; an origin may answer before the body is complete."""
+        the origin closes; an origin may answer before the body is complete. A body that
+        breaks off or is malformed ends the exchange (the origin would wait for the rest)."""
         activity = [asyncio.get_running_loop().time()]
         body = asyncio.ensure_future(self._send_body(request, client_reader, upstream, activity))
+
+        def end_on_failure(task: asyncio.Future[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                upstream.transport.abort()
+
+        body.add_done_callback(end_on_failure)
         try:
             await self._pipe(upstream_reader, client, activity)
         finally:
@@ -603,8 +611,7 @@ class EgressProxy:
                 line = await self._read(reader.readuntil(b"\r\n"), activity)
                 size_text = line.split(b";", 1)[0].strip()
                 if not _CHUNK_SIZE.fullmatch(size_text):
-                    upstream.transport.abort()  # a malformed chunk: end the exchange
-                    return
+                    raise ValueError("malformed chunk size")
                 size = int(size_text, 16)
                 upstream.write(line)
                 if size == 0:
@@ -690,7 +697,10 @@ async def _both(first: Awaitable[None], second: Awaitable[None]) -> None:
 
 
 # -- command line: agent-passport proxy ------------------------------------------------------
-EXIT_KILLED = 3  # the passport (its agent, fleet, or every agent) was revoked
+# The exit codes of ``agent-passport run`` for the same events.
+EXIT_KILLED = 70  # stopped by a kill of the passport (its agent, its fleet, every agent)
+EXIT_REFUSED = 71  # not started: the passport is already revoked
+EXIT_EXPIRED = 73  # stopped when the passport expired
 
 
 def add_proxy_options(parser: argparse.ArgumentParser) -> None:
@@ -724,7 +734,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM (exit 0) or a kill of the passport (exit ``EXIT_KILLED``)."""
+    """Serve until SIGINT/SIGTERM (exit 0), a kill of the passport (``EXIT_KILLED``) or its
+    expiry (``EXIT_EXPIRED``); ``EXIT_REFUSED`` if it is revoked already."""
     host, port = parse_listen(args.listen)
     limits = {
         name: getattr(args, name)
@@ -749,7 +760,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         guard = session.guard
         if guard.kill_entry is not None:
             print(f"not started: {guard.kill_entry.describe()}", file=sys.stderr)
-            return EXIT_KILLED
+            return EXIT_REFUSED
         try:
             proxy = EgressProxy(guard, host=host, port=port, **limits).start()
         except OSError as exc:
@@ -760,10 +771,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         guard.on_kill(lambda entry: done.set())
         print(f"egress proxy for agent {guard.agent_id} on {proxy.url}", flush=True)
         try:
-            done.wait()
+            expired = not done.wait(max(float(guard.claims["exp"]) - time.time(), 0))
         finally:
             proxy.stop()
         if guard.kill_entry is not None:
             print(f"stopped: {guard.kill_entry.describe()}", file=sys.stderr, flush=True)
             return EXIT_KILLED
+        if expired:
+            print(f"stopped: passport {guard.jti} expired", file=sys.stderr, flush=True)
+            return EXIT_EXPIRED
         return 0

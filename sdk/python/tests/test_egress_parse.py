@@ -18,6 +18,7 @@ from agent_passport.egress import (
     parse_listen,
     parse_request,
 )
+from agent_passport.rules import Policy
 from agent_passport.session import CLIError
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -199,3 +200,19 @@ def test_proxy_command_refuses_bad_options_with_a_message(capsys, monkeypatch, o
     assert main([*base, *options]) == 2
     said = capsys.readouterr().err
     assert message in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"CONNECT [::1]:22 HTTP/1.1\r\n\r\n",
+        b"CONNECT [0:0:0:0:0:0:0:1]:0022 HTTP/1.1\r\n\r\n",
+        b"CONNECT [::ffff:127.0.0.1]:22 HTTP/1.1\r\n\r\n",
+        b"CONNECT Example.COM.:22 HTTP/1.1\r\n\r\n",
+        b"GET http://example.com:22/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    ],
+)
+def test_every_spelling_of_port_22_meets_the_deny_rule(head):
+    policy = Policy(["net:connect", "!net:connect:*:22"], ["GLOBAL"])
+    decision = policy.decide("net:connect", parse_request(head).target)
+    assert not decision.allowed and decision.rule == "!net:connect:*:22"
