@@ -446,3 +446,17 @@ def test_a_revoked_passport_starts_no_server(gateway, agent):
     assert refused.returncode == 1, refused.stderr
     assert "revoked" in refused.stderr and "Traceback" not in refused.stderr
     assert not gateway.pid_file.exists()
+
+
+def test_the_server_dies_with_a_gateway_killed_outright(gateway):
+    call = {"name": "wait", "arguments": {"seconds": 30}}  # busy: EOF alone would not stop it
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}
+    with raw_gateway(gateway) as process:
+        exchange(process, [INITIALIZE], 1)
+        process.stdin.write(json.dumps(request).encode() + b"\n")
+        process.stdin.flush()
+        server = gateway.server_pid()
+        time.sleep(0.5)
+        process.kill()  # SIGKILL: no clean-up code of the gateway runs
+        process.wait(15)
+    assert wait_until(lambda: not alive(server), 5)
