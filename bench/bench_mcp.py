@@ -14,7 +14,8 @@ see the same background noise; the gateway's refusal of a forbidden tool (answer
 without the server) is measured too. The gateway's Guard follows a private redis-server stamped
 every 0.2 s (the registry's heartbeat stand-in) and reports to a loopback HTTP stand-in for the
 registry's action log (which counts the events: every call must be there). Records the machine's
-load and the gateway's CPU per call. Writes bench/results/mcp.json.
+load (waiting up to a minute for it to be quiet) and the gateway's CPU per call. Writes
+bench/results/mcp.json.
 
     .venv/bin/python bench/bench_mcp.py [--quick]
 """
@@ -32,19 +33,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import jwt
 import psutil
 import redis
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
 import agent_passport  # noqa: E402
-from agent_passport.protocol import TOKEN_TYPE, RevocationChannel  # noqa: E402
-from agent_passport.tokens import public_key_to_jwk  # noqa: E402
-from bench.harness.machine import busy_cores, machine_basics, process_cpu  # noqa: E402
+from bench.bench_sdk_check import ISSUER, signed_passport, stamp_forever  # noqa: E402
+from bench.harness.machine import machine_basics, process_cpu, wait_until_quiet  # noqa: E402
 from bench.harness.report import Column, table, write_json  # noqa: E402
 from bench.harness.run import Run, run_bench  # noqa: E402
 from bench.harness.servers import PrivateRedis  # noqa: E402
@@ -54,41 +52,8 @@ from bench.harness.workload import policy_rules  # noqa: E402
 RESULTS = BASE_DIR / "bench" / "results" / "mcp.json"
 SERVER = BASE_DIR / "tests" / "sdk" / "mcp_files_server.py"
 SDK_DIR = Path(agent_passport.__file__).resolve().parents[1]
-ISSUER = "https://bench.invalid"
 PREFIX = "aps-bench-mcp"
 SCOPE = ["tool:files:echo", "!tool:files:delete_*", *policy_rules()]
-
-
-def signed_passport() -> tuple[str, dict[str, Any]]:
-    """A passport signed by a key of this run, and the JWKS that verifies it."""
-    key = Ed25519PrivateKey.generate()
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "sub": "bench-mcp-agent",
-        "aud": "agent-passport",
-        "jti": f"bench-mcp-{os.getpid()}",
-        "iat": now,
-        "nbf": now,
-        "exp": now + 3600,
-        "scope": SCOPE,
-        "jurisdiction": ["GLOBAL"],
-        "rev": RevocationChannel(PREFIX).as_claim(),
-    }
-    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"typ": TOKEN_TYPE, "kid": "bench"})
-    return token, {"keys": [public_key_to_jwk("bench", key.public_key())]}
-
-
-def stamp_forever(client: redis.Redis, stop: threading.Event) -> None:
-    """The registry's heartbeat stamp (epoch 0, Redis TIME), every 0.2 s."""
-    channel = RevocationChannel(PREFIX)
-    client.hset(channel.snapshot_key, mapping={"_epoch": 0, "_generation": "bench"})
-    while not stop.is_set():
-        seconds, micros = client.time()
-        client.hset(
-            channel.heartbeat_key, mapping={"epoch": 0, "at": seconds * 1000 + micros // 1000}
-        )
-        stop.wait(0.2)
 
 
 class ActionSink(ThreadingHTTPServer):
@@ -151,18 +116,19 @@ async def measure(quick: bool, gateway_argv: list[str], env: dict[str, str], pid
 
 
 def body(run: Run, quick: bool) -> int:
-    load_before = {"loadavg": os.getloadavg(), "busy_cores": busy_cores(1.0)}
+    quiet = wait_until_quiet(limit=60, threshold=0.5)  # other engineers' runs share the machine
+    load_before = {"loadavg": os.getloadavg(), "busy_cores": quiet}
     private = PrivateRedis(run.workdir)
     private.start()
     stop = threading.Event()
     stamper = threading.Thread(
-        target=stamp_forever, args=(redis.Redis.from_url(private.url), stop), daemon=True
+        target=stamp_forever, args=(redis.Redis.from_url(private.url), stop, PREFIX), daemon=True
     )
     stamper.start()
     sink = ActionSink(("127.0.0.1", 0), _SinkHandler)
     sink.events = []
     threading.Thread(target=sink.serve_forever, daemon=True).start()
-    token, jwks = signed_passport()
+    token, jwks = signed_passport(SCOPE, jurisdiction=("GLOBAL",), prefix=PREFIX)
     jwks_file = run.workdir / "jwks.json"
     jwks_file.write_text(json.dumps(jwks))
     registry = f"http://127.0.0.1:{sink.server_address[1]}"

@@ -78,8 +78,14 @@ TIMINGS = ("kill_from_sent_ms", "kill_from_return_ms", "kill_after_xadd_ms", "li
 # --- 1. check throughput -------------------------------------------------------------------
 
 
-def signed_passport() -> tuple[str, dict[str, Any]]:
-    """A 50-rule passport signed by a key of this run, and the JWKS that verifies it."""
+def signed_passport(
+    scope: list[str] | None = None,
+    *,
+    jurisdiction: tuple[str, ...] = ("EU", "US"),
+    prefix: str = PREFIX,
+) -> tuple[str, dict[str, Any]]:
+    """A passport (the 50-rule policy unless ``scope`` is given) signed by a key of this run,
+    and the JWKS that verifies it."""
     key = Ed25519PrivateKey.generate()
     now = int(time.time())
     claims = {
@@ -90,18 +96,18 @@ def signed_passport() -> tuple[str, dict[str, Any]]:
         "iat": now,
         "nbf": now,
         "exp": now + 3600,
-        "scope": policy_rules(),
-        "jurisdiction": ["EU", "US"],
-        "rev": RevocationChannel(PREFIX).as_claim(),
+        "scope": policy_rules() if scope is None else scope,
+        "jurisdiction": list(jurisdiction),
+        "rev": RevocationChannel(prefix).as_claim(),
     }
     headers = {"typ": TOKEN_TYPE, "kid": "bench"}
     token = jwt.encode(claims, key, algorithm="EdDSA", headers=headers)
     return token, {"keys": [public_key_to_jwk("bench", key.public_key())]}
 
 
-def stamp_forever(client: redis.Redis, stop: threading.Event) -> None:
+def stamp_forever(client: redis.Redis, stop: threading.Event, prefix: str = PREFIX) -> None:
     """The registry's heartbeat stamp (epoch 0, Redis TIME), every 0.2 s."""
-    channel = RevocationChannel(PREFIX)
+    channel = RevocationChannel(prefix)
     client.hset(channel.snapshot_key, mapping={"_epoch": 0, "_generation": "bench"})
     while not stop.is_set():
         seconds, micros = client.time()

@@ -2,6 +2,7 @@
 server, both real processes, under a passport issued by the live registry."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -231,6 +232,28 @@ class _Watchdog:
         self._timer.cancel()
 
 
+@contextlib.contextmanager
+def raw_gateway(gateway: Gateway, *options: str):
+    """The gateway driven with raw lines; its process group is killed if a test leaves it."""
+    process = gateway.popen(*options)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def end_cleanly(gateway: Gateway, process: subprocess.Popen) -> None:
+    """The client closes its side: exit 0, no traceback, no server left."""
+    server = gateway.server_pid()
+    process.stdin.close()
+    assert process.wait(15) == 0
+    stderr = process.stderr.read().decode()
+    assert "Traceback" not in stderr, stderr
+    assert wait_until(lambda: not alive(server), 5)
+
+
 INITIALIZE = (
     b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
     b'"capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}\n'
@@ -239,8 +262,7 @@ INITIALIZE = (
 
 
 def test_malformed_input_gets_json_rpc_errors_and_the_gateway_keeps_serving(gateway):
-    process = gateway.popen("--max-message-bytes", "4096")
-    try:
+    with raw_gateway(gateway, "--max-message-bytes", "4096") as process:
         (init,) = exchange(process, [INITIALIZE], 1)
         assert init["id"] == 0 and "result" in init
         replies = exchange(
@@ -262,15 +284,7 @@ def test_malformed_input_gets_json_rpc_errors_and_the_gateway_keeps_serving(gate
         assert replies[5]["id"] == 9 and replies[5]["error"]["code"] == -32601
         (pong,) = exchange(process, [], 1)
         assert pong == {"jsonrpc": "2.0", "id": 10, "result": {}}
-        server = gateway.server_pid()
-        process.stdin.close()
-        assert process.wait(15) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    stderr = process.stderr.read().decode()
-    assert "Traceback" not in stderr, stderr
-    assert wait_until(lambda: not alive(server), 5)
+        end_cleanly(gateway, process)
 
 
 def test_bad_command_lines_exit_2_with_a_sentence(gateway, capsys, monkeypatch):
@@ -347,9 +361,8 @@ LINES = st.one_of(
 
 def test_fuzzed_lines_never_break_the_gateway(gateway, agent):
     """Whatever a line holds, the gateway answers a ping after it, only with JSON-RPC."""
-    process = gateway.popen("--max-message-bytes", "2048", "--call-timeout", "3")
     sent = []
-    try:
+    with raw_gateway(gateway, "--max-message-bytes", "2048", "--call-timeout", "3") as process:
         exchange(process, [INITIALIZE], 1)
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -369,20 +382,11 @@ def test_fuzzed_lines_never_break_the_gateway(gateway, agent):
             raise AssertionError(f"no answer to {ping} after {line!r}")
 
         one_line()
-        server = gateway.server_pid()
-        process.stdin.close()
-        assert process.wait(15) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    stderr = process.stderr.read().decode()
-    assert "Traceback" not in stderr, stderr
-    assert wait_until(lambda: not alive(server), 5)
+        end_cleanly(gateway, process)
 
 
 def test_a_slow_call_times_out_and_a_server_that_exits_ends_the_session(gateway):
-    process = gateway.popen("--call-timeout", "1")
-    try:
+    with raw_gateway(gateway, "--call-timeout", "1") as process:
         exchange(process, [INITIALIZE], 1)
         call = {"name": "wait", "arguments": {"seconds": 30}}
         (late,) = exchange(
@@ -400,9 +404,6 @@ def test_a_slow_call_times_out_and_a_server_that_exits_ends_the_session(gateway)
         server = gateway.server_pid()
         os.kill(server, signal.SIGKILL)  # the server dies: the session ends, exit code 3
         assert process.wait(15) == 3
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.stdout.read() == b""  # the client's pipe is closed
     assert "Traceback" not in process.stderr.read().decode()
 
@@ -445,3 +446,17 @@ def test_a_revoked_passport_starts_no_server(gateway, agent):
     assert refused.returncode == 1, refused.stderr
     assert "revoked" in refused.stderr and "Traceback" not in refused.stderr
     assert not gateway.pid_file.exists()
+
+
+def test_the_server_dies_with_a_gateway_killed_outright(gateway):
+    call = {"name": "wait", "arguments": {"seconds": 30}}  # busy: EOF alone would not stop it
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}
+    with raw_gateway(gateway) as process:
+        exchange(process, [INITIALIZE], 1)
+        process.stdin.write(json.dumps(request).encode() + b"\n")
+        process.stdin.flush()
+        server = gateway.server_pid()
+        time.sleep(0.5)
+        process.kill()  # SIGKILL: no clean-up code of the gateway runs
+        process.wait(15)
+    assert wait_until(lambda: not alive(server), 5)

@@ -55,7 +55,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -592,13 +592,20 @@ async def _quietly(coroutine: Any) -> None:
 
 
 # -- processes and pipes --------------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent() -> None:
-    """In the server's child: SIGKILL when the gateway dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _die_with_parent() -> Callable[[], object] | None:
+    """A preexec function for the server's child: SIGKILL when the gateway dies (even by
+    SIGKILL). libc is looked up here, in the parent: the child, forked from a process with
+    threads, only makes the one call. None where prctl does not exist."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def start_server(
@@ -611,7 +618,7 @@ async def start_server(
         stdout=asyncio.subprocess.PIPE,
         env=dict(env),
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=_die_with_parent(),
         limit=READ_CHUNK,
     )
 
