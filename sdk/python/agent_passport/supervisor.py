@@ -26,7 +26,11 @@ follows the revocation channel; the decisions are taken on the supervisor's main
 
 The child gets AGENT_PASSPORT_TOKEN, AGENT_PASSPORT_REGISTRY, AGENT_PASSPORT_REDIS and
 AGENT_PASSPORT_JURISDICTION (and, with ``--renew``, AGENT_PASSPORT_TOKEN_FILE), so a cooperating
-agent can use the in-process guard too. Start, exit and kill go to the action log
+agent can use the in-process guard too. With ``--egress-proxy`` the supervisor also serves an
+:class:`~agent_passport.egress.EgressProxy` on 127.0.0.1 (a free port) with the same guard, and
+the child gets HTTP_PROXY, HTTPS_PROXY, ALL_PROXY (and the lower-case forms) pointing at it and
+an empty NO_PROXY/no_proxy, so every connection that honours them is checked as
+``net:connect:HOST:PORT``. Start, exit and kill go to the action log
 (``proc:start``, ``proc:exit``, ``proc:kill``).
 
 Exit codes:
@@ -61,6 +65,7 @@ from typing import Any
 
 import requests
 
+from agent_passport.egress import EgressProxy
 from agent_passport.errors import PassportError
 from agent_passport.guard import Guard
 from agent_passport.proctree import CONTAINMENTS, ContainmentError, ProcessTree
@@ -94,6 +99,7 @@ STALE_LOG_INTERVAL = 5.0  # --on-stale continue logs this often
 RENEW_BEFORE = 120.0  # renew at most this long before expiry (and once a third is left)
 RENEW_RETRY = 5.0  # seconds between renewal attempts after a failure worth retrying
 RENEW_TIMEOUT = 5.0
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 def _seconds(text: str) -> float:
@@ -126,6 +132,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="renew the passport through the registry before it expires (if the operator "
         "allowed it: agent_may_renew)",
+    )
+    parser.add_argument(
+        "--egress-proxy",
+        action="store_true",
+        help="serve an egress proxy on 127.0.0.1 (every connection checked as "
+        "net:connect:HOST:PORT) and point the command's HTTP(S)_PROXY/ALL_PROXY at it",
     )
     parser.add_argument(
         "--containment",
@@ -182,6 +194,7 @@ class Supervisor:
         self.child_exited = False
         self.token_dir: Path | None = None
         self.renewal: _Renewal | None = None
+        self.proxy: EgressProxy | None = None
         self.reporter.heartbeat = self.heartbeat
         self.guard.on_kill(self._woken)
 
@@ -210,11 +223,18 @@ class Supervisor:
         refusal = self._refusal()
         if refusal:
             return _refuse(refusal)
+        if self.args.egress_proxy:
+            try:
+                self.proxy = EgressProxy(self.guard).start()
+            except OSError as exc:
+                return _refuse(f"cannot start the egress proxy: {exc.strerror or exc}")
         try:
             tree = ProcessTree(
                 self.command, env=self._child_env(), containment=self.args.containment
             )
         except ContainmentError as exc:
+            if self.proxy is not None:
+                self.proxy.stop()
             return _refuse(str(exc))
         self.tree = tree
         where = f"cgroup {tree.cgroup}" if tree.cgroup else "subreaper, descendants from /proc"
@@ -228,6 +248,7 @@ class Supervisor:
             _say(
                 f"passport {self.guard.jti} (agent {self.guard.agent_id}) valid; "
                 f"process tree owned by {tree.mechanism} ({where}); {self.program} is pid {pid}"
+                + (f"; egress proxy {self.proxy.url}" if self.proxy is not None else "")
             )
             self._record(
                 "proc:start",
@@ -244,6 +265,8 @@ class Supervisor:
             if tree.pids():
                 tree.stop(self.args.grace)
             tree.close()
+            if self.proxy is not None:
+                self.proxy.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.reporter.heartbeat_now()
@@ -270,6 +293,10 @@ class Supervisor:
         env[REDIS_ENV] = self.args.redis
         if self.args.jurisdiction:
             env[JURISDICTION_ENV] = self.args.jurisdiction
+        if self.proxy is not None:
+            for name in PROXY_VARIABLES:
+                env[name] = env[name.lower()] = self.proxy.url
+            env["NO_PROXY"] = env["no_proxy"] = ""
         if self.args.renew:
             self.token_dir = Path(tempfile.mkdtemp(prefix="agent-passport-run-"))
             env[TOKEN_FILE_ENV] = str(self._write_token(self.session.token))
@@ -497,6 +524,9 @@ class _Renewal:
         guard.on_kill(supervisor._woken)
         supervisor.guard = guard
         supervisor.reporter.token = guard.token
+        if supervisor.proxy is not None:  # new connections are checked with the new passport
+            supervisor.proxy.guard = guard
+            guard.on_kill(supervisor.proxy._on_kill)
         if supervisor.token_dir is not None:
             supervisor._write_token(guard.token)
         _say(f"passport renewed: now {guard.jti}, valid until {time.ctime(guard.claims['exp'])}")
