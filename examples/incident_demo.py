@@ -8,6 +8,13 @@ connection out and to start a crypto miner. Both are denied and recorded. The fi
 reports crypto-mining traffic from the agent's host; a kill rule stops the agent; its guard
 refuses at once; the timeline shows it all in order; the audit log verifies.
 
+With ``--uncooperative`` the agent does not use the SDK at all: it is
+``examples/uncooperative_agent.py``, a plain script that imports nothing of ours, run under
+``agent-passport run --egress-proxy``. Its reverse tunnel to ``…:22`` goes through the egress
+proxy (denied: 403, logged), it starts a double-forked ``setsid`` miner and a helper that
+ignores SIGTERM; the firewall's signal kills the agent and the supervisor stops its whole process
+tree, then acknowledges it ("process tree stopped: N processes") in the agent's status.
+
 It refuses to start while a fleet or global kill would stop its agent (and names the one to
 lift), and says in a sentence if its agent is stopped before the incident plays out.
 """
@@ -16,14 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from agent_passport.errors import GuardError, PassportRevoked, ScopeDenied
@@ -33,6 +44,8 @@ from agent_passport.reporter import ActionReporter
 
 AGENT_HOST = "10.20.30.40"
 FLEET = "rl-training"
+UNCOOPERATIVE_AGENT = Path(__file__).resolve().parent / "uncooperative_agent.py"
+GRACE = 1  # seconds the supervisor waits between SIGTERM and SIGKILL
 
 
 class Registry:
@@ -112,17 +125,7 @@ def play_incident(
         say(f"The agent was stopped before the incident could play out: {exc}")
         return None, None
     reporter.flush(timeout=10)
-    signal = registry.call(
-        "POST",
-        "signals",
-        json={
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "source_ip": AGENT_HOST,
-            "destination": "pool.minexmr.example:4444",
-            "category": "cryptomining",
-            "raw": {"firewall": "fw-edge-1", "bytes_out": 1_839_204},
-        },
-    )
+    signal = firewall_signal(registry)
     signalled = time.monotonic()
     say(f"6. firewall: cryptomining traffic from {AGENT_HOST} (matched {signal['matched_agent']})")
     while time.monotonic() - signalled < 5:
@@ -138,9 +141,27 @@ def play_incident(
     return signal, None
 
 
-def show_timeline(registry: Registry, agent: dict, say: Callable[[str], None]) -> list[dict]:
+def firewall_signal(registry: Registry) -> dict:
+    """The firewall reports crypto-mining traffic from the agent's host."""
+    result: dict = registry.call(
+        "POST",
+        "signals",
+        json={
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "source_ip": AGENT_HOST,
+            "destination": "pool.minexmr.example:4444",
+            "category": "cryptomining",
+            "raw": {"firewall": "fw-edge-1", "bytes_out": 1_839_204},
+        },
+    )
+    return result
+
+
+def show_timeline(
+    registry: Registry, agent: dict, say: Callable[[str], None], number: int = 8
+) -> list[dict]:
     timeline = registry.call("GET", f"agents/{agent['id']}/timeline")["items"]
-    say("8. timeline:")
+    say(f"{number}. timeline:")
     for item in timeline:
         what = (
             item.get("action")
@@ -202,6 +223,156 @@ def run_scenario(
     }
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float, every: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def supervised_copy(registry: Registry, agent: dict, stopped: bool) -> dict | None:
+    """The agent's supervised copy from its status (once its tree is stopped, if ``stopped``)."""
+    for copy in registry.call("GET", f"agents/{agent['id']}/status")["copies"]:
+        if copy["supervised"] and (copy["stopped"] is not None or not stopped):
+            return dict(copy)
+    return None
+
+
+def supervise(
+    registry: Registry, token_file: str, redis_url: str, issuer: str | None, work: str
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """Start the uncooperative agent under ``agent-passport run --egress-proxy`` in a session
+    of its own; the files its processes, its output and the supervisor's log go to."""
+    files = {name: os.path.join(work, name) for name in ("pids", "agent.out", "supervisor.log")}
+    argv = [
+        sys.executable, "-m", "agent_passport", "run",
+        "--token-file", token_file, "--registry", registry.url, "--redis", redis_url,
+        "--jurisdiction", "DE", "--egress-proxy", "--grace", str(GRACE),
+        *(["--issuer", issuer] if issuer else []),
+        "--", sys.executable, str(UNCOOPERATIVE_AGENT), "--pids", files["pids"],
+    ]  # fmt: skip
+    open(files["pids"], "w").close()
+    with open(files["agent.out"], "wb") as out, open(files["supervisor.log"], "wb") as log:
+        process = subprocess.Popen(argv, stdout=out, stderr=log, start_new_session=True)
+    return process, files
+
+
+def read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def play_uncooperative(
+    registry: Registry,
+    agent: dict,
+    process: subprocess.Popen[bytes],
+    files: dict[str, str],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The agent (no SDK) acts under the supervisor, the firewall reports it, the rule kills it,
+    the supervisor stops the tree. Returns what happened; raises SystemExit if it cannot start."""
+
+    def started() -> bool:
+        return "ready" in read(files["pids"]) or process.poll() is not None
+
+    if not wait_for(started, 30) or process.poll() is not None:
+        raise SystemExit(
+            f"The supervised agent did not start:\n{read(files['supervisor.log']).strip()}"
+        )
+    roles = {
+        role: int(pid) for role, pid in (line.split() for line in read(files["pids"]).splitlines())
+    }
+    owned = [line for line in read(files["supervisor.log"]).splitlines() if "owned by" in line]
+    say(f"4. supervisor: {owned[0].removeprefix('agent-passport run: ') if owned else '?'}")
+    for line in read(files["agent.out"]).splitlines():
+        say(f"5. {line}")
+    say(
+        f"   (agent pid {roles['ready']}, miner pid {roles['miner']} in a session of its own, "
+        f"helper pid {roles['stubborn']})"
+    )
+    # The deny is in the action log and the supervisor's copy reported before the firewall speaks.
+    wait_for(lambda: supervised_copy(registry, agent, stopped=False), 10, every=0.1)
+    signalled = time.monotonic()  # the rule kills while the signal's POST is answered
+    alert = firewall_signal(registry)
+    say(f"6. firewall: cryptomining traffic from {AGENT_HOST} (matched {alert['matched_agent']})")
+    every_gone = wait_for(lambda: all(gone(pid) for pid in roles.values()), 10, every=0.005)
+    stopped_after = time.monotonic() - signalled if every_gone else None
+    try:
+        exit_code: int | None = process.wait(15)
+    except subprocess.TimeoutExpired:
+        exit_code = None
+    copy = wait_for(lambda: supervised_copy(registry, agent, stopped=True), 10, every=0.1)
+    if stopped_after is None or copy is None:
+        say(f"7. the supervised tree was NOT stopped:\n{read(files['supervisor.log']).strip()}")
+    else:
+        stop = copy["stopped"]
+        say(
+            f"7. supervisor ({copy['mechanism']}, pid {copy['pid']} on {copy['host']}): "
+            f"process tree stopped: {stop['processes']} processes, {stop['sigkilled']} needed "
+            f"SIGKILL after {GRACE} s; the last was gone {stopped_after * 1000:.0f} ms after "
+            f"the signal (exit code {exit_code})"
+        )
+    return {
+        "roles": roles,
+        "signal": alert,
+        "stopped_after": stopped_after,
+        "exit_code": exit_code,
+        "copy": copy,
+        "supervisor_log": read(files["supervisor.log"]),
+        "agent_output": read(files["agent.out"]),
+        "pids_file": files["pids"],
+    }
+
+
+def run_uncooperative_scenario(
+    registry_url: str,
+    operator_token: str,
+    redis_url: str,
+    *,
+    issuer: str | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The incident with an agent that does not use the SDK, contained from outside its code."""
+    registry = Registry(registry_url, operator_token)
+    refuse_if_stopped_already(registry)
+    agent, passport = prepare(registry, say)
+    with tempfile.TemporaryDirectory(prefix="aps-demo-") as work:
+        token_file = os.path.join(work, "passport.jwt")
+        descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(passport["token"])
+        process, files = supervise(registry, token_file, redis_url, issuer, work)
+        try:
+            result = play_uncooperative(registry, agent, process, files, say)
+        finally:
+            if process.poll() is None:  # something went wrong: the supervisor stops its tree
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(15)
+    timeline = show_timeline(registry, agent, say, number=8)
+    audit_status = registry.call("GET", "audit")
+    say(
+        f"9. audit log: {'intact' if audit_status['ok'] else 'TAMPERED'} "
+        f"({audit_status['events']} events)"
+    )
+    return {
+        **result,
+        "agent": agent,
+        "passport": passport,
+        "timeline": timeline,
+        "audit": audit_status,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -209,9 +380,18 @@ def main() -> int:
     )
     parser.add_argument("--token", default=os.environ.get("APS_TOKEN"), help="admin API token")
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--uncooperative",
+        action="store_true",
+        help="the agent does not use the SDK: it runs under agent-passport run --egress-proxy",
+    )
     args = parser.parse_args()
     if not args.token:
         parser.error("give --token (the demo admin token printed by `make run`)")
+    if args.uncooperative:
+        result = run_uncooperative_scenario(args.registry, args.token, args.redis)
+        stopped = result["stopped_after"] is not None and result["copy"] is not None
+        return 0 if stopped and result["audit"]["ok"] else 1
     result = run_scenario(args.registry, args.token, args.redis)
     return 0 if result["refused_after"] is not None and result["audit"]["ok"] else 1
 

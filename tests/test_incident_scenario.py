@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -14,7 +15,13 @@ from actions.models import ActionEvent
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
 from agent_passport.reporter import ActionReporter
-from examples.incident_demo import Registry, play_incident, run_scenario
+from agent_passport.supervisor import EXIT_KILLED
+from examples.incident_demo import (
+    Registry,
+    play_incident,
+    run_scenario,
+    run_uncooperative_scenario,
+)
 from killswitch import publisher, services
 from killswitch.models import Revocation
 from passports.auth import create_api_token
@@ -112,3 +119,64 @@ def test_the_demo_says_in_a_sentence_when_its_agent_is_stopped_early(
     (line,) = lines
     assert line.startswith("The agent was stopped before the incident could play out: ")
     assert "tunnel" in line
+
+
+def tree_survivors(roles: dict[str, int], marker: str) -> list[psutil.Process]:
+    """Processes of the demo's agent tree still alive: its pids, and anything whose command
+    line names its pids file (a child the agent started that the pids file missed)."""
+    survivors = []
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        named = process.info["pid"] in roles.values() or marker in (process.info["cmdline"] or [])
+        if named and process.info["status"] != psutil.STATUS_ZOMBIE:
+            survivors.append(process)
+    return survivors
+
+
+def test_the_incident_with_an_agent_that_does_not_use_the_sdk(
+    live_server, settings, django_user_model, revocation_heartbeat
+):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    admin = make_user(django_user_model, "incident-admin", Role.ADMIN)
+    lines: list[str] = []
+    result = run_uncooperative_scenario(
+        live_server.url, create_api_token(user=admin), settings.REDIS_URL, say=lines.append
+    )
+    transcript = "\n".join(lines)
+
+    # The tunnel went to the egress proxy, which refused it (403) and logged the deny.
+    assert "reverse tunnel: CONNECT 198.51.100.7:22 through http://127.0.0.1:" in transcript
+    assert "Tunnel connection failed: 403 Forbidden" in transcript
+    agent = Agent.objects.get(pk=result["agent"]["id"])
+    (tunnel,) = ActionEvent.objects.filter(agent=agent, action="net:connect")
+    assert (tunnel.resource, tunnel.decision) == ("198.51.100.7:22", "deny")
+    assert tunnel.details == {"proxy": "CONNECT"}
+
+    # The firewall's signal killed the agent; the supervisor stopped the whole tree: the agent,
+    # its double-forked setsid miner and the helper that ignores SIGTERM (SIGKILLed after grace).
+    assert agent.status == Agent.Status.KILLED
+    revocation = Revocation.objects.get(target_value=str(agent.pk))
+    assert revocation.source == "rule" and "cryptomining" in revocation.reason
+    assert result["exit_code"] == EXIT_KILLED, result["supervisor_log"]
+    assert result["stopped_after"] is not None, transcript
+    assert set(result["roles"]) == {"miner", "stubborn", "ready"}
+    assert tree_survivors(result["roles"], result["pids_file"]) == []
+
+    # The acknowledgement: the supervised copy applied the epoch and reported its tree stopped.
+    copy = result["copy"]
+    assert copy["supervised"] and copy["state"] == "stopped"
+    assert copy["epoch"] is not None and copy["epoch"] >= revocation.epoch
+    assert copy["stopped"]["processes"] == 3 and copy["stopped"]["sigkilled"] == 1
+    assert copy["stopped"]["cause"] == "revoked" and copy["stopped"]["epoch"] == revocation.epoch
+    assert "process tree stopped: 3 processes, 1 needed SIGKILL after 1 s" in transcript
+
+    kinds = [item["type"] for item in result["timeline"]]
+    actions = [
+        (item["action"], item["decision"])
+        for item in result["timeline"]
+        if item["type"] == "action"
+    ]
+    assert ("net:connect", "deny") in actions and ("proc:kill", "deny") in actions
+    assert actions.index(("proc:start", "allow")) < actions.index(("net:connect", "deny"))
+    assert kinds.index("signal") < kinds.index("revocation")
+    assert result["audit"]["ok"] is True
