@@ -1,5 +1,6 @@
 """Every shell example in README runs, in the order README shows them, against `make run`'s
-service (the real run command on a free port): walkthrough, kill switch, incident demo."""
+service (the real run command on a free port): walkthrough, kill switch, incident demo (with
+and without the SDK)."""
 
 import json
 import re
@@ -72,4 +73,8 @@ def test_readme_shell_examples_work_in_order(tmp_path):
     assert "allowed: allowed by rule 'fs:*:/workspace/**' in DE" in out, out
     # incident demo
     assert "7. agent: next action refused" in out and "9. audit log: intact" in out, out
+    # the incident with an agent that does not use the SDK, under the supervisor and egress proxy
+    assert "Tunnel connection failed: 403 Forbidden" in out, out
+    assert "process tree stopped: 3 processes, 1 needed SIGKILL after 1 s" in out, out
+    assert out.count("9. audit log: intact") == 2, out
     assert processes_marked(port) == []
