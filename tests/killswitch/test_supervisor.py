@@ -254,6 +254,22 @@ def test_stale_state_stops_the_tree(private_redis, private_redis_passport, run):
     assert not any(alive(pid) for pid in roles.values())
 
 
+def test_stale_state_with_continue_keeps_running_and_says_so(
+    private_redis, private_redis_passport, run
+):
+    supervised = run(
+        private_redis_passport["token"], "--max-staleness", "0.5", "--on-stale", "continue"
+    )
+    roles = supervised.roles()
+    private_redis.stop()
+    time.sleep(3)  # well past --max-staleness
+    assert supervised.process.poll() is None
+    assert all(alive(pid) and not frozen(pid, "subreaper") for pid in roles.values())
+    supervised.process.send_signal(signal.SIGINT)
+    assert supervised.wait() == 128 + signal.SIGINT
+    assert "the command KEEPS RUNNING UNCHECKED" in supervised.stderr()
+
+
 def frozen(pid: int, mechanism: str) -> bool:
     if mechanism == "subreaper":
         return psutil.Process(pid).status() == psutil.STATUS_STOPPED
