@@ -95,7 +95,11 @@ async def measure(quick: bool, gateway_argv: list[str], env: dict[str, str], pid
             for _ in range(20):
                 await client.call_tool("echo", {"text": "x"})
         gateway_pid = psutil.Process(int(pid_file.read_text())).ppid()  # the server's parent
+        idle_from, idle_cpu = time.monotonic(), process_cpu(str(gateway_pid))
+        await asyncio.sleep(3)  # the gateway idle: its watcher and reporter threads alone
         cpu_before = process_cpu(str(gateway_pid))
+        idle_per_s = (cpu_before - idle_cpu) / (time.monotonic() - idle_from)
+        measured_from = time.monotonic()
         calls_before = 20  # the gateway session's warm-up calls
         for block in range(blocks):
             order = [("direct", plain), ("gateway", guarded)]
@@ -111,8 +115,14 @@ async def measure(quick: bool, gateway_argv: list[str], env: dict[str, str], pid
                 timings["gateway_refusal"].append((time.perf_counter() - start) * 1e6)
                 assert refused.is_error
         gateway_calls = len(timings["gateway"]) + len(timings["gateway_refusal"])
-        cpu_us = (process_cpu(str(gateway_pid)) - cpu_before) / gateway_calls * 1e6
-    return timings, round(cpu_us, 1), gateway_calls + calls_before
+        busy = process_cpu(str(gateway_pid)) - cpu_before
+        idle = idle_per_s * (time.monotonic() - measured_from)
+    cpu = {
+        "per_call_us": round(busy / gateway_calls * 1e6, 1),
+        "per_call_us_above_idle": round((busy - idle) / gateway_calls * 1e6, 1),
+        "idle_ms_per_s": round(idle_per_s * 1e3, 1),
+    }
+    return timings, cpu, gateway_calls + calls_before
 
 
 def body(run: Run, quick: bool) -> int:
@@ -140,7 +150,7 @@ def body(run: Run, quick: bool) -> int:
     env = {"AGENT_PASSPORT_TOKEN": token, "PYTHONPATH": str(SDK_DIR)}
     pid_file = run.workdir / "server.pid"
     try:
-        timings, cpu_us, calls = asyncio.run(measure(quick, argv, env, pid_file))
+        timings, cpu, calls = asyncio.run(measure(quick, argv, env, pid_file))
         deadline = time.monotonic() + 10
         while len(sink.events) < calls and time.monotonic() < deadline:
             time.sleep(0.1)  # the gateway's reporter flushes as the session ends
@@ -155,7 +165,7 @@ def body(run: Run, quick: bool) -> int:
         "scope_rules": len(SCOPE),
         "calls_us": rows,
         "added_per_call_us": added,
-        "gateway_cpu_us_per_call": cpu_us,
+        "gateway_cpu": cpu,
         "events_reported": len(sink.events),
         "gateway_calls": calls,
     }
@@ -168,7 +178,11 @@ def body(run: Run, quick: bool) -> int:
         )
     )
     print(f"added by the gateway: p50 {added['p50']:.0f} µs, p99 {added['p99']:.0f} µs")
-    print(f"gateway CPU per call: {cpu_us:.0f} µs; events reported {len(sink.events)}/{calls}")
+    print(
+        f"gateway CPU per call: {cpu['per_call_us']:.0f} µs "
+        f"({cpu['per_call_us_above_idle']:.0f} µs above its idle {cpu['idle_ms_per_s']} ms/s); "
+        f"events reported {len(sink.events)}/{calls}"
+    )
     print(
         f"load average before {load_before['loadavg']}, after {report['machine']['after_loadavg']}"
     )

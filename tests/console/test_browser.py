@@ -20,9 +20,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
 
+from agent_passport.revocations import revocations_digest
 from killswitch import publisher
 from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation
@@ -691,3 +693,53 @@ def test_no_page_breaks_its_content_security_policy(page, user_with, agent, issu
     assert "script-src 'self'" in response.headers.get("content-security-policy", "")
     expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
     assert problems == [], problems
+
+
+# --- 5. supervised copies -----------------------------------------------------------------------
+
+
+def post_heartbeat(registry: str, token: str, heartbeat: dict) -> None:
+    """What a supervisor's reporter sends: a real HTTP POST with the agent's passport."""
+    response = requests.post(
+        f"{registry}/api/v1/actions",
+        json={"events": [], "heartbeat": heartbeat},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_the_acknowledgement_view_shows_the_copies_a_supervisor_stopped(
+    page, user_with, agent, issue, live_server
+):
+    operator = user_with(Role.OPERATOR)
+    token = issue()["token"]
+    revocation = kill_agent(operator, agent)
+    digest = revocations_digest([revocation.pk])
+    applied = {"epoch": revocation.epoch, "digest": digest, "host": "trainer-1"}
+    post_heartbeat(live_server.url, token, {**applied, "pid": 4100})  # an in-process SDK copy
+    tree = {"mechanism": "cgroup", "child_pid": 4243, "processes": 3, "state": "running"}
+    post_heartbeat(live_server.url, token, {**applied, "pid": 4242, "supervisor": tree})
+    sign_in(page, operator)
+    page.goto(f"/revocations/{revocation.pk}/")
+    supervised = page.locator("[data-acks] tr.copy-row", has_text="trainer-1:4242")
+    expect(supervised).to_contain_text("process tree running: 3 processes")
+    expect(supervised.locator(".badge")).to_have_text("stopping")
+    expect(page.locator('[data-field="acknowledged"]')).to_have_text("0")
+
+    # The supervisor stops the tree and says so in its next heartbeat; the page (polling every
+    # 0.5 s) shows it without a reload.
+    stopped = {"epoch": revocation.epoch, "cause": "revoked", "processes": 50, "sigkilled": 1,
+               "at": time.time()}  # fmt: skip
+    final = {**tree, "processes": 0, "state": "stopped", "stopped": stopped}
+    post_heartbeat(live_server.url, token, {**applied, "pid": 4242, "supervisor": final})
+    expect(supervised).to_contain_text("process tree stopped: 50 processes, 1 after SIGKILL")
+    expect(supervised).to_contain_text("supervisor (cgroup)")
+    expect(supervised.locator(".badge")).to_have_text("acknowledged")
+    in_process = page.locator("[data-acks] tr.copy-row", has_text="trainer-1:4100")
+    expect(in_process).to_contain_text("in-process SDK (no process tree)")
+    expect(in_process.locator(".badge")).to_have_text("acknowledged")
+    expect(page.locator('[data-field="acknowledged"]')).to_have_text("1")
+    expect(page.locator('[data-field="processes_stopped"]')).to_have_text("50")
+    page.screenshot(path="/tmp/acks-supervised-copies.png", full_page=True)
+    screenshot(page, "revocation-acks-supervised.png", full_page=True)

@@ -204,10 +204,10 @@ def test_an_unreachable_revocation_channel_refuses_to_start(passport, run, live_
 def test_the_tree_is_stopped_at_passport_expiry(issue, live_server, settings, run, agent):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
-    short = issue(scope=SCOPE, jurisdiction=["EU"], ttl_seconds=3)
+    short = issue(scope=SCOPE, jurisdiction=["EU"], ttl_seconds=5)
     supervised = run(short["token"], "--grace", "0.2")
     roles = supervised.roles()
-    assert supervised.wait(timeout=10) == EXIT_EXPIRED
+    assert supervised.wait(timeout=15) == EXIT_EXPIRED
     assert "expires in" in supervised.stderr()
     assert not any(alive(pid) for pid in roles.values())
     (stop,) = events(agent, "proc:kill")
@@ -252,6 +252,22 @@ def test_stale_state_stops_the_tree(private_redis, private_redis_passport, run):
     assert supervised.wait(timeout=10) == EXIT_STALE
     assert "revocation state not current" in supervised.stderr()
     assert not any(alive(pid) for pid in roles.values())
+
+
+def test_stale_state_with_continue_keeps_running_and_says_so(
+    private_redis, private_redis_passport, run
+):
+    supervised = run(
+        private_redis_passport["token"], "--max-staleness", "0.5", "--on-stale", "continue"
+    )
+    roles = supervised.roles()
+    private_redis.stop()
+    time.sleep(3)  # well past --max-staleness
+    assert supervised.process.poll() is None
+    assert all(alive(pid) and not frozen(pid, "subreaper") for pid in roles.values())
+    supervised.process.send_signal(signal.SIGINT)
+    assert supervised.wait() == 128 + signal.SIGINT
+    assert "the command KEEPS RUNNING UNCHECKED" in supervised.stderr()
 
 
 def frozen(pid: int, mechanism: str) -> bool:
@@ -305,10 +321,10 @@ def test_a_kill_while_paused_stops_the_tree_when_redis_is_back(
 def test_renew_refused_by_the_registry_still_stops_at_expiry(issue, live_server, settings, run):
     settings.PASSPORT_ISSUER = live_server.url
     publisher.reconcile()
-    short = issue(scope=SCOPE, jurisdiction=["EU"], ttl_seconds=3)  # agent_may_renew: off
+    short = issue(scope=SCOPE, jurisdiction=["EU"], ttl_seconds=5)  # agent_may_renew: off
     supervised = run(short["token"], "--renew", "--grace", "0.2")
     roles = supervised.roles()
-    assert supervised.wait(timeout=10) == EXIT_EXPIRED
+    assert supervised.wait(timeout=15) == EXIT_EXPIRED
     stderr = supervised.stderr()
     assert "not renewed" in stderr or "renewal failed" in stderr, stderr
     assert not any(alive(pid) for pid in roles.values())

@@ -261,7 +261,7 @@ INITIALIZE = (
 )
 
 
-def test_malformed_input_gets_json_rpc_errors_and_the_gateway_keeps_serving(gateway):
+def test_malformed_input_gets_json_rpc_errors_and_the_gateway_keeps_serving(gateway, agent):
     with raw_gateway(gateway, "--max-message-bytes", "4096") as process:
         (init,) = exchange(process, [INITIALIZE], 1)
         assert init["id"] == 0 and "result" in init
@@ -285,6 +285,8 @@ def test_malformed_input_gets_json_rpc_errors_and_the_gateway_keeps_serving(gate
         (pong,) = exchange(process, [], 1)
         assert pong == {"jsonrpc": "2.0", "id": 10, "result": {}}
         end_cleanly(gateway, process)
+    malformed = ActionEvent.objects.filter(agent=agent, action="tool:files", decision="deny")
+    assert wait_until(lambda: malformed.filter(reason__startswith="malformed").exists(), 10)
 
 
 def test_bad_command_lines_exit_2_with_a_sentence(gateway, capsys, monkeypatch):

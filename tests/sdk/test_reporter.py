@@ -453,7 +453,7 @@ def test_a_stream_of_denies_is_posted_at_most_every_deny_spacing(scripted_regist
         reporter.record(time.time(), "fs:write", f"/etc/{elapsed}", None, False, "not in scope")
         time.sleep(0.001)
     wait_until(lambda: reporter.sent == sum(reporter.batches) > 0 and not reporter.buffered)
-    # One post per deny would be hundreds; one per DENY_SPACING is at most 1 / 0.05 + 1.
+    # One post per deny would be hundreds; one per DENY_SPACING is at most 1 / 0.1 + 1.
     assert 2 <= len(reporter.batches) <= 1.0 / DENY_SPACING + 3, reporter.batches
 
 

@@ -56,7 +56,7 @@
         ]));
         a.copies.forEach(function (c) {
           rows.push(el("tr", {class: "copy-row" + (c.stopped ? " tree-stopped" : "")}, [
-            el("td", {class: "mono"}, ["↳ " + c.host + ":" + c.pid]), el("td", {}, [c.kind]),
+            el("td", {class: "mono nowrap"}, ["↳ " + c.host + ":" + c.pid]), el("td", {}, [c.kind]),
             el("td", {}, [c.epoch_seen]),
             el("td", {}, [el("span", {class: "badge " + c.state}, [c.state])]),
             el("td", {}, [c.tree]), el("td", {class: "muted"}, [when(c.last_seen)])

@@ -437,7 +437,9 @@ class Gateway:
         self, ident: types.RequestId, params: Mapping[str, Any]
     ) -> types.JSONRPCMessage | None:
         name, arguments = params.get("name"), params.get("arguments")
+        action = f"tool:{self.server}"
         if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
+            self._record_refusal(action, None, "malformed tools/call (params.name, .arguments)")
             return error_response(
                 ident,
                 types.INVALID_PARAMS,
@@ -447,23 +449,29 @@ class Gateway:
         details: dict[str, Any] = {"arguments": names[:MAX_ARGUMENT_NAMES]}
         if len(names) > MAX_ARGUMENT_NAMES:
             details["more_arguments"] = len(names) - MAX_ARGUMENT_NAMES
-        action = f"tool:{self.server}"
         if not TOOL_NAME.fullmatch(name):
             reason = (
                 f"tool name {name[:80]!r} is outside the MCP tool-name grammar "
                 "([A-Za-z0-9._-]{1,128}), so no scope rule can name it"
             )
             logger.warning("refused %s: %s", action, reason)
-            if self.guard.reporter is not None:
-                self.guard.reporter.record(
-                    time.time(), action, name[:200], self.guard.jurisdiction, False, reason, details
-                )
+            self._record_refusal(action, name[:200], reason, details)
             return refused_tool_result(ident, f"agent-passport refused the call: {reason}")
         try:
             self.guard.check(action, name, details=details)
         except GuardError as exc:
             return refused_tool_result(ident, f"agent-passport refused {action}:{name}: {exc}")
         return None
+
+    def _record_refusal(
+        self, action: str, resource: str | None, reason: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """A call refused before the guard could be asked (it cannot be expressed as a check)
+        is still in the action log."""
+        if self.guard.reporter is not None:
+            self.guard.reporter.record(
+                time.time(), action, resource, self.guard.jurisdiction, False, reason, details
+            )
 
     def _checked(
         self, ident: types.RequestId, action: str, resource: object, what: str

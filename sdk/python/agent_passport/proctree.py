@@ -78,11 +78,16 @@ def cgroup2_root() -> Path | None:
         own = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
-    mount = next((line.split()[4] for line in mounts if " - cgroup2 " in line), None)
+    # mountinfo: "id parent dev ROOT MOUNTPOINT ... - cgroup2 ..."; ROOT is the part of the
+    # hierarchy mounted there (not "/" inside a container with a cgroup namespace of its own).
+    mount = next((line.split()[3:5] for line in mounts if " - cgroup2 " in line), None)
     path = next((line[3:] for line in own if line.startswith("0::")), None)
     if mount is None or path is None:
         return None
-    base = Path(mount) / path.lstrip("/")
+    root, mountpoint = mount
+    if not (path == root or path.startswith(root.rstrip("/") + "/")):
+        return None  # our cgroup is not below what is mounted
+    base = Path(mountpoint) / path[len(root.rstrip("/")) :].lstrip("/")
     return base if (base / "cgroup.procs").exists() and os.access(base, os.W_OK) else None
 
 

@@ -81,7 +81,10 @@ WARNING_INTERVAL = 10.0  # the same warning is logged at most this often
 SPILL_INTERVAL = 0.005  # while the registry is unreachable, the buffer goes to disk this often
 STALLED_POST = 0.5  # a post in flight this long counts as an outage: its followers go to disk
 MAX_SPILL_BYTES = 256 * 2**20
-DENY_SPACING = 0.05  # posts woken by denies start at least this far apart (a stream of denies)
+# Posts woken by denies start at least this far apart: an agent looping on refused checks (as a
+# killed one may) posts at most 10 times a second, within the registry's default per-agent
+# ACTIONS_RATE_LIMIT (600/minute). The first deny after a quiet spell is posted at once.
+DENY_SPACING = 0.1
 
 _Record = tuple[float, str, str | None, str | None, bool, str, Mapping[str, Any] | None]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

@@ -41,8 +41,11 @@ export const SPILL_INTERVAL = 0.005;
 /** Seconds a post may be in flight before it counts as an outage: the events after it go to disk. */
 export const STALLED_POST = 0.5;
 export const MAX_SPILL_BYTES = 256 * 2 ** 20;
-/** Seconds between the starts of posts woken by denies (a stream of denies). */
-export const DENY_SPACING = 0.05;
+/**
+ * Seconds between the starts of posts woken by denies: an agent looping on refused checks posts at
+ * most 10 times a second (the registry's default ACTIONS_RATE_LIMIT is 600/minute per agent).
+ */
+export const DENY_SPACING = 0.1;
 const WARNING_INTERVAL = 10.0;
 const NOFOLLOW = fsConstants.O_NOFOLLOW ?? 0;
 
