@@ -93,3 +93,39 @@ def test_without_the_flag_the_child_gets_no_proxy(passport, run, tmp_path):  # n
     command = ["sh", "-c", f"env > {output}"]
     assert run(passport["token"], command=command).wait(20) == 0
     assert "_PROXY=" not in output.read_text().upper()
+
+
+def test_after_a_renewal_the_proxy_checks_with_the_new_passport(
+    operator_api,
+    agent,
+    live_server,
+    settings,
+    run,  # noqa: F811
+    origin,  # noqa: F811
+    tmp_path,
+):
+    settings.PASSPORT_ISSUER = live_server.url
+    publisher.reconcile()
+    body = {"agent": str(agent.id), "scope": SCOPE, "jurisdiction": ["EU"], "ttl_seconds": 6}
+    response = operator_api.post(
+        "/api/v1/passports", {**body, "agent_may_renew": True}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    output = tmp_path / "agent-output"
+    (tmp_path / "pids").touch()
+    # Once the token file holds the new passport (and the old one, superseded, is revoked on the
+    # channel), the agent opens a tunnel and fetches through the proxy.
+    command = [
+        "sh", "-c",
+        'while [ "$(cat "$AGENT_PASSPORT_TOKEN_FILE")" = "$AGENT_PASSPORT_TOKEN" ]; do sleep 0.1; '
+        f'done; sleep 1; exec "$@" > {output}', "sh",
+        sys.executable, str(AGENT), "--pids", str(tmp_path / "pids"),
+        "--tunnel", f"127.0.0.1:{origin}", "--fetch", f"http://127.0.0.1:{origin}/renewed",
+    ]  # fmt: skip
+    supervised = run(response.json()["token"], "--renew", "--egress-proxy", command=command)
+    assert wait_until(lambda: "ready" in (tmp_path / "pids").read_text(), timeout=15), (
+        supervised.stderr()
+    )
+    said = output.read_text()
+    assert f"CONNECT 127.0.0.1:{origin} through http://127.0.0.1:" in said, said
+    assert ": OPEN" in said and f"fetch http://127.0.0.1:{origin}/renewed: 200" in said, said
