@@ -344,6 +344,13 @@ def run_uncooperative_scenario(
 ) -> dict[str, Any]:
     """The incident with an agent that does not use the SDK, contained from outside its code."""
     registry = Registry(registry_url, operator_token)
+    with registry.session:  # its keep-alive connection ends with the demo, even an early exit
+        return _run_uncooperative(registry, redis_url, issuer, say)
+
+
+def _run_uncooperative(
+    registry: Registry, redis_url: str, issuer: str | None, say: Callable[[str], None]
+) -> dict[str, Any]:
     refuse_if_stopped_already(registry)
     agent, passport = prepare(registry, say)
     with tempfile.TemporaryDirectory(prefix="aps-demo-") as work:

@@ -180,3 +180,18 @@ def test_the_incident_with_an_agent_that_does_not_use_the_sdk(
     assert actions.index(("proc:start", "allow")) < actions.index(("net:connect", "deny"))
     assert kinds.index("signal") < kinds.index("revocation")
     assert result["audit"]["ok"] is True
+
+
+def test_the_uncooperative_demo_says_in_a_sentence_when_the_supervisor_refuses(
+    live_server, settings, django_user_model
+):
+    settings.PASSPORT_ISSUER = live_server.url
+    admin = make_user(django_user_model, "incident-admin", Role.ADMIN)
+    unreachable = "redis://127.0.0.1:1/0"  # no revocation channel: the supervisor must refuse
+    with pytest.raises(SystemExit) as stopped:
+        run_uncooperative_scenario(
+            live_server.url, create_api_token(user=admin), unreachable, say=lambda line: None
+        )
+    message = str(stopped.value.code)
+    assert message.startswith("The supervised agent did not start:"), message
+    assert "Traceback" not in message and "127.0.0.1:1" in message, message
