@@ -78,7 +78,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        if self.process.stderr is not None:
+        if self.process.stderr is not None and not self.process.stderr.closed:
             self.process.stderr.close()
 
 
@@ -361,3 +361,14 @@ def test_renew_swaps_in_the_new_passport_and_the_tree_outlives_the_old_one(
     kill_agent(operator_api, agent)
     assert supervised.wait() == EXIT_KILLED
     assert "passport renewed: now" in supervised.stderr()
+
+
+def test_a_supervisor_whose_stderr_reader_is_gone_still_stops_the_tree(
+    passport, run, operator_api, agent
+):
+    supervised = run(passport["token"], "--grace", "0.2")
+    roles = supervised.roles()
+    supervised.process.stderr.close()  # type: ignore[union-attr]  # e.g. its log collector died
+    kill_agent(operator_api, agent)
+    assert supervised.wait() == EXIT_KILLED
+    assert not any(alive(pid) for pid in roles.values())

@@ -49,6 +49,7 @@ A command may itself exit with one of these values: stderr and the action log te
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -168,12 +169,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _refuse(sentence: str) -> int:
-    print(f"agent-passport run: refusing to start: {sentence}", file=sys.stderr)
+    _say(f"refusing to start: {sentence}")
     return EXIT_REFUSED
 
 
 def _say(message: str) -> None:
-    print(f"agent-passport run: {message}", file=sys.stderr, flush=True)
+    """One line on stderr; a closed stderr (its reader died) never stops the supervisor."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"agent-passport run: {message}", file=sys.stderr, flush=True)
 
 
 class Supervisor:
