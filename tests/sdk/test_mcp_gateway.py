@@ -21,6 +21,7 @@ from mcp.shared.exceptions import MCPError
 import agent_passport
 from actions.models import ActionEvent
 from agent_passport.cli import main as cli
+from agent_passport.session import EXIT_REFUSED
 from killswitch import publisher, services
 from passports import signing
 from tests.killswitch.conftest import wait_until
@@ -445,7 +446,7 @@ def test_a_revoked_passport_starts_no_server(gateway, agent):
         target=services.Target("agent", str(agent.pk)), reason="stop it", actor=None, source="api"
     )
     refused = run_gateway(gateway, gateway.argv(), stdin=subprocess.PIPE)
-    assert refused.returncode == 1, refused.stderr
+    assert refused.returncode == EXIT_REFUSED, refused.stderr
     assert "revoked" in refused.stderr and "Traceback" not in refused.stderr
     assert not gateway.pid_file.exists()
 

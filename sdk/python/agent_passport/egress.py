@@ -45,7 +45,7 @@ from typing import Any
 from agent_passport.errors import GuardError, RevocationStateStale
 from agent_passport.guard import Guard
 from agent_passport.revocations import RevocationEntry
-from agent_passport.session import CLIError, open_session
+from agent_passport.session import EXIT_EXPIRED, EXIT_KILLED, EXIT_REFUSED, CLIError, open_session
 
 logger = logging.getLogger(__name__)
 
@@ -698,9 +698,6 @@ async def _both(first: Awaitable[None], second: Awaitable[None]) -> None:
 
 # -- command line: agent-passport proxy ------------------------------------------------------
 # The exit codes of ``agent-passport run`` for the same events.
-EXIT_KILLED = 70  # stopped by a kill of the passport (its agent, its fleet, every agent)
-EXIT_REFUSED = 71  # not started: the passport is already revoked
-EXIT_EXPIRED = 73  # stopped when the passport expired
 
 
 def add_proxy_options(parser: argparse.ArgumentParser) -> None:

@@ -106,8 +106,6 @@ class Guard:
             )
         self.jurisdiction = jurisdiction
         self.reporter = reporter
-        if reporter is not None and reporter.heartbeat is None:
-            reporter.heartbeat = self.heartbeat  # report which revocation epoch we have seen
         self._owns_watcher = watcher is None
         if watcher is None:
             if redis_url is None:
@@ -115,6 +113,9 @@ class Guard:
             channel = RevocationChannel.from_claim(self.claims.get("rev"))
             watcher = RevocationWatcher(redis_url, channel=channel).start()
         self.watcher = watcher
+        if reporter is not None and reporter.heartbeat is None:
+            # Only now: a reporter already running would call it, and it reads the watcher.
+            reporter.heartbeat = self.heartbeat  # report which revocation epoch we have seen
         self._kill_callbacks: list[KillCallback] = []
         self._killed = threading.Event()
         self.kill_entry: RevocationEntry | None = None

@@ -66,7 +66,7 @@ from agent_passport.errors import GuardError
 from agent_passport.guard import Guard
 from agent_passport.revocations import RevocationEntry
 from agent_passport.rules import split_action
-from agent_passport.session import TOKEN_ENV, CLIError, open_session
+from agent_passport.session import EXIT_KILLED, EXIT_REFUSED, TOKEN_ENV, CLIError, open_session
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ class Outcome(enum.IntEnum):
     """How a session ended; the value is ``mcp-proxy``'s exit code."""
 
     CLIENT_CLOSED = 0
-    KILLED = 1
     SERVER_ENDED = 3
+    KILLED = EXIT_KILLED  # the passport was revoked during the session
+    REFUSED = EXIT_REFUSED  # revoked already: the MCP server was never started
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ class Gateway:
         self.guard.on_kill(on_kill)
         if self._killed.is_set() or self.guard.killed:
             logger.error("the passport is revoked; the MCP server is not started")
-            return Outcome.KILLED
+            return Outcome.REFUSED
         self.process = await start_server(self.command, self.env)
         assert self.process.stdin is not None and self.process.stdout is not None
         self._client = _Pipe(client_out)
@@ -715,8 +716,9 @@ def run(gateway: Gateway) -> Outcome:
 
 
 def cmd_mcp_proxy(args: argparse.Namespace) -> int:
-    """``agent-passport mcp-proxy``: exit code 0 when the client ended the session, 1 when the
-    passport was killed (or is not valid), 2 for bad input, 3 when the MCP server ended it."""
+    """``agent-passport mcp-proxy``: exit code 0 when the client ended the session, 3 when the
+    MCP server ended it, EXIT_KILLED when the passport was revoked during the session,
+    EXIT_REFUSED when it was revoked before, 1 for an invalid passport, 2 for bad input."""
     command = list(args.server_command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -736,6 +738,6 @@ def cmd_mcp_proxy(args: argparse.Namespace) -> int:
             outcome = run(gateway)
         except OSError as exc:
             raise CLIError(f"cannot run the MCP server {command[0]!r}: {exc}") from exc
-    if outcome is Outcome.KILLED:
+    if outcome in (Outcome.KILLED, Outcome.REFUSED):
         print("mcp-proxy: the passport was revoked; the MCP session is closed", file=sys.stderr)
     return int(outcome)

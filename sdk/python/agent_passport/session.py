@@ -22,6 +22,13 @@ from agent_passport.jwks import JWKSClient
 from agent_passport.reporter import ActionReporter
 from agent_passport.tokens import keys_from_jwks
 
+# Exit codes shared by the enforcement points (``run``, ``proxy``, ``mcp-proxy``); 2 is a usage
+# or input error everywhere, ``run`` otherwise passes on its command's own code.
+EXIT_KILLED = 70  # stopped by a kill of the passport, its agent, its fleet or every agent
+EXIT_REFUSED = 71  # not started: the passport is revoked, expired, not yet valid, or state stale
+EXIT_STALE = 72  # stopped because the revocation state could not be confirmed current
+EXIT_EXPIRED = 73  # stopped when the passport expired
+
 TOKEN_ENV = "AGENT_PASSPORT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 REGISTRY_ENV = "AGENT_PASSPORT_REGISTRY"
 ISSUER_ENV = "AGENT_PASSPORT_ISSUER"

@@ -72,6 +72,10 @@ from agent_passport.guard import Guard
 from agent_passport.proctree import CONTAINMENTS, ContainmentError, ProcessTree
 from agent_passport.revocations import RevocationEntry
 from agent_passport.session import (
+    EXIT_EXPIRED,
+    EXIT_KILLED,
+    EXIT_REFUSED,
+    EXIT_STALE,
     JURISDICTION_ENV,
     REDIS_ENV,
     REGISTRY_ENV,
@@ -85,10 +89,6 @@ from agent_passport.session import (
 
 logger = logging.getLogger(__name__)
 
-EXIT_KILLED = 70
-EXIT_REFUSED = 71
-EXIT_STALE = 72
-EXIT_EXPIRED = 73
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
