@@ -1,6 +1,7 @@
 """Agents authenticate to the action log with their own passport: ``Authorization: Bearer <token>``.
 
-Used only by ``POST /api/v1/actions``. The token must verify (signature, kid, algorithm, issuer,
+Used by ``POST /api/v1/actions`` and ``POST /api/v1/passports/self/renew`` (which refuses what
+is not active itself). The token must verify (signature, kid, algorithm, issuer,
 audience; expiry with an hour of leeway so spilled events can still be delivered) and name a
 passport issued here to the token's subject. Revoked, superseded and expired-within-leeway
 passports are accepted on purpose: what a killed agent did is audit evidence.
@@ -21,8 +22,9 @@ from passports.services import verify_passport_token
 _KEYWORD = b"bearer"
 REPORTING_LEEWAY_SECONDS = 3600
 AGENTS_ONLY_MESSAGE = (
-    "Only an agent posts its actions, with its own passport: 'Authorization: Bearer <passport "
-    "token>'. Operator API tokens read the action log (GET) with 'Token <key>'."
+    "Only an agent posts its actions (and renews its own passport), with its own passport: "
+    "'Authorization: Bearer <passport token>'. Operator API tokens read the action log (GET) "
+    "and renew passports (POST /api/v1/passports/{jti}/renew) with 'Token <key>'."
 )
 
 

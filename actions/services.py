@@ -181,6 +181,9 @@ def record_heartbeat(
         )
 
 
+TREE_COLUMNS = ("mechanism", "child_pid", "processes", "state")  # the supervisor's tree now
+
+
 def _copy_upsert_sql() -> str:
     """``INSERT ... ON CONFLICT (agent, host, pid) DO UPDATE`` (PostgreSQL and SQLite ≥ 3.24).
 
@@ -188,7 +191,9 @@ def _copy_upsert_sql() -> str:
     heartbeat, so each rule below compares the two inside the one atomic statement:
     - the epoch and its digest move only forward (a late post cannot lower them);
     - the tree's state, processes and child stay once the tree reached a final state;
-    - the stop record changes only to a later stop.
+    - the stop record changes only to a later stop;
+    - a heartbeat without ``supervisor`` from the same (host, pid) (a reused pid) clears the
+      tree: an in-process copy has none (a check constraint of the table).
     """
     quote = connection.ops.quote_name
     table = quote(AgentCopy._meta.db_table)
@@ -203,11 +208,16 @@ def _copy_upsert_sql() -> str:
         f"excluded.stopped_at IS NOT NULL AND "
         f"({stored['stopped_at']} IS NULL OR excluded.stopped_at >= {stored['stopped_at']})"
     )
+    in_process = "NOT excluded.supervised"  # then the copy has no tree: every column cleared
     rules = {
         "last_seen_epoch": newer_epoch,
         "last_seen_digest": newer_epoch,
-        **dict.fromkeys(["mechanism", "child_pid", "processes", "state"], live),
-        **{column: later_stop for column in columns if column.startswith("stopped_")},
+        **dict.fromkeys(TREE_COLUMNS, f"{in_process} OR {live}"),
+        **{
+            column: f"{in_process} OR ({later_stop})"
+            for column in columns
+            if column.startswith("stopped_")
+        },
     }
     keep = {"agent_id", "host", "pid", "first_seen_at"}
     assignments = [

@@ -14,10 +14,13 @@ A round: after a random pause (so the deny falls anywhere in the flush timer's p
 calls ``guard.check("tool:bench:forbidden")`` (ScopeDenied; the reporter records the deny);
 every copy waits for its guard's kill and confirms with ``guard.check`` that it refuses
 (PassportRevoked). Latency = the last copy's refusal minus the moment copy 1 started the
-forbidden check (all on this machine's clock). Split: deny -> the revocation's stream entry
-(XADD, in Redis: reporter, HTTP, ingest, rule, revoke, publish) and XADD -> the last copy
-refusing (Redis -> watchers). The kill is lifted after each round and every copy is seen
-allowing again. Rounds alternate between the two agents. Target: p99 <= 100 ms (deny at once).
+forbidden check (all on this machine's clock). Split: deny -> copy 1's reporter starts the post
+carrying the deny (the part this SDK change is about; a post already in flight, e.g. a heartbeat,
+delays it), that post until its answer, deny -> the revocation's stream entry (XADD: the request
+stores, runs the rules, revokes and publishes before it answers), and XADD -> the last copy
+refusing (Redis -> watchers). The kill is lifted after each round and every copy is seen allowing
+again. Rounds alternate between the two agents. The per-agent ingest throttle is lifted (ten
+copies exceed the default 600 batches/minute). Target: p99 <= 100 ms (deny at once).
 
     .venv/bin/python bench/bench_deny.py [--rounds 30] [--copies 10] [--quick] [--keep-logs]
 

@@ -31,11 +31,12 @@ class IssuePassportForm(forms.Form):
         help_text=f"Default {settings.PASSPORT_DEFAULT_TTL_SECONDS} s",
     )
     agent_may_renew = forms.BooleanField(
-        label="The agent may renew this passport itself",
+        label="Allow self-renewal",
         required=False,
-        help_text="Off by default. The agent (e.g. agent-passport run --renew) then gets a "
-        "successor with the same scope, jurisdiction and lifetime while this passport is active "
-        "and nothing stops the agent; it can never widen anything.",
+        help_text="Off by default. When on, the agent may renew this passport itself (e.g. "
+        "agent-passport run --renew): a successor with the same scope, jurisdiction and lifetime, "
+        "only while this passport is active and nothing stops the agent; it can never widen "
+        "anything.",
     )
 
     def clean_scope(self) -> list[str]:

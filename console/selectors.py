@@ -19,7 +19,7 @@ from django.utils import timezone
 from actions import audit
 from actions import selectors as action_selectors
 from actions.models import ActionEvent
-from actions.selectors import RUNNING_WITHIN
+from actions.selectors import RUNNING_WITHIN, CopyStatus, TreeStop
 from agent_passport.audit import ChainReport
 from agent_passport.revocations import describe_target
 from console.times import moment
@@ -89,14 +89,14 @@ def processes(count: int) -> str:
     return f"{count} process" if count == 1 else f"{count} processes"
 
 
-def copy_tree(copy: kill_selectors.CopyAcknowledgement) -> str:
+def copy_tree(*, supervised: bool, state: str, count: int | None, stopped: TreeStop | None) -> str:
     """What a copy's process tree came to, for people: ``process tree stopped: 50 processes``."""
-    if not copy.supervised:
+    if not supervised:
         return "in-process SDK (no process tree)"
-    if copy.stopped is not None:
-        killed = f", {copy.stopped.sigkilled} after SIGKILL" if copy.stopped.sigkilled else ""
-        return f"process tree stopped: {processes(copy.stopped.processes)}{killed}"
-    return f"process tree {copy.tree_state}: {processes(copy.processes or 0)}"
+    if stopped is not None:
+        killed = f", {stopped.sigkilled} after SIGKILL" if stopped.sigkilled else ""
+        return f"process tree stopped: {processes(stopped.processes)}{killed}"
+    return f"process tree {state}: {processes(count or 0)}"
 
 
 def _copy_row(copy: kill_selectors.CopyAcknowledgement) -> dict[str, Any]:
@@ -106,7 +106,12 @@ def _copy_row(copy: kill_selectors.CopyAcknowledgement) -> dict[str, Any]:
         "last_seen": moment(copy.last_seen),
         "stopped": copy.stopped and {**asdict(copy.stopped), "at": moment(copy.stopped.at)},
         "kind": kind,
-        "tree": copy_tree(copy),
+        "tree": copy_tree(
+            supervised=copy.supervised,
+            state=copy.tree_state,
+            count=copy.processes,
+            stopped=copy.stopped,
+        ),
     }
 
 
@@ -269,6 +274,7 @@ def agent_now(agent_id: uuid.UUID) -> AgentNow:
 @dataclass(frozen=True)
 class AgentPage(AgentNow):
     passports: list[tuple[Passport, str]]  # the 20 newest, each with its effective status
+    copies: list[tuple[CopyStatus, str]]  # each with its process tree in words
     stopped: set[uuid.UUID]
     active_revocation: Revocation | None  # of the agent itself (not its fleet or everyone)
 
@@ -282,6 +288,18 @@ def agent_page(agent_id: uuid.UUID) -> AgentPage:
         run_status=now.run_status,
         timeline=now.timeline,
         passports=[(p, effective_status(p)) for p in held],
+        copies=[
+            (
+                copy,
+                copy_tree(
+                    supervised=copy.supervised,
+                    state=copy.state,
+                    count=copy.processes,
+                    stopped=copy.stopped,
+                ),
+            )
+            for copy in now.run_status.copies
+        ],
         stopped=stopped_by_group_kill([agent]),
         active_revocation=Revocation.objects.filter(
             target_type=Revocation.TargetType.AGENT,

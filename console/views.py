@@ -99,6 +99,7 @@ def agent_detail(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         {
             "agent": page.agent,
             "passports": page.passports,
+            "copies": page.copies,
             "run_status": page.run_status,
             "stopped": page.stopped,
             "active_revocation": page.active_revocation,

@@ -122,6 +122,17 @@ def test_out_of_order_heartbeats_do_not_move_a_copy_back(agent_api, agent):
     assert (copy.stopped_epoch, copy.stopped_processes) == (10, 50)
 
 
+def test_an_in_process_heartbeat_from_a_supervisors_pid_clears_the_tree(agent_api, agent):
+    final = supervisor(state="stopped", processes=0, stopped=stopped())
+    post(agent_api, heartbeat(pid=5000, supervisor=final))
+    assert post(agent_api, heartbeat(pid=5000)).status_code == 200  # the pid was reused
+    copy = AgentCopy.objects.get(agent=agent, pid=5000)
+    assert not copy.supervised and copy.state == "" and copy.stopped_at is None
+    assert post(agent_api, heartbeat(pid=5000, supervisor=final)).status_code == 200
+    copy.refresh_from_db()
+    assert copy.supervised and copy.state == "stopped" and copy.stopped_processes == 50
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="SQLite serialises all writers; nothing to race"

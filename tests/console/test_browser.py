@@ -192,6 +192,7 @@ def test_issue_a_passport_and_copy_the_token_shown_once(page, user_with, agent, 
     page.get_by_label("Agent").select_option(value=str(agent.pk))
     page.get_by_label("Scope").fill("fs:*:/workspace/**\ntool:python:*\n!net:connect:*:22")
     page.get_by_label("Jurisdiction").fill("EU, US-CA")
+    page.get_by_label("Allow self-renewal").check()
     page.get_by_role("button", name="Issue passport").click()
 
     expect(page.get_by_role("heading", name="Passport issued")).to_be_visible()
@@ -203,6 +204,7 @@ def test_issue_a_passport_and_copy_the_token_shown_once(page, user_with, agent, 
     passport = Passport.objects.get()
     assert passport.agent_id == agent.pk and passport.jurisdiction == ["EU", "US-CA"]
     assert passport.scope == ["fs:*:/workspace/**", "tool:python:*", "!net:connect:*:22"]
+    assert passport.agent_may_renew
     expect(page.locator(".chip.deny")).to_have_text("!net:connect:*:22")
 
     copy = page.locator("button[data-copy=token]")

@@ -218,3 +218,15 @@ def test_console_acknowledgement_view_shows_which_copies_a_supervisor_stopped(
     assert copies[200]["tree"] == "process tree stopped: 50 processes, 1 after SIGKILL"
     assert copies[300]["state"] == "stopping" and live["processes_stopped"] == 50
     assert copies[200]["stopped"]["at"]["text"].endswith("UTC")
+
+
+def test_console_agent_page_lists_its_copies(agent_api, agent, viewer):
+    from django.test import Client
+
+    beat(agent_api, pid=100, epoch=3, digest="ab" * 32)
+    beat(agent_api, pid=200, epoch=3, digest="ab" * 32, supervisor=tree("paused", 7))
+    console = Client()
+    console.force_login(viewer)
+    page = console.get(f"/agents/{agent.pk}/").content.decode()
+    assert "trainer-1:100" in page and "in-process SDK (no process tree)" in page
+    assert "trainer-1:200" in page and "process tree paused: 7 processes" in page

@@ -149,7 +149,8 @@ def test_console_issues_with_the_permission_and_shows_it(operator, agent, issue)
         "agent_may_renew": "on",
     }
     issue_page = console.get("/passports/new").content.decode()
-    assert "The agent may renew this passport itself" in issue_page
+    assert "Allow self-renewal" in issue_page
+    assert "the agent may renew this passport itself" in issue_page
     assert console.post("/passports/new", form).status_code == 200
     assert Passport.objects.get().agent_may_renew
     page = console.get(f"/agents/{agent.pk}/").content.decode()

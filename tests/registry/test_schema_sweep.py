@@ -93,7 +93,12 @@ def sweep(admin_user, agent, operator):
     """Clients, concrete URLs and a valid body for each operation, so that each hostile value
     replaces one field of a request that would otherwise succeed (and reach the database)."""
     issued = issue_passport(
-        agent=agent, scope=["fs:*:/**"], jurisdiction=["EU"], ttl_seconds=None, issued_by=operator
+        agent=agent,
+        scope=["fs:*:/**"],
+        jurisdiction=["EU"],
+        ttl_seconds=None,
+        issued_by=operator,
+        agent_may_renew=True,  # so that the agent's self-renewal succeeds once
     )
     rule = KillRule.objects.create(
         name="sweep", kind="deny_rate", threshold=5, window_seconds=60, created_by=admin_user
@@ -127,15 +132,28 @@ def sweep(admin_user, agent, operator):
         "at": time.time(),
         "details": {"k": "v"},
     }
+    stopped = {"epoch": 1, "cause": "revoked", "processes": 2, "sigkilled": 1, "at": time.time()}
+    supervisor = {
+        "mechanism": "cgroup",
+        "child_pid": 2,
+        "processes": 0,
+        "state": "stopped",
+        "stopped": stopped,
+    }
     bodies = {
-        "/api/v1/actions": {"events": [event], "heartbeat": {"epoch": 1, "host": "h", "pid": 1}},
+        "/api/v1/actions": {
+            "events": [event],
+            "heartbeat": {"epoch": 1, "host": "h", "pid": 1, "supervisor": supervisor},
+        },
         "/api/v1/agents": {"name": "n", "fleet": "f", "description": "d", "host": "h"},
         "/api/v1/passports": {
             "agent": str(agent.id),
             "scope": ["fs:*:/x/**"],
             "jurisdiction": ["EU"],
             "ttl_seconds": 60,
+            "agent_may_renew": True,
         },
+        "/api/v1/passports/self/renew": {"grace_seconds": 0},
         "/api/v1/passports/{jti}/renew": {"ttl_seconds": 60, "grace_seconds": 0},
         "/api/v1/passports/{jti}/revoke": {"reason": "r"},
         "/api/v1/passports/introspect": {"token": issued.token},
@@ -178,7 +196,8 @@ def sweep(admin_user, agent, operator):
         return path.replace("{id}", ids[prefix]) if prefix else path
 
     def client(method: str, path: str) -> APIClient:
-        return agent_client if (method, path) == ("post", "/api/v1/actions") else admin_client
+        by_agent = {("post", "/api/v1/actions"), ("post", "/api/v1/passports/self/renew")}
+        return agent_client if (method, path) in by_agent else admin_client
 
     return client, concrete, bodies
 

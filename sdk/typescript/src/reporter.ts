@@ -10,8 +10,8 @@
  * once after a deny (kill rules act on denies), taking everything buffered, so a burst of denies
  * goes out in a few posts; posts woken by denies start at least DENY_SPACING apart, and while the
  * loop backs off from an unreachable registry a deny waits for the next retry like any event.
- * Each event gets its id once, before its
- * first delivery attempt, so a retried batch is stored once (the registry deduplicates by id).
+ * Each event gets its id once, before its first delivery attempt, so a retried batch is stored
+ * once (the registry deduplicates by id).
  * While the registry is unreachable (network error, 5xx, 429, 401, 3xx, 409 with Retry-After)
  * or a post has been in flight for STALLED_POST (a registry that accepts connections but does not
  * answer), the buffer is appended to a spill file (JSON lines, fsync'd) every SPILL_INTERVAL, and the
