@@ -105,6 +105,10 @@ def test_a_kill_from_the_console_stops_the_supervised_tree_and_shows_it(
     # What the agent tried without asking: its tunnel, denied by the supervisor's egress proxy.
     timeline = page.locator("[data-timeline]")
     expect(timeline.locator("tr.deny")).to_contain_text("net:connect:198.51.100.7:22")
+    # Its copies: the supervised one, with its tree running.
+    agent_copy = page.locator("tr.copy-row", has_text=f":{process.pid}")
+    expect(agent_copy).to_contain_text("supervisor (")
+    expect(agent_copy).to_contain_text(re.compile(r"process tree running: \d+ process"))
 
     page.get_by_role("link", name="Kill this agent").click()
     page.get_by_label("Reason (required)").fill("reverse tunnel and a miner")
@@ -132,6 +136,11 @@ def test_a_kill_from_the_console_stops_the_supervised_tree_and_shows_it(
     expect(copy_row.locator("td").nth(2)).to_have_text(str(revocation.epoch))
     page.screenshot(path=str(SHOTS / "revocation-supervised.png"), full_page=True)
     print(f"\nconsole kill → last process of the tree gone {gone_after * 1000:.0f} ms")
+
+    # The agent's page says the same of its copy.
+    page.goto(f"/agents/{agent.pk}/")
+    expect(agent_copy).to_contain_text("process tree stopped: 3 processes, 1 after SIGKILL")
+    page.screenshot(path=str(SHOTS / "agent-supervised.png"), full_page=True)
 
     agent.refresh_from_db()
     assert agent.status == Agent.Status.KILLED and revocation.source == "console"
