@@ -57,7 +57,7 @@ class PerPassportIngestThrottle(PerAgentThrottle):
     setting = "ACTIONS_RATE_LIMIT"
 
     def get_cache_key(self, request: Request, view) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": request.user.passport.jti}
+        return self.cache_format % {"scope": self.scope, "ident": request.auth.jti}
 
 
 class PerAgentRenewThrottle(PerAgentThrottle):
