@@ -6,6 +6,7 @@ switch must keep working during exactly the outage it is built for.
 
 import logging
 import time
+from typing import Any, cast
 
 from django.conf import settings
 from rest_framework.request import Request
@@ -57,7 +58,8 @@ class PerPassportIngestThrottle(PerAgentThrottle):
     setting = "ACTIONS_RATE_LIMIT"
 
     def get_cache_key(self, request: Request, view) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": request.auth.jti}
+        passport = cast(Any, request.auth)  # a Passport, set by PassportBearerAuthentication
+        return self.cache_format % {"scope": self.scope, "ident": f"passport:{passport.jti}"}
 
 
 class PerAgentRenewThrottle(PerAgentThrottle):
