@@ -6,6 +6,7 @@ switch must keep working during exactly the outage it is built for.
 
 import logging
 import time
+from typing import Any, cast
 
 from django.conf import settings
 from rest_framework.request import Request
@@ -48,11 +49,17 @@ class PerAgentThrottle(RedisTolerantMixin, SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
 
 
-class PerAgentIngestThrottle(PerAgentThrottle):
-    """Action-log batches per agent."""
+class PerPassportIngestThrottle(PerAgentThrottle):
+    """Action-log batches per passport: every copy of an agent (each with its own passport, or
+    a supervisor and the agent it runs sharing one) gets its own budget, so many copies of one
+    agent do not throttle each other's denies, which the kill rules wait for."""
 
     scope = "actions"
     setting = "ACTIONS_RATE_LIMIT"
+
+    def get_cache_key(self, request: Request, view) -> str:
+        passport = cast(Any, request.auth)  # a Passport, set by PassportBearerAuthentication
+        return self.cache_format % {"scope": self.scope, "ident": f"passport:{passport.jti}"}
 
 
 class PerAgentRenewThrottle(PerAgentThrottle):

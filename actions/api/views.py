@@ -22,7 +22,7 @@ from passports.roles import IsViewer
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
 from registry.parsers import ItemwiseJSONParser
-from registry.throttling import PerAgentIngestThrottle
+from registry.throttling import PerPassportIngestThrottle
 
 FILTERS = ("agent", "fleet", "decision", "action", "since", "until")
 
@@ -58,7 +58,7 @@ class ActionsView(ListAPIView):
 
     def get_throttles(self):
         if self.request.method == "POST":
-            return [PerAgentIngestThrottle()]
+            return [PerPassportIngestThrottle()]
         return super().get_throttles()
 
     def get_permissions(self):

@@ -281,12 +281,19 @@ def test_oversized_details_are_a_per_event_error(issue):
     assert ActionEvent.objects.get().details == {"pid": 42}
 
 
-def test_ingestion_is_rate_limited_per_agent(issue, settings, operator, django_user_model):
+def test_ingestion_is_rate_limited_per_passport(issue, settings, operator, django_user_model):
+    """Each copy of an agent (its own passport) has its own budget: one busy copy cannot
+    delay another copy's deny."""
     settings.ACTIONS_RATE_LIMIT = "2/minute"
-    token = issue()["token"]
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    codes = [
-        client.post("/api/v1/actions", {"events": []}, format="json").status_code for _ in range(3)
-    ]
-    assert codes == [200, 200, 429]
+    first, second = issue()["token"], issue()["token"]  # two copies of one agent
+    clients = []
+    for token in (first, second):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        clients.append(client)
+
+    def post(client: APIClient) -> int:
+        return client.post("/api/v1/actions", {"events": []}, format="json").status_code
+
+    assert [post(clients[0]) for _ in range(3)] == [200, 200, 429]
+    assert [post(clients[1]) for _ in range(3)] == [200, 200, 429]

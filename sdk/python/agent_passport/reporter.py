@@ -82,7 +82,7 @@ SPILL_INTERVAL = 0.005  # while the registry is unreachable, the buffer goes to 
 STALLED_POST = 0.5  # a post in flight this long counts as an outage: its followers go to disk
 MAX_SPILL_BYTES = 256 * 2**20
 # Posts woken by denies start at least this far apart: an agent looping on refused checks (as a
-# killed one may) posts at most 10 times a second, within the registry's default per-agent
+# killed one may) posts at most 10 times a second, within the registry's default per-passport
 # ACTIONS_RATE_LIMIT (600/minute). The first deny after a quiet spell is posted at once.
 DENY_SPACING = 0.1
 

@@ -43,7 +43,7 @@ export const STALLED_POST = 0.5;
 export const MAX_SPILL_BYTES = 256 * 2 ** 20;
 /**
  * Seconds between the starts of posts woken by denies: an agent looping on refused checks posts at
- * most 10 times a second (the registry's default ACTIONS_RATE_LIMIT is 600/minute per agent).
+ * most 10 times a second (the registry's default ACTIONS_RATE_LIMIT is 600/minute per passport).
  */
 export const DENY_SPACING = 0.1;
 const WARNING_INTERVAL = 10.0;
