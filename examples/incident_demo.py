@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 
 from agent_passport.errors import GuardError, PassportRevoked, ScopeDenied
@@ -234,10 +233,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, every: float = 0.02) 
 
 
 def gone(pid: int) -> bool:
+    """No such process, or only its exit status is left (a zombie), as Linux's /proc says."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def supervised_copy(registry: Registry, agent: dict, stopped: bool) -> dict | None:
