@@ -80,6 +80,18 @@ class Run:
                 self.process.wait()
         if self.process.stderr is not None and not self.process.stderr.closed:
             self.process.stderr.close()
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """A failed test must not leave the tree behind (its supervisor may be gone): kill every
+        process the agent wrote down that is still one of the agent's."""
+        for line in self.pids_file.read_text().splitlines():
+            try:
+                process = psutil.Process(int(line.split()[1]))
+                if str(AGENT) in process.cmdline():
+                    process.kill()
+            except (IndexError, ValueError, psutil.Error):
+                continue
 
 
 @pytest.fixture
