@@ -55,11 +55,15 @@ def test_reporters_failing_together_retry_at_different_moments(unavailable_regis
         reporter.record(time.time(), "fs:read", "/workspace/a", None, True, "allowed")
     for reporter in reporters:
         reporter.start()
-    time.sleep(1.2)  # first post at once, then waits in [0.05, 0.1], [0.1, 0.2], [0.2, 0.4] s
+    # First post at once, then waits in [0.05, 0.1], [0.1, 0.2], [0.2, 0.4] s. Close only once
+    # every reporter made its fourth post: close() posts at once, which would cut a wait short.
+    deadline = time.monotonic() + 20
+    while any(len(arrivals[f"Bearer token-{i}"]) < 4 for i in range(REPORTERS)):
+        assert time.monotonic() < deadline, "a reporter did not retry four times"
+        time.sleep(0.05)
     for reporter in reporters:
         reporter.close(timeout=5)
     posts = [arrivals[f"Bearer token-{i}"] for i in range(REPORTERS)]
-    assert all(len(times) >= 4 for times in posts), [len(times) for times in posts]
     third_waits = [times[3] - times[2] for times in posts]  # the 0.4 s step
     assert min(third_waits) >= 0.2 - 0.01, third_waits
     quartiles = statistics.quantiles(third_waits, n=4)
