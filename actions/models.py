@@ -40,6 +40,9 @@ class ActionEvent(models.Model):
     seq = models.PositiveBigIntegerField()
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+    # Position in the one Merkle tree over every event (agent_passport.merkle), dense from 0,
+    # given at ingestion in commit order (actions.transparency.reserve_leaves).
+    leaf_index = models.BigIntegerField(unique=True)
 
     class Meta:
         ordering = ["-received_at"]
@@ -77,6 +80,74 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint {self.agent_id}#{self.count}"
+
+
+class LogCounter(models.Model):
+    """Named counters of the transparency log, one row each (created by the migration):
+
+    - ``next_leaf``: the next leaf index. Ingestion increments it in its transaction, so its
+      row lock serialises leaf assignment until commit and committed leaves form a prefix;
+    - ``tree_size``: leaves whose stored subtrees exist (the tree builder's lock and progress).
+    """
+
+    NEXT_LEAF = "next_leaf"
+    TREE_SIZE = "tree_size"
+
+    name = models.CharField(max_length=20, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+class MerkleNode(models.Model):
+    """A stored perfect subtree: the hash of leaves ``[index * 2**level, (index + 1) * 2**level)``.
+    Only levels ≥ ``actions.transparency.NODE_LEVEL`` are stored (smaller ones are hashed from
+    the events), about one row per 128 events."""
+
+    level = models.PositiveSmallIntegerField()
+    index = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["level", "index"], name="one_merkle_node")]
+
+    def __str__(self) -> str:
+        return f"node {self.level}/{self.index}"
+
+
+class SignedTreeHead(models.Model):
+    """A signed statement "the log's first ``tree_size`` leaves have root ``root_hash``", naming
+    the previous head by the hash of its payload (agent_passport.merkle.head_id)."""
+
+    tree_size = models.BigIntegerField(db_index=True)
+    root_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    prev = models.CharField(max_length=64)
+    kid = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"tree head {self.tree_size} ({self.root_hash[:12]})"
+
+
+class HeadWitness(models.Model):
+    """A head delivered to (or refused by) a witness sink outside the database."""
+
+    head = models.ForeignKey(SignedTreeHead, on_delete=models.PROTECT, related_name="witnesses")
+    sink = models.CharField(max_length=200)
+    delivered_at = models.DateTimeField()
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-delivered_at"]
+        indexes = [models.Index(fields=["head", "sink"])]
+
+    def __str__(self) -> str:
+        return f"{self.head_id} -> {self.sink}"
 
 
 class AgentCopy(models.Model):

@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from actions import audit
+from actions import audit, transparency
 from actions.models import ActionEvent, AgentCopy
 from killswitch import rules
 from passports import signing
@@ -69,6 +69,7 @@ class Heartbeat(TypedDict, total=False):
 class IngestResult:
     accepted: int
     duplicates: int
+    receipt: dict[str, object]  # transparency.receipt() of every event of the batch
 
 
 def _chunks(ids: Sequence[uuid.UUID]) -> Iterator[Sequence[uuid.UUID]]:
@@ -101,9 +102,10 @@ def ingest_actions(
     for event in events:
         unique.setdefault(event["id"], event)  # a repeated id within the batch is a duplicate
     ids = list(unique)
-    stored: set[uuid.UUID] = set()
+    stored: dict[uuid.UUID, tuple[int, str]] = {}
     for chunk in _chunks(ids):
-        stored.update(ActionEvent.objects.filter(id__in=chunk).values_list("id", flat=True))
+        rows = ActionEvent.objects.filter(id__in=chunk).values_list("id", "leaf_index", "hash")
+        stored.update((event_id, (index, value)) for event_id, index, value in rows)
     fresh = [event_id for event_id in ids if event_id not in stored]
     fleet = passport.agent.fleet
     received_at = timezone.now()
@@ -118,6 +120,10 @@ def ingest_actions(
         for i in fresh
     ]
     audit.chain(rows, agent_id=passport.agent_id)
+    if rows:  # last: other batches wait for this one's commit from here on
+        first = transparency.reserve_leaves(len(rows))
+        for offset, row in enumerate(rows):
+            row.leaf_index = first + offset
     try:
         with transaction.atomic():
             ActionEvent.objects.bulk_create(rows)
@@ -126,7 +132,12 @@ def ingest_actions(
     if rows:  # the kill rules see the batch once it is committed
         agent = passport.agent
         transaction.on_commit(lambda: _evaluate_rules(agent, rows), robust=True)
-    return IngestResult(accepted=len(rows), duplicates=len(events) - len(rows))
+    leaves = sorted([*stored.values(), *((row.leaf_index, row.hash) for row in rows)])
+    return IngestResult(
+        accepted=len(rows),
+        duplicates=len(events) - len(rows),
+        receipt=transparency.receipt(leaves),
+    )
 
 
 def _evaluate_rules(agent: Agent, rows: list[ActionEvent]) -> None:
@@ -288,7 +299,7 @@ def prune_agent_copies(*, now: datetime | None = None) -> int:
 @dataclass(frozen=True)
 class KeyRotation:
     key: SigningKey  # the new active key
-    resigned: int  # audit checkpoints re-signed with it
+    resigned: int  # audit checkpoints re-signed with it (and a new tree head signed)
     retired: list[str]  # kids of verify-only keys no unexpired passport needs any more
 
 
@@ -297,4 +308,5 @@ def rotate_signing_key() -> KeyRotation:
     stays verifiable from the JWKS after the old key retires), then retire unneeded old keys."""
     key = signing.activate_new_signing_key()
     resigned = audit.create_checkpoints(everyone=True)
+    transparency.sign_tree_head(force=True)  # the newest head verifies with the new key
     return KeyRotation(key=key, resigned=resigned, retired=signing.retire_signing_keys())

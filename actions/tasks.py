@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from actions import audit, services
+from actions import audit, services, transparency
 
 
 @shared_task(acks_late=True)
@@ -11,3 +11,10 @@ def create_checkpoints() -> int:
 @shared_task(acks_late=True)
 def prune_agent_copies() -> int:
     return services.prune_agent_copies()
+
+
+@shared_task(acks_late=True)
+def sign_tree_head() -> int | None:
+    """Extend the tree and sign a head if it grew; returns the new head's size."""
+    head = transparency.sign_tree_head()
+    return head.tree_size if head is not None else None

@@ -242,12 +242,18 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Signed audit checkpoints and signed tree heads of the transparency log: at most this often.
+AUDIT_CHECKPOINT_SECONDS = env.float("AUDIT_CHECKPOINT_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "expire-passports": {"task": "passports.tasks.expire_passports", "schedule": 60.0},
     "retire-signing-keys": {"task": "passports.tasks.retire_signing_keys", "schedule": 300.0},
     "checkpoint-audit-chains": {
         "task": "actions.tasks.create_checkpoints",
-        "schedule": env.float("AUDIT_CHECKPOINT_SECONDS", default=60.0),
+        "schedule": AUDIT_CHECKPOINT_SECONDS,
+    },
+    "sign-tree-head": {
+        "task": "actions.tasks.sign_tree_head",
+        "schedule": AUDIT_CHECKPOINT_SECONDS,
     },
     "retire-expired-passport-revocations": {
         "task": "killswitch.tasks.retire_expired_passport_revocations",

@@ -86,7 +86,7 @@ class ActionsView(ListAPIView):
             remote_addr=request.META.get("REMOTE_ADDR", ""),
         )
         counts = {"accepted": result.accepted, "duplicates": result.duplicates}
-        return Response({**counts, "errors": batch["errors"]})
+        return Response({**counts, "errors": batch["errors"], "receipt": result.receipt})
 
 
 CSV_COLUMNS = (

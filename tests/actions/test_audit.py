@@ -163,6 +163,7 @@ def test_verify_names_deleted_inserted_and_reordered_events(logged, agent, tampe
                 received_at=events[1].received_at,
                 seq=3,
                 prev_hash=events[1].hash,
+                leaf_index=10_000,
             )
             forged.hash = audit.event_hash(audit.event_document(forged))  # a careful forger
             forged.save()

@@ -1,0 +1,278 @@
+"""The action log as a transparency log (RFC 9162): leaf indexes at ingestion, the stored tree,
+signed tree heads, inclusion and consistency proofs, inclusion promises in receipts.
+
+The tree math and every verifier are the SDK's (agent_passport.merkle). Here: persistence.
+- Ingestion reserves a contiguous range of leaf indexes with one ``UPDATE ... RETURNING`` on
+  the ``next_leaf`` counter; its row lock is held until the batch commits, so committed leaves
+  always form a prefix of the log (never a hole a rolled-back batch left behind).
+- :func:`extend_tree` (under the ``tree_size`` counter's lock) stores every perfect subtree of
+  ``2**NODE_LEVEL`` leaves or more that the new leaves complete. Smaller subtrees are hashed from
+  the events' stored hashes when a proof needs them (at most two blocks of 256 leaves).
+- :func:`sign_tree_head` extends the tree and signs ``{tree_size, root, at, prev}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from actions.audit import iso
+from actions.models import ActionEvent, LogCounter, MerkleNode, SignedTreeHead
+from agent_passport.audit import GENESIS, b64url
+from agent_passport.merkle import (
+    CompactTree,
+    HashSource,
+    Node,
+    fold,
+    head_id,
+    head_payload,
+    hexes,
+    leaf_hash,
+    node_hash,
+    perfect_ranges,
+    plan_consistency,
+    plan_inclusion,
+    plan_root,
+    promise_payload,
+)
+from passports import signing
+
+NODE_LEVEL = 8  # stored subtrees cover 256 leaves or more
+BLOCK = 1 << NODE_LEVEL
+READ_CHUNK = 20_000
+
+
+class TreeDamaged(LookupError):
+    """A leaf or stored subtree that a proof needs is missing: the log was tampered with."""
+
+
+# -- ingestion ----------------------------------------------------------------------------------
+def _bump(name: str, by: int) -> int:
+    """Add ``by`` to a counter (creating it at 0 after a flush) and return the new value; the
+    row stays locked until the caller's transaction ends."""
+    table = connection.ops.quote_name(LogCounter._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (name, value) VALUES (%s, %s) "  # noqa: S608 (a model's name)
+            f"ON CONFLICT (name) DO UPDATE SET value = {table}.value + excluded.value "
+            "RETURNING value",
+            [name, by],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def reserve_leaves(count: int) -> int:
+    """The first of ``count`` consecutive leaf indexes for a batch being stored. Call it inside
+    the batch's transaction, as late as possible: other batches wait here until it commits."""
+    return _bump(LogCounter.NEXT_LEAF, count) - count
+
+
+def promise(leaves: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """A signed promise that the leaves ``(index, event hash)`` will be covered by a signed
+    head before ``include_by`` (CT's signed certificate timestamp, for a batch)."""
+    due = timezone.now() + timedelta(seconds=2 * settings.AUDIT_CHECKPOINT_SECONDS)
+    document: dict[str, Any] = {
+        "leaves": [[index, event_hash] for index, event_hash in leaves],
+        "include_by": iso(due),
+    }
+    kid, signature = signing.sign_bytes(promise_payload(document))
+    return {**document, "kid": kid, "signature": b64url(signature)}
+
+
+def receipt(leaves: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """What ``POST /api/v1/actions`` answers about the batch's place in the log: its leaves, the
+    newest signed head and a signed promise to include the leaves (none for an empty batch)."""
+    head = latest_head()
+    return {
+        "head": head_document(head) if head is not None else None,
+        "promise": promise(leaves) if leaves else None,
+    }
+
+
+# -- heads --------------------------------------------------------------------------------------
+def head_document(head: SignedTreeHead) -> dict[str, Any]:
+    return {
+        "tree_size": head.tree_size,
+        "root": head.root_hash,
+        "at": iso(head.created_at),
+        "prev": head.prev,
+        "kid": head.kid,
+        "signature": head.signature,
+    }
+
+
+def latest_head() -> SignedTreeHead | None:
+    return SignedTreeHead.objects.order_by("-id").first()
+
+
+def head_for_size(size: int) -> SignedTreeHead | None:
+    """The newest head of exactly ``size`` leaves."""
+    return SignedTreeHead.objects.filter(tree_size=size).order_by("-id").first()
+
+
+@transaction.atomic
+def sign_tree_head(*, force: bool = False) -> SignedTreeHead | None:
+    """Extend the tree over every committed leaf and sign a head if it grew (or ``force``, e.g.
+    after a key rotation). Returns the new head, or None if there was nothing new to sign."""
+    size, root = extend_tree()  # holds the tree lock: heads are signed one after the other
+    latest = latest_head()
+    if not force and (size == (latest.tree_size if latest is not None else 0)):
+        return None
+    head = SignedTreeHead(
+        tree_size=size,
+        root_hash=root.hex(),
+        created_at=timezone.now(),
+        prev=head_id(head_document(latest)) if latest is not None else GENESIS,
+    )
+    head.kid, signature = signing.sign_bytes(head_payload(head_document(head)))
+    head.signature = b64url(signature)
+    head.save()
+    return head
+
+
+# -- the stored tree ----------------------------------------------------------------------------
+def _leaf_hashes(start: int, end: int) -> list[bytes]:
+    """Leaf hashes of ``[start, end)`` from the events; TreeDamaged if one is missing."""
+    rows = (
+        ActionEvent.objects.filter(leaf_index__gte=start, leaf_index__lt=end)
+        .order_by("leaf_index")
+        .values_list("leaf_index", "hash")
+    )
+    leaves = []
+    for expected, (index, event_hash) in enumerate(rows, start):
+        if index != expected:
+            raise TreeDamaged(f"leaf {expected} is missing (its event was deleted)")
+        leaves.append(leaf_hash(event_hash))
+    if len(leaves) != end - start:
+        raise TreeDamaged(f"leaf {start + len(leaves)} is missing (its event was deleted)")
+    return leaves
+
+
+def _stored(nodes: Iterable[Node]) -> dict[Node, bytes]:
+    wanted = list(nodes)
+    if not wanted:
+        return {}
+    query = Q()
+    for level, index in wanted:
+        query |= Q(level=level, index=index)
+    return {
+        (level, index): bytes.fromhex(value)
+        for level, index, value in MerkleNode.objects.filter(query).values_list(
+            "level", "index", "hash"
+        )
+    }
+
+
+def perfect_subtrees(nodes: set[Node]) -> dict[Node, bytes]:
+    """Hashes of perfect subtrees: stored ones read, small ones hashed from their leaves."""
+    found = _stored(node for node in nodes if node[0] >= NODE_LEVEL)
+    small = sorted(node for node in nodes if node[0] < NODE_LEVEL)
+    blocks = sorted({(index << level) >> NODE_LEVEL for level, index in small})
+    leaves: dict[int, bytes] = {}
+    for block in blocks:  # at most two: the leaf's own block and the right edge
+        start = block << NODE_LEVEL
+        end = max((i + 1) << lv for lv, i in small if (i << lv) >> NODE_LEVEL == block)
+        leaves.update(enumerate(_leaf_hashes(start, end), start))
+    for level, index in small:
+        tree = CompactTree()
+        for position in range(index << level, (index + 1) << level):
+            tree.append(leaves[position])
+        found[(level, index)] = tree.root()
+    return found
+
+
+def _source() -> HashSource:
+    return HashSource(perfect_subtrees)
+
+
+def _roots(ranges: Sequence[Any]) -> list[bytes]:
+    try:
+        return _source().roots(ranges)
+    except LookupError as exc:
+        raise TreeDamaged(str(exc)) from exc
+
+
+def root(size: int) -> bytes:
+    return _roots([plan_root(size)])[0]
+
+
+def inclusion_proof(leaf_index: int, size: int) -> list[str]:
+    """The audit path of a leaf in the tree of ``size`` leaves (hex, leaf end first)."""
+    return hexes(_roots(plan_inclusion(leaf_index, size)))
+
+
+def consistency_proof(first: int, second: int) -> list[str]:
+    """Proof that the tree of ``first`` leaves is a prefix of the tree of ``second`` (hex)."""
+    if first == second:
+        return []
+    return hexes(_roots(plan_consistency(first, second)))
+
+
+def extend_tree() -> tuple[int, bytes]:
+    """Store the subtrees completed by leaves committed since the last call; returns the new
+    size (every contiguous committed leaf) and its root. Takes the tree lock until commit."""
+    built = _locked_tree_size()
+    start = built >> NODE_LEVEL << NODE_LEVEL  # re-read the partial block the last call left
+    edge = _stored(node for node in perfect_ranges(0, start) if node[0] >= NODE_LEVEL)
+    new: dict[Node, bytes] = {}
+    block: list[bytes] = []
+    size = start
+    rows = (
+        ActionEvent.objects.filter(leaf_index__gte=start)
+        .order_by("leaf_index")
+        .values_list("leaf_index", "hash")
+        .iterator(chunk_size=READ_CHUNK)
+    )
+    for index, event_hash in rows:
+        if index != size:
+            break  # a gap: a batch not committed yet (or a deleted event; verify_audit names it)
+        block.append(leaf_hash(event_hash))
+        size += 1
+        if len(block) == BLOCK:
+            _complete(NODE_LEVEL, (size >> NODE_LEVEL) - 1, fold_block(block), edge, new)
+            block = []
+    if new:
+        MerkleNode.objects.bulk_create(
+            [MerkleNode(level=lv, index=i, hash=value.hex()) for (lv, i), value in new.items()],
+            ignore_conflicts=True,
+        )
+    LogCounter.objects.filter(name=LogCounter.TREE_SIZE).update(value=size)
+    known = {**edge, **new}
+    top = [known[node] for node in perfect_ranges(0, size - len(block))]
+    return size, fold([*top, *([fold_block(block)] if block else [])])
+
+
+def fold_block(leaves: Sequence[bytes]) -> bytes:
+    tree = CompactTree()
+    for leaf in leaves:
+        tree.append(leaf)
+    return tree.root()
+
+
+def _complete(
+    level: int, index: int, value: bytes, edge: dict[Node, bytes], new: dict[Node, bytes]
+) -> None:
+    """Record a finished subtree and every parent it finishes (its left siblings are on the
+    tree's left edge, stored or new)."""
+    while True:
+        new[(level, index)] = value
+        if not index & 1:
+            edge[(level, index)] = value
+            return
+        sibling = new.get((level, index - 1)) or edge.get((level, index - 1))
+        if sibling is None:
+            raise TreeDamaged(f"stored subtree {level}/{index - 1} is missing")
+        edge.pop((level, index - 1), None)
+        value = node_hash(sibling, value)
+        level, index = level + 1, index >> 1
+
+
+def _locked_tree_size() -> int:
+    """The built size, with the ``tree_size`` counter locked until the transaction ends."""
+    return _bump(LogCounter.TREE_SIZE, 0)
