@@ -104,8 +104,8 @@ def ingest_actions(
     ids = list(unique)
     stored: dict[uuid.UUID, tuple[int, str]] = {}
     for chunk in _chunks(ids):
-        rows = ActionEvent.objects.filter(id__in=chunk).values_list("id", "leaf_index", "hash")
-        stored.update((event_id, (index, value)) for event_id, index, value in rows)
+        known = ActionEvent.objects.filter(id__in=chunk).values_list("id", "leaf_index", "hash")
+        stored.update((event_id, (index, value)) for event_id, index, value in known)
     fresh = [event_id for event_id in ids if event_id not in stored]
     fleet = passport.agent.fleet
     received_at = timezone.now()
