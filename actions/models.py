@@ -134,6 +134,27 @@ class SignedTreeHead(models.Model):
         return f"tree head {self.tree_size} ({self.root_hash[:12]})"
 
 
+class ArchivedSegment(models.Model):
+    """Leaves ``[start_leaf, end_leaf)`` moved out of the database by ``archive_audit`` into a
+    self-verifying segment. The live log starts at the newest segment's ``end_leaf`` (a multiple
+    of 256, so the stored subtrees of the archived part remain and the tree continues from them);
+    an event missing below it without a segment is a deletion, not an archive."""
+
+    start_leaf = models.BigIntegerField()
+    end_leaf = models.BigIntegerField(unique=True)
+    root_hash = models.CharField(max_length=64, help_text="root of the first end_leaf leaves")
+    head = models.ForeignKey(SignedTreeHead, on_delete=models.PROTECT, related_name="+")
+    archived_at = models.DateTimeField()
+    location = models.CharField(max_length=500, help_text="where the segment was written")
+    sha256 = models.CharField(max_length=64, help_text="of the segment file")
+
+    class Meta:
+        ordering = ["-end_leaf"]
+
+    def __str__(self) -> str:
+        return f"archived leaves {self.start_leaf}..{self.end_leaf}"
+
+
 class HeadWitness(models.Model):
     """A head delivered to (or refused by) a witness sink outside the database."""
 

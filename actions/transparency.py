@@ -23,7 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from actions.audit import iso
-from actions.models import ActionEvent, LogCounter, MerkleNode, SignedTreeHead
+from actions.models import ActionEvent, ArchivedSegment, LogCounter, MerkleNode, SignedTreeHead
 from agent_passport.audit import GENESIS, b64url
 from agent_passport.merkle import (
     CompactTree,
@@ -276,3 +276,17 @@ def _complete(
 def _locked_tree_size() -> int:
     """The built size, with the ``tree_size`` counter locked until the transaction ends."""
     return _bump(LogCounter.TREE_SIZE, 0)
+
+
+def live_start() -> tuple[int, list[bytes]]:
+    """Where the events in the database begin: the newest archived segment's end (0 if none)
+    and the stored subtrees of everything before it, to resume the tree from."""
+    segment = ArchivedSegment.objects.order_by("-end_leaf").first()
+    if segment is None:
+        return 0, []
+    layout = perfect_ranges(0, segment.end_leaf)
+    stored = _stored(layout)
+    missing = [node for node in layout if node not in stored]
+    if missing:
+        raise TreeDamaged(f"stored subtrees of the archived part are missing: {missing[:3]}")
+    return segment.end_leaf, [stored[node] for node in layout]

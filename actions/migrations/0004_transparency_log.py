@@ -5,7 +5,7 @@ and subtree nodes are append-only like the events (see 0002)."""
 import django.db.models.deletion
 from django.db import migrations, models
 
-APPEND_ONLY = ("actions_signedtreehead", "actions_headwitness")
+APPEND_ONLY = ("actions_signedtreehead", "actions_headwitness", "actions_archivedsegment")
 
 
 def number_existing_events(apps, schema_editor):
@@ -143,6 +143,20 @@ class Migration(migrations.Migration):
                     models.Index(fields=["head", "sink"], name="actions_hea_head_id_366399_idx")
                 ],
             },
+        ),
+        migrations.CreateModel(
+            name="ArchivedSegment",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("start_leaf", models.BigIntegerField()),
+                ("end_leaf", models.BigIntegerField(unique=True)),
+                ("root_hash", models.CharField(help_text="root of the first end_leaf leaves", max_length=64)),
+                ("archived_at", models.DateTimeField()),
+                ("location", models.CharField(help_text="where the segment was written", max_length=500)),
+                ("sha256", models.CharField(help_text="of the segment file", max_length=64)),
+                ("head", models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name="+", to="actions.signedtreehead")),
+            ],
+            options={"ordering": ["-end_leaf"]},
         ),
         migrations.RunPython(append_only, not_append_only),
     ]

@@ -157,6 +157,18 @@ class CompactTree:
         self.size = 0
         self._stack: list[tuple[int, bytes]] = []  # (level, hash), levels strictly decreasing
 
+    @classmethod
+    def from_edge(cls, size: int, nodes: Sequence[bytes]) -> CompactTree:
+        """Resume after ``size`` leaves from the hashes of ``perfect_ranges(0, size)`` (e.g. a
+        live log whose first ``size`` leaves were archived)."""
+        layout = perfect_ranges(0, size)
+        if len(layout) != len(nodes):
+            raise ValueError(f"a tree of {size} leaves has {len(layout)} edge subtrees")
+        tree = cls()
+        tree.size = size
+        tree._stack = [(level, value) for (level, _), value in zip(layout, nodes, strict=True)]
+        return tree
+
     def append(self, leaf: bytes) -> None:
         level, value = 0, leaf
         while self._stack and self._stack[-1][0] == level:
