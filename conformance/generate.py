@@ -33,6 +33,21 @@ from agent_passport.audit import (  # noqa: E402
     verify_checkpoint,
 )
 from agent_passport.errors import PassportError, RuleError  # noqa: E402
+from agent_passport.merkle import (  # noqa: E402
+    HashSource,
+    head_id,
+    head_payload,
+    leaf_hash,
+    plan_consistency,
+    plan_inclusion,
+    promise_payload,
+    tree_root,
+    verify_consistency,
+    verify_head,
+    verify_head_chain,
+    verify_inclusion,
+    verify_promise,
+)
 from agent_passport.protocol import TOKEN_TYPE, RevocationChannel  # noqa: E402
 from agent_passport.regions import (  # noqa: E402
     COUNTRIES,
@@ -972,6 +987,211 @@ def audit_document() -> Document:
     )
 
 
+# -- transparency log ---------------------------------------------------------------------------
+MERKLE_LEAVES = [leaf_hash(hashlib.sha256(f"event {i}".encode()).hexdigest()) for i in range(21)]
+
+
+def _proof(ranges: list[Any], leaves: list[bytes]) -> list[str]:
+    def perfect(nodes: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        return {(lv, i): tree_root(leaves[i << lv : (i + 1) << lv]) for lv, i in nodes}
+
+    return [value.hex() for value in HashSource(perfect).roots(ranges)]
+
+
+def _head(size: int, prev: str, *, key: Ed25519PrivateKey = SIGNING_KEY) -> Document:
+    head: Document = {
+        "tree_size": size,
+        "root": tree_root(MERKLE_LEAVES[:size]).hex(),
+        "at": f"2027-01-15T09:{size:02d}:00.000000Z",
+        "prev": prev,
+        "kid": "conf-1",
+    }
+    head["signature"] = b64url(key.sign(head_payload(head)))
+    return head
+
+
+def _inclusion_vectors() -> list[Document]:
+    vectors: list[Document] = []
+    flip = lambda text: ("f" if text[0] != "f" else "0") + text[1:]  # noqa: E731
+    for index, size in ((0, 1), (0, 2), (1, 2), (2, 3), (4, 7), (6, 7), (0, 8), (5, 8), (12, 21)):
+        leaf, root = MERKLE_LEAVES[index].hex(), tree_root(MERKLE_LEAVES[:size]).hex()
+        path = _proof(plan_inclusion(index, size), MERKLE_LEAVES)
+        base = {"leaf": leaf, "index": index, "size": size, "path": path, "root": root}
+        cases = [("valid", base)]
+        if path:
+            cases += [
+                ("path_hash_changed", {**base, "path": [flip(path[0]), *path[1:]]}),
+                ("path_cut", {**base, "path": path[:-1]}),
+                ("wrong_index", {**base, "index": (index + 1) % size}),
+            ]
+        cases += [
+            ("extra_hash", {**base, "path": [*path, leaf]}),
+            ("leaf_changed", {**base, "leaf": flip(leaf)}),
+            ("index_beyond_size", {**base, "index": size}),
+        ]
+        for name, case in cases:
+            valid = verify_inclusion(
+                bytes.fromhex(case["leaf"]),
+                case["index"],
+                case["size"],
+                [bytes.fromhex(p) for p in case["path"]],
+                bytes.fromhex(case["root"]),
+            )
+            vectors.append(
+                {"test": "inclusion", "name": f"{name}_{index}_of_{size}", **case, "valid": valid}
+            )
+    return vectors
+
+
+def _consistency_vectors() -> list[Document]:
+    vectors: list[Document] = []
+    flip = lambda text: ("f" if text[0] != "f" else "0") + text[1:]  # noqa: E731
+    for first, second in (
+        (1, 1),
+        (1, 2),
+        (2, 3),
+        (3, 7),
+        (4, 7),
+        (4, 8),
+        (6, 8),
+        (7, 21),
+        (16, 21),
+    ):
+        base = {
+            "first": first,
+            "second": second,
+            "first_root": tree_root(MERKLE_LEAVES[:first]).hex(),
+            "second_root": tree_root(MERKLE_LEAVES[:second]).hex(),
+            "proof": _proof(plan_consistency(first, second), MERKLE_LEAVES),
+        }
+        cases = [("valid", base)]
+        if base["proof"]:
+            cases += [
+                (
+                    "proof_hash_changed",
+                    {**base, "proof": [flip(base["proof"][0]), *base["proof"][1:]]},
+                ),
+                ("proof_cut", {**base, "proof": base["proof"][:-1]}),
+                ("empty_proof", {**base, "proof": []}),
+            ]
+        cases += [
+            ("first_root_changed", {**base, "first_root": flip(base["first_root"])}),
+            ("sizes_swapped", {**base, "first": second, "second": first}),
+        ]
+        for name, case in cases:
+            valid = verify_consistency(
+                case["first"],
+                case["second"],
+                bytes.fromhex(case["first_root"]),
+                bytes.fromhex(case["second_root"]),
+                [bytes.fromhex(p) for p in case["proof"]],
+            )
+            vectors.append(
+                {
+                    "test": "consistency",
+                    "name": f"{name}_{first}_to_{second}",
+                    **case,
+                    "valid": valid,
+                }
+            )
+    return vectors
+
+
+def merkle_document() -> Document:
+    vectors: list[Document] = []
+    for i in (0, 1, 20):
+        event_hash = hashlib.sha256(f"event {i}".encode()).hexdigest()
+        vectors.append({"test": "leaf", "event_hash": event_hash, "leaf": MERKLE_LEAVES[i].hex()})
+    for size in (0, 1, 2, 3, 4, 5, 7, 8, 13, 21):
+        leaves = [leaf.hex() for leaf in MERKLE_LEAVES[:size]]
+        vectors.append(
+            {
+                "test": "root",
+                "name": f"size_{size}",
+                "leaves": leaves,
+                "root": tree_root(MERKLE_LEAVES[:size]).hex(),
+            }
+        )
+    vectors += _inclusion_vectors()
+    vectors += _consistency_vectors()
+    keys = keys_from_jwks(_jwks())
+    first = _head(3, GENESIS)
+    second = _head(8, head_id(first))
+    third = _head(21, head_id(second))
+    heads: list[tuple[str, Document]] = [
+        ("valid", second),
+        ("size_changed", {**second, "tree_size": 9}),
+        ("root_changed", {**second, "root": first["root"]}),
+        ("unknown_kid", {**second, "kid": "conf-2"}),
+        ("signed_by_another_key", _head(8, head_id(first), key=UNPUBLISHED_KEY)),
+        ("signature_not_base64url", {**second, "signature": "***"}),
+    ]
+    for name, head in heads:
+        vectors.append(
+            {
+                "test": "head",
+                "name": name,
+                "head": head,
+                "payload": head_payload(head).decode("utf-8"),
+                "id": head_id(head),
+                "valid": verify_head(head, keys) is None,
+            }
+        )
+    chains: list[tuple[str, list[Document]]] = [
+        ("intact", [first, second, third]),
+        ("first_head_deleted", [second, third]),
+        ("middle_head_deleted", [first, third]),
+        ("reordered", [first, third, second]),
+        ("prev_rewritten", [first, {**second, "prev": GENESIS}, third]),
+        ("shrinking", [first, second, _head(5, head_id(second))]),
+    ]
+    for name, chain in chains:
+        vectors.append(
+            {
+                "test": "head_chain",
+                "name": name,
+                "heads": chain,
+                "ok": verify_head_chain(chain) is None,
+            }
+        )
+    promise: Document = {
+        "leaves": [
+            [0, hashlib.sha256(b"event 0").hexdigest()],
+            [1, hashlib.sha256(b"event 1").hexdigest()],
+        ],
+        "include_by": "2027-01-15T09:02:00.000000Z",
+        "kid": "conf-1",
+    }
+    promise["signature"] = b64url(SIGNING_KEY.sign(promise_payload(promise)))
+    promises: list[tuple[str, Document]] = [
+        ("valid", promise),
+        (
+            "leaf_index_changed",
+            {**promise, "leaves": [[5, promise["leaves"][0][1]], promise["leaves"][1]]},
+        ),
+        ("include_by_changed", {**promise, "include_by": "2027-01-16T09:02:00.000000Z"}),
+        ("unknown_kid", {**promise, "kid": "conf-2"}),
+    ]
+    for name, case in promises:
+        vectors.append(
+            {
+                "test": "promise",
+                "name": name,
+                "promise": case,
+                "payload": promise_payload(case).decode("utf-8"),
+                "valid": verify_promise(case, keys) is None,
+            }
+        )
+    return _document(
+        "merkle",
+        "The transparency log (RFC 9162): leaf hashes of events, roots, inclusion and "
+        "consistency proofs, signed tree heads and their prev chain, receipts' inclusion promises.",
+        vectors,
+        jwks=_jwks(),
+        genesis=GENESIS,
+    )
+
+
 BUILDERS: dict[str, Callable[[], Document]] = {
     "rules.json": rules_document,
     "decisions.json": decisions_document,
@@ -980,6 +1200,7 @@ BUILDERS: dict[str, Callable[[], Document]] = {
     "tokens.json": tokens_document,
     "revocations.json": revocations_document,
     "audit.json": audit_document,
+    "merkle.json": merkle_document,
 }
 
 

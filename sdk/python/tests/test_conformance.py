@@ -12,6 +12,18 @@ import pytest
 
 from agent_passport.audit import canonical, checkpoint_payload, verify_chain, verify_checkpoint
 from agent_passport.errors import PassportError, RuleError
+from agent_passport.merkle import (
+    head_id,
+    head_payload,
+    leaf_hash,
+    promise_payload,
+    tree_root,
+    verify_consistency,
+    verify_head,
+    verify_head_chain,
+    verify_inclusion,
+    verify_promise,
+)
 from agent_passport.regions import COUNTRIES, EEA, EFTA, EU, normalize_region, region_within
 from agent_passport.revocations import (
     Follower,
@@ -24,7 +36,7 @@ from agent_passport.rules import Policy, parse_jurisdiction, parse_rule, parse_s
 from agent_passport.tokens import keys_from_jwks, verify_token
 
 CONFORMANCE = Path(__file__).resolve().parents[3] / "conformance"  # the repository's top
-KINDS = ("rules", "decisions", "regions", "digest", "tokens", "revocations", "audit")
+KINDS = ("rules", "decisions", "regions", "digest", "tokens", "revocations", "audit", "merkle")
 
 
 def load(kind: str) -> dict[str, Any]:
@@ -175,6 +187,37 @@ def test_audit(vector):
     else:
         count, head, problem = verify_chain(vector["agent"], vector["events"])
         assert (count, head, problem is None) == (vector["count"], vector["head"], vector["ok"])
+
+
+MERKLE = load("merkle")
+
+
+@pytest.mark.parametrize("vector", cases("merkle"))
+def test_merkle(vector):
+    test, keys = vector["test"], keys_from_jwks(MERKLE["jwks"])
+    if test == "leaf":
+        assert leaf_hash(vector["event_hash"]).hex() == vector["leaf"]
+    elif test == "root":
+        assert tree_root([bytes.fromhex(leaf) for leaf in vector["leaves"]]).hex() == vector["root"]
+    elif test == "inclusion":
+        path = [bytes.fromhex(p) for p in vector["path"]]
+        leaf, root = bytes.fromhex(vector["leaf"]), bytes.fromhex(vector["root"])
+        valid = verify_inclusion(leaf, vector["index"], vector["size"], path, root)
+        assert valid is vector["valid"]
+    elif test == "consistency":
+        roots = bytes.fromhex(vector["first_root"]), bytes.fromhex(vector["second_root"])
+        proof = [bytes.fromhex(p) for p in vector["proof"]]
+        valid = verify_consistency(vector["first"], vector["second"], *roots, proof)
+        assert valid is vector["valid"]
+    elif test == "head":
+        assert head_payload(vector["head"]).decode("utf-8") == vector["payload"]
+        assert head_id(vector["head"]) == vector["id"]
+        assert (verify_head(vector["head"], keys) is None) is vector["valid"]
+    elif test == "head_chain":
+        assert (verify_head_chain(vector["heads"]) is None) is vector["ok"]
+    else:
+        assert promise_payload(vector["promise"]).decode("utf-8") == vector["payload"]
+        assert (verify_promise(vector["promise"], keys) is None) is vector["valid"]
 
 
 def test_every_vector_file_is_run():

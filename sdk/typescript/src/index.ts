@@ -4,6 +4,7 @@ export * from "./errors.js";
 export { Glob } from "./globs.js";
 export { type GuardOptions, Guard, type Heartbeat, type KillCallback, type Reporter } from "./guard.js";
 export { JWKSClient } from "./jwks.js";
+export { headId, headPayload, leafHash, promisePayload, treeRoot, verifyConsistency, verifyHead, verifyHeadChain, verifyInclusion, verifyPromise } from "./merkle.js";
 export { PROTOCOL_VERSION, RevocationChannel, TOKEN_TYPE } from "./protocol.js";
 export { GLOBAL, normalizeRegion, regionWithin } from "./regions.js";
 export { ActionReporter, type ReporterOptions } from "./reporter.js";

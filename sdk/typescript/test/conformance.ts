@@ -8,6 +8,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { canonical, checkpointPayload, eventHash, verifyChain, verifyCheckpoint } from "../src/audit.js";
 import { RegionError, RuleError } from "../src/errors.js";
+import { headId, headPayload, leafHash, promisePayload, treeRoot, verifyConsistency, verifyHead, verifyHeadChain, verifyInclusion, verifyPromise } from "../src/merkle.js";
 import { COUNTRIES, GROUPINGS, normalizeRegion, regionWithin } from "../src/regions.js";
 import { PassportError } from "../src/errors.js";
 import { type Follower, followPoll, loadSnapshot, revocationsDigest, SnapshotUnavailable, START, type StreamMessage } from "../src/revocations.js";
@@ -96,6 +97,30 @@ const CHECKS: Record<string, Check> = {
       return same({ count: walk.count, head: walk.head, ok: walk.problem === null }, { count: vector["count"], head: vector["head"], ok: vector["ok"] }, "walk");
     }
     throw new Error(`unknown test ${String(vector["test"])}`);
+  },
+  merkle(vector, file) {
+    const keys = keysFromJwks(file["jwks"]);
+    const hex = (name: string): string => vector[name] as string;
+    const number = (name: string): number => vector[name] as number;
+    switch (vector["test"]) {
+      case "leaf": return same(leafHash(hex("event_hash")), vector["leaf"], "leaf");
+      case "root": return same(treeRoot(vector["leaves"] as string[]), vector["root"], "root");
+      case "inclusion": return same(verifyInclusion(hex("leaf"), number("index"), number("size"), vector["path"] as string[], hex("root")), vector["valid"], "valid");
+      case "consistency": return same(verifyConsistency(number("first"), number("second"), hex("first_root"), hex("second_root"), vector["proof"] as string[]), vector["valid"], "valid");
+      case "head": {
+        const head = vector["head"] as Record<string, unknown>;
+        same(headPayload(head), vector["payload"], "payload");
+        same(headId(head), vector["id"], "id");
+        return same(verifyHead(head, keys) === null, vector["valid"], "valid");
+      }
+      case "head_chain": return same(verifyHeadChain(vector["heads"] as Array<Record<string, unknown>>) === null, vector["ok"], "ok");
+      case "promise": {
+        const promise = vector["promise"] as Record<string, unknown>;
+        same(promisePayload(promise), vector["payload"], "payload");
+        return same(verifyPromise(promise, keys) === null, vector["valid"], "valid");
+      }
+      default: throw new Error(`unknown test ${String(vector["test"])}`);
+    }
   },
   async tokens(vector, file) {
     const options = { issuer: vector["issuer"] as string, audience: vector["audience"] as string, leeway: vector["leeway"] as number, now: vector["now"] as number };
