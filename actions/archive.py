@@ -139,6 +139,9 @@ def write_segment(plan: Plan, directory: Path, *, progress: bool = False) -> tup
     except OSError as exc:
         path.unlink(missing_ok=True)
         raise ArchiveRefused(f"cannot write {path}: {exc.strerror}") from exc
+    except transparency.TreeDamaged:
+        path.unlink(missing_ok=True)
+        raise
     return path, digest.hexdigest()
 
 
@@ -155,8 +158,11 @@ def archive(before: datetime, directory: Path, *, progress: bool | None = None) 
     if progress is None:
         progress = sys.stderr.isatty()
     partitions.ensure_partitions()
-    chosen = plan(before)
-    path, sha256 = write_segment(chosen, directory, progress=progress)
+    try:
+        chosen = plan(before)
+        path, sha256 = write_segment(chosen, directory, progress=progress)
+    except transparency.TreeDamaged as exc:
+        raise ArchiveRefused(f"the log is damaged ({exc}); run manage.py verify_audit") from exc
     try:
         report = verify_file(path, progress=progress)
         problems = report.problems

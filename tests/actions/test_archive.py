@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from actions import partitions, transparency
-from actions.models import ActionEvent, ArchivedSegment
+from actions.models import ActionEvent, ArchivedSegment, MerkleNode
 from agent_passport.cli import main as sdk_main
 from agent_passport.merkle import leaf_hash, verify_consistency, verify_head, verify_inclusion
 from agent_passport.segment import read_records
@@ -197,3 +197,11 @@ def test_a_log_that_does_not_verify_is_not_dropped(history, tmp_path):
     assert ActionEvent.objects.count() == count
     assert partitions.partitions() == tables
     assert list(tmp_path.iterdir()) == []  # the rejected segment is not left behind
+
+
+def test_a_missing_stored_subtree_refuses(history, tmp_path):
+    MerkleNode.objects.filter(level=9, index=0).delete()
+    refused(
+        "the log is damaged", "--before", month_start(history[3], -1).isoformat(), "--to", tmp_path
+    )
+    assert list(tmp_path.iterdir()) == []
