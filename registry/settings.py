@@ -260,6 +260,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
     },
     "prune-agent-copies": {"task": "actions.tasks.prune_agent_copies", "schedule": 3600.0},
+    "ensure-audit-partitions": {"task": "actions.tasks.ensure_partitions", "schedule": 86400.0},
     "reconcile-revocations": {
         "task": "killswitch.tasks.reconcile_revocations",
         "schedule": env.float("REVOCATION_RECONCILE_SECONDS", default=10.0),

@@ -1,4 +1,4 @@
-"""Command line: ``python -m agent_passport verify|check|watch|verify-audit|proxy``.
+"""Command line: ``python -m agent_passport verify|check|watch|verify-audit|verify-segment|proxy``.
 
 Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error; ``proxy``: 0 when
 stopped by SIGINT/SIGTERM, 70 stopped by a kill of its passport, 71 not started (revoked
@@ -28,6 +28,7 @@ from agent_passport.jwks import JWKSClient
 from agent_passport.protocol import RevocationChannel
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
+from agent_passport.segment import SegmentError, read_records, verify_segment
 from agent_passport.session import CLIError, add_agent_options, key_source
 from agent_passport.supervisor import add_run_options, cmd_run
 from agent_passport.tokens import verify_token
@@ -195,6 +196,34 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_verify_segment(args: argparse.Namespace) -> int:
+    keys = key_source(args)
+    if isinstance(keys, JWKSClient):
+        try:
+            keys.refresh()
+        except (requests.RequestException, ValueError) as exc:
+            raise CLIError(f"cannot fetch the registry's JWKS: {exc}") from exc
+        keys = keys.keys
+    try:
+        with open(args.segment, encoding="utf-8") as lines:
+            report = verify_segment(
+                read_records(lines, args.segment), keys, progress=sys.stderr.isatty()
+            )
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.segment}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{args.segment} is not UTF-8 text ({exc.reason})") from exc
+    except SegmentError as exc:
+        print(f"NOT VERIFIED: {exc}")
+        return 1
+    if report.ok:
+        print(f"intact: {report.summary()}")
+        return 0
+    for problem in report.problems:
+        print(f"TAMPERED: {problem}")
+    return 1
+
+
 def cmd_mcp_proxy(args: argparse.Namespace) -> int:
     """The MCP gateway needs the optional ``mcp`` package: imported only when it is used."""
     try:
@@ -291,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify_audit.add_argument("export", help="file from GET /api/v1/actions/export")
     _add_key_options(verify_audit)
     verify_audit.set_defaults(handler=cmd_verify_audit)
+
+    verify_segment = commands.add_parser(
+        "verify-segment", help="verify an archived action-log segment offline with the JWKS"
+    )
+    verify_segment.add_argument("segment", help="file written by manage.py archive_audit")
+    _add_key_options(verify_segment)
+    verify_segment.add_argument("--jwks", dest="jwks_file", help="the same as --jwks-file")
+    verify_segment.set_defaults(handler=cmd_verify_segment)
 
     run = commands.add_parser(
         "run",
