@@ -194,7 +194,7 @@ class Delivery:
 def _pending(sink: Sink, head: SignedTreeHead) -> list[SignedTreeHead]:
     """The heads up to ``head`` that ``sink`` has not taken yet, oldest first: those after its
     last delivery (or after its first failed attempt, for a sink never reached)."""
-    rows = HeadWitness.objects.filter(sink=sink.name, head_id__lte=head.pk)
+    rows = HeadWitness.objects.filter(sink=sink.name[:200], head_id__lte=head.pk)
     delivered = rows.filter(error="").order_by("-head_id").values_list("head_id", flat=True)
     last = delivered.first()
     if last is None:
@@ -220,7 +220,7 @@ def _deliver(
             error = f"{exc.__class__.__name__}: {exc}"[:500]
             logger.warning("witness %s refused tree head %s: %s", sink.name, head.tree_size, error)
         HeadWitness.objects.create(
-            head=head, sink=sink.name, delivered_at=timezone.now(), error=error
+            head=head, sink=sink.name[:200], delivered_at=timezone.now(), error=error
         )
         deliveries.append(Delivery(sink=sink.name, tree_size=head.tree_size, error=error))
         if error:
@@ -242,6 +242,18 @@ def witnessed_by(head: SignedTreeHead) -> list[str]:
     """The sinks that took ``head``."""
     names = head.witnesses.filter(error="").values_list("sink", flat=True).distinct()
     return sorted(names)
+
+
+def refused_by(head: SignedTreeHead) -> dict[str, str]:
+    """The sinks that have not taken ``head`` (yet), each with its latest error."""
+    took = set(witnessed_by(head))
+    errors: dict[str, str] = {}
+    for sink, error in (
+        head.witnesses.exclude(error="").order_by("delivered_at").values_list("sink", "error")
+    ):
+        if sink not in took:
+            errors[sink] = error
+    return errors
 
 
 def sign_on_demand() -> tuple[SignedTreeHead, bool]:

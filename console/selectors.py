@@ -369,13 +369,16 @@ def revocation_page(revocation_id: int) -> RevocationPage:
 class HeadSummary:
     head: SignedTreeHead
     witnessed_by: list[str]  # sinks that took it; empty: not witnessed (yet)
+    refused_by: dict[str, str]  # sinks that failed to take it: their latest error
 
 
 def newest_head() -> HeadSummary | None:
     head = transparency.latest_head()
     if head is None:
         return None
-    return HeadSummary(head=head, witnessed_by=witnesses.witnessed_by(head))
+    return HeadSummary(
+        head=head, witnessed_by=witnesses.witnessed_by(head), refused_by=witnesses.refused_by(head)
+    )
 
 
 @dataclass(frozen=True)

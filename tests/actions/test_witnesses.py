@@ -158,6 +158,7 @@ def test_a_failing_sink_is_recorded_and_catches_up_later_without_stopping_the_ot
     assert errors["http://127.0.0.1:9/closed-port"].startswith("ConnectionError")
     assert errors[f"file://{heads_file}"] == ""  # after three failures, the last sink got it
     assert witnesses.witnessed_by(first) == [f"file://{heads_file}"]
+    assert witnesses.refused_by(first)["http://127.0.0.1:9/closed-port"].startswith("Connection")
 
     receiver.status = 200  # back: the next publication delivers the missed head first
     post_events(token, [("fs:read", "allow")])
@@ -165,6 +166,7 @@ def test_a_failing_sink_is_recorded_and_catches_up_later_without_stopping_the_ot
     assert [body["tree_size"] for body in receiver.bodies] == [first.tree_size, second.tree_size]
     assert [line["tree_size"] for line in lines(heads_file)] == [2, 3]
     assert receiver.url.split("?")[0] in witnesses.witnessed_by(first)
+    assert receiver.url.split("?")[0] not in witnesses.refused_by(first)
 
 
 def test_a_slow_webhook_is_given_up_on_after_the_timeout(
