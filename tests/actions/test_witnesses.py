@@ -223,7 +223,7 @@ def test_the_beat_task_signs_and_publishes(
 def test_manage_sign_tree_head_prints_the_head(
     settings, heads_file, token, capsys, django_capture_on_commit_callbacks
 ):
-    settings.AUDIT_WITNESSES = [f"file://{heads_file}"]
+    settings.AUDIT_WITNESSES = [f"file://{heads_file}", "http://127.0.0.1:9/closed-port"]
     with pytest.raises(CommandError, match="the action log is empty"):
         call_command("sign_tree_head")
     post_events(token, [("fs:read", "allow")] * 2)
@@ -237,6 +237,7 @@ def test_manage_sign_tree_head_prints_the_head(
     assert json.loads(out) == printed
     assert "unchanged: the log still has 2 event(s)" in err
     assert f"witnessed by file://{heads_file}" in err
+    assert "NOT witnessed by http://127.0.0.1:9/closed-port: ConnectionError" in err
 
 
 def test_post_audit_heads_signs_on_demand_for_operators(

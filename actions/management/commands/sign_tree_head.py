@@ -22,3 +22,5 @@ class Command(BaseCommand):
             self.stderr.write(f"unchanged: the log still has {head.tree_size} event(s)")
         for sink in witnesses.witnessed_by(head):
             self.stderr.write(f"witnessed by {sink}")
+        for sink, error in witnesses.refused_by(head).items():
+            self.stderr.write(f"NOT witnessed by {sink}: {error}")
