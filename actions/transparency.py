@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from actions import witnesses
 from actions.audit import iso
 from actions.models import ActionEvent, ArchivedSegment, LogCounter, MerkleNode, SignedTreeHead
 from agent_passport.audit import GENESIS, b64url
@@ -133,6 +134,9 @@ def sign_tree_head(*, force: bool = False) -> SignedTreeHead | None:
     head.kid, signature = signing.sign_bytes(head_payload(head_document(head)))
     head.signature = b64url(signature)
     head.save()
+    # Witnesses get the head once it is committed (a rolled-back head was never published);
+    # robust: a failing publication is logged and recorded, never undoes the head.
+    transaction.on_commit(lambda: witnesses.publish(head), robust=True)
     return head
 
 

@@ -16,11 +16,12 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from actions import audit
+from actions import audit, transparency, witnesses
 from actions import selectors as action_selectors
-from actions.models import ActionEvent
+from actions.models import ActionEvent, SignedTreeHead
 from actions.selectors import RUNNING_WITHIN, CopyStatus, TreeStop
-from agent_passport.audit import ChainReport
+from agent_passport.audit import ChainReport, event_hash
+from agent_passport.merkle import leaf_hash, verify_head, verify_inclusion
 from agent_passport.revocations import describe_target
 from console.times import moment
 from killswitch import selectors as kill_selectors
@@ -28,6 +29,7 @@ from killswitch import services as killswitch
 from killswitch.models import KillRule, Revocation, RuleMatch
 from killswitch.selectors import current_epoch, runnable_agents
 from passports import selectors as passport_selectors
+from passports import signing
 from passports.models import Agent, Passport, SigningKey
 from passports.services import RunStatus, agent_run_status, effective_status
 from registry.errors import RequestRejected
@@ -364,10 +366,27 @@ def revocation_page(revocation_id: int) -> RevocationPage:
 
 
 @dataclass(frozen=True)
+class HeadSummary:
+    head: SignedTreeHead
+    witnessed_by: list[str]  # sinks that took it; empty: not witnessed (yet)
+    refused_by: dict[str, str]  # sinks that failed to take it: their latest error
+
+
+def newest_head() -> HeadSummary | None:
+    head = transparency.latest_head()
+    if head is None:
+        return None
+    return HeadSummary(
+        head=head, witnessed_by=witnesses.witnessed_by(head), refused_by=witnesses.refused_by(head)
+    )
+
+
+@dataclass(frozen=True)
 class ActionLogPage:
     page: Page
     error: str | None  # a filter that was refused (the page then shows the whole log)
     report: ChainReport | None  # the audit verification, when asked for
+    head: HeadSummary | None  # the newest signed tree head
 
 
 def action_log_page(
@@ -384,7 +403,99 @@ def action_log_page(
         page=Paginator(ordered, 100).get_page(page),
         error=error,
         report=audit.verify() if verify else None,
+        head=newest_head(),
     )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class EventCheck:
+    """ "Verify this event": its content against its logged hash, and its leaf against the
+    newest signed head with an inclusion proof checked by the SDK's verifiers."""
+
+    event: ActionEvent
+    head: HeadSummary | None
+    checks: list[Check]
+    path: list[str]  # the inclusion proof (hex), when one could be computed
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        """What changed, named by the first check that failed (or that all passed)."""
+        failed = [check for check in self.checks if not check.ok]
+        if failed:
+            return failed[0].detail
+        head = self.checks[-1].detail
+        return f"verified: {head}"
+
+
+def _short(value: str) -> str:
+    return f"{value[:12]}…"
+
+
+def event_check(event_id: uuid.UUID) -> EventCheck:
+    event = get_object_or_404(ActionEvent.objects.select_related("agent"), pk=event_id)
+    content_hash = event_hash(audit.event_document(event))
+    checks = [
+        Check(
+            "content",
+            content_hash == event.hash,
+            f"the content hashes to {_short(content_hash)} as logged"
+            if content_hash == event.hash
+            else f"content edited: the event now hashes to {_short(content_hash)}, but it was "
+            f"logged with hash {_short(event.hash)} (hash mismatch)",
+        )
+    ]
+    summary = newest_head()
+    if summary is None or event.leaf_index >= summary.head.tree_size:
+        covered = summary.head.tree_size if summary else 0
+        checks.append(
+            Check(
+                "head",
+                False,
+                f"not yet covered by a signed head: the event is leaf {event.leaf_index}, the "
+                f"newest head covers {covered} event(s); the next head will include it",
+            )
+        )
+        return EventCheck(event=event, head=summary, checks=checks, path=[])
+    head = summary.head
+    document = transparency.head_document(head)
+    problem = verify_head(document, signing.all_public_keys())
+    checks.append(Check("head", problem is None, problem or f"head {head.tree_size} is signed"))
+    try:
+        path = transparency.inclusion_proof(event.leaf_index, head.tree_size)
+    except transparency.TreeDamaged as exc:
+        checks.append(Check("proof", False, f"proof fails against the head: {exc}"))
+        return EventCheck(event=event, head=summary, checks=checks, path=[])
+    included = verify_inclusion(
+        leaf_hash(content_hash),
+        event.leaf_index,
+        head.tree_size,
+        [bytes.fromhex(node) for node in path],
+        bytes.fromhex(head.root_hash),
+    )
+    checks.append(
+        Check(
+            "proof",
+            included,
+            f"leaf {event.leaf_index} of the signed head of size {head.tree_size} "
+            f"(root {_short(head.root_hash)}), {len(path)} proof hashes"
+            if included
+            else f"proof fails against the head: leaf {event.leaf_index} with this content is not "
+            f"in the tree of size {head.tree_size} that the head signs "
+            f"(root {_short(head.root_hash)})",
+        )
+    )
+    return EventCheck(event=event, head=summary, checks=checks, path=path)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ urlpatterns = [
     ),
     path("revocations/<int:revocation_id>/lift", views.lift, name="lift"),
     path("actions/", views.action_log, name="actions"),
+    path("actions/<uuid:event_id>/verify", views.event_verify, name="event-verify"),
     path("rules/", views.rules, name="rules"),
     path("rules/<int:rule_id>/toggle", views.rule_toggle, name="rule-toggle"),
     path("keys/", views.keys, name="keys"),

@@ -250,8 +250,17 @@ def action_log(request: HttpRequest) -> HttpResponse:
             "error": log.error,
             "report": log.report,
             "query": query.urlencode(),
+            "head": log.head,
         },
     )
+
+
+@requires(Role.VIEWER)
+@require_GET
+@never_cache
+def event_verify(request: HttpRequest, event_id: uuid.UUID) -> HttpResponse:
+    """ "Verify this event": the server computes and checks its inclusion proof."""
+    return render(request, "console/event_verify.html", {"check": selectors.event_check(event_id)})
 
 
 @requires(Role.VIEWER)

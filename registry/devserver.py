@@ -244,6 +244,10 @@ def run() -> None:
             os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
         )
         children += [redis_process] if redis_process else []
+        # Tree heads go to an append-only file a verifier can check the log against, and to Redis.
+        os.environ.setdefault(
+            "AUDIT_WITNESSES", f"file://{BASE_DIR / 'var' / 'heads.jsonl'},redis:"
+        )
         _manage("migrate", "--noinput", "-v0")
         _manage("collectstatic", "--noinput", "-v0")
         _manage("ensure_signing_key")

@@ -244,6 +244,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Signed audit checkpoints and signed tree heads of the transparency log: at most this often.
 AUDIT_CHECKPOINT_SECONDS = env.float("AUDIT_CHECKPOINT_SECONDS", default=60.0)
+# Where signed tree heads are published outside the database (actions.witnesses): comma-separated
+# file:///path.jsonl, http(s)://webhook and redis: (next to the revocation channel).
+AUDIT_WITNESSES = env.list("AUDIT_WITNESSES", default=["redis:"])
 CELERY_BEAT_SCHEDULE = {
     "expire-passports": {"task": "passports.tasks.expire_passports", "schedule": 60.0},
     "retire-signing-keys": {"task": "passports.tasks.retire_signing_keys", "schedule": 300.0},
