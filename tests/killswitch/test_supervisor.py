@@ -1,10 +1,12 @@
 """``agent-passport run`` against the live registry, a real Redis and real processes: an agent
 that imports nothing of ours and hides its children is still stopped whole by a kill."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -44,17 +46,28 @@ def alive(pid: int) -> bool:
 
 
 class Run:
-    """One ``agent-passport run`` process (its own session), stopped after the test."""
+    """One ``agent-passport run`` process (its own session), stopped after the test. Its stderr
+    is read as it comes (a full pipe would block the supervisor), for the failure messages."""
 
-    def __init__(self, process: subprocess.Popen, pids: Path) -> None:
+    def __init__(self, process: subprocess.Popen, pids: Path, read_stderr: bool = True) -> None:
         self.process = process
         self.pids_file = pids
+        self._stderr: list[str] = []
+        self._reader: threading.Thread | None = None
+        if read_stderr:
+            self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+            self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line)
 
     def roles(self, timeout: float = 10.0) -> dict[str, int]:
         assert wait_until(
             lambda: "ready" in self.pids_file.read_text() or self.process.poll() is not None,
             timeout,
-        ), "the agent did not get ready"
+        ), f"the agent did not get ready\n{self.dump()}"
         assert self.process.poll() is None, self.stderr()
         return dict(
             (role, int(pid))
@@ -62,13 +75,28 @@ class Run:
         )
 
     def wait(self, timeout: float = 15.0) -> int:
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the supervisor did not exit within {timeout:g} s\n{self.dump()}"
+            ) from None
 
     def stderr(self) -> str:
+        """What the supervisor wrote to stderr so far (all of it once it has exited)."""
+        if self._reader is not None and self.process.poll() is not None:
+            self._reader.join(5)
+        return "".join(self._stderr)
+
+    def dump(self) -> str:
+        """For a failure message: SIGABRT a supervisor still running (PYTHONFAULTHANDLER: the
+        stack of each of its threads goes to stderr), then its whole stderr."""
         if self.process.poll() is None:
-            return "(still running)"
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
+            self.process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+            self._kill_leftovers()  # so that the stderr pipe ends
+        return f"supervisor's stderr:\n{self.stderr()}"
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -78,9 +106,12 @@ class Run:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._kill_leftovers()  # they hold the stderr pipe too: its reader ends once they are gone
+        if self._reader is not None:
+            self._reader.join(5)
         if self.process.stderr is not None and not self.process.stderr.closed:
-            self.process.stderr.close()
-        self._kill_leftovers()
+            if self._reader is None or not self._reader.is_alive():  # else: close() would block
+                self.process.stderr.close()
 
     def _kill_leftovers(self) -> None:
         """A failed test must not leave the tree behind (its supervisor may be gone): kill every
@@ -105,7 +136,9 @@ def passport(issue, live_server, settings):
 def run(live_server, settings, tmp_path, revocation_heartbeat):
     started: list[Run] = []
 
-    def _run(token: str, *options: str, command: list[str] | None = None) -> Run:
+    def _run(
+        token: str, *options: str, command: list[str] | None = None, read_stderr: bool = True
+    ) -> Run:
         pids = tmp_path / f"pids-{len(started)}"
         pids.touch()
         argv = [
@@ -120,11 +153,12 @@ def run(live_server, settings, tmp_path, revocation_heartbeat):
             **os.environ,
             "AGENT_PASSPORT_TOKEN": token,
             "PYTHONPATH": os.pathsep.join([str(SDK), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONFAULTHANDLER": "1",  # Run.dump(): SIGABRT prints every thread's stack
         }
         process = subprocess.Popen(
             argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
-        started.append(Run(process, pids))
+        started.append(Run(process, pids, read_stderr))
         return started[-1]
 
     yield _run
@@ -159,9 +193,9 @@ def test_a_kill_from_the_api_stops_the_whole_uncooperative_tree(
     requested = time.monotonic()  # the supervisor cannot SIGTERM before this
     revocation = kill_agent(operator_api, agent)
     others = [pid for role, pid in roles.items() if role != "stubborn"]
-    assert wait_until(lambda: not any(alive(pid) for pid in others), timeout=1.0)
+    assert wait_until(lambda: not any(alive(pid) for pid in others), 1.0), supervised.dump()
     assert alive(roles["stubborn"])  # it ignores SIGTERM: only SIGKILL, after the grace period
-    assert wait_until(lambda: not alive(roles["stubborn"]), timeout=3.0)
+    assert wait_until(lambda: not alive(roles["stubborn"]), 3.0), supervised.dump()
     assert time.monotonic() - requested >= 1.0  # SIGKILL came no earlier than --grace 1
 
     assert supervised.wait() == EXIT_KILLED
@@ -180,6 +214,34 @@ def test_a_kill_from_the_api_stops_the_whole_uncooperative_tree(
         "epoch": revocation.epoch,
     }
     assert events(agent, "proc:exit")[0].details == {"code": EXIT_KILLED}
+
+
+SIGCHLD_STORM = """
+import os, signal, sys, time
+pid, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    os.kill(pid, signal.SIGCHLD)
+"""
+
+
+def test_a_storm_of_sigchld_does_not_hang_the_supervisor(passport, run, operator_api, agent):
+    """SIGCHLD comes whenever a process of the tree stops, continues or exits (many at once when
+    a subreaper SIGSTOPs, SIGCONTs or kills the tree). Its handler once called
+    ``threading.Event.set()``, whose lock the main thread may hold at that very moment (inside
+    ``Event.wait()``, or inside the handler itself when the next SIGCHLD comes): the supervisor
+    then waited for itself forever, deaf to a kill."""
+    supervised = run(passport["token"], "--grace", "0.2", "--containment", "subreaper")
+    roles = supervised.roles()
+    storm = [
+        subprocess.Popen([sys.executable, "-c", SIGCHLD_STORM, str(supervised.process.pid), "2"])
+        for _ in range(3)  # from several processes: one of them runs beside the supervisor
+    ]
+    for sender in storm:
+        sender.wait(10)
+    assert supervised.process.poll() is None, supervised.stderr()
+    kill_agent(operator_api, agent)
+    assert supervised.wait() == EXIT_KILLED, supervised.stderr()
+    assert not any(alive(pid) for pid in roles.values())
 
 
 def test_a_revoked_passport_refuses_to_start(passport, run, operator_api, agent):
@@ -301,11 +363,13 @@ def test_stale_state_pauses_the_tree_until_redis_is_back_then_a_kill_stops_it(
     )  # fmt: skip
     roles = supervised.roles()
     private_redis.stop()
-    assert wait_until(lambda: all(frozen(pid, mechanism) for pid in roles.values()), timeout=8)
+    paused = wait_until(lambda: all(frozen(pid, mechanism) for pid in roles.values()), timeout=8)
+    assert paused, supervised.dump()
     assert supervised.process.poll() is None  # paused, not stopped
     private_redis.start()
     publisher.reconcile()
-    assert wait_until(lambda: not any(frozen(pid, mechanism) for pid in roles.values()), 8)
+    resumed = wait_until(lambda: not any(frozen(pid, mechanism) for pid in roles.values()), 8)
+    assert resumed, supervised.dump()
     assert all(alive(pid) for pid in roles.values())
     kill_agent(operator_api, agent)
     assert supervised.wait() == EXIT_KILLED
@@ -378,7 +442,7 @@ def test_renew_swaps_in_the_new_passport_and_the_tree_outlives_the_old_one(
 def test_a_supervisor_whose_stderr_reader_is_gone_still_stops_the_tree(
     passport, run, operator_api, agent
 ):
-    supervised = run(passport["token"], "--grace", "0.2")
+    supervised = run(passport["token"], "--grace", "0.2", read_stderr=False)
     roles = supervised.roles()
     supervised.process.stderr.close()  # type: ignore[union-attr]  # e.g. its log collector died
     kill_agent(operator_api, agent)

@@ -94,7 +94,8 @@ EXIT_NOT_FOUND = 127
 
 TOKEN_FILE_ENV = "AGENT_PASSPORT_TOKEN_FILE"  # noqa: S105 (a variable name)
 ON_STALE = ("stop", "pause", "continue")
-TICK = 0.05  # seconds between the main loop's checks (a kill or a signal wakes it at once)
+TICK = 0.05  # seconds between the main loop's checks (a kill wakes it at once; a signal is
+# noticed at the next check: see _install_signals)
 EXPIRY_WARNING = 60.0  # seconds before expiry
 STALE_LOG_INTERVAL = 5.0  # --on-stale continue logs this often
 RENEW_BEFORE = 120.0  # renew at most this long before expiry (and once a third is left)
@@ -317,13 +318,16 @@ class Supervisor:
         return path
 
     def _install_signals(self) -> dict[int, Any]:
+        """The handlers only set an attribute, and take no lock (not ``self.wake.set()``): a
+        handler runs on the main thread between two bytecodes, maybe while that thread holds the
+        lock (inside ``wake.wait()``, or inside a handler the next signal interrupted), and would
+        wait for it forever. SIGCHLD comes in bursts whenever the tree stops, continues or exits."""
+
         def received(signum: int, _frame: FrameType | None) -> None:
             self.received = signum
-            self.wake.set()
 
         def child(_signum: int, _frame: FrameType | None) -> None:
             self.child_exited = True
-            self.wake.set()
 
         previous: dict[int, Any] = {}
         for signum, handler in (
