@@ -4,6 +4,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from agent_passport.session import set_on_signals
 from killswitch import publisher
 
 
@@ -15,8 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, **options) -> None:
         stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        set_on_signals(stop, signal.SIGTERM, signal.SIGINT)
         interval = settings.REVOCATION_HEARTBEAT_SECONDS
         self.stdout.write(f"revocation heartbeat every {interval:g} s")
         publisher.run_heartbeat(stop, interval)

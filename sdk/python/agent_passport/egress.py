@@ -45,7 +45,14 @@ from typing import Any
 from agent_passport.errors import GuardError, RevocationStateStale
 from agent_passport.guard import Guard
 from agent_passport.revocations import RevocationEntry
-from agent_passport.session import EXIT_EXPIRED, EXIT_KILLED, EXIT_REFUSED, CLIError, open_session
+from agent_passport.session import (
+    EXIT_EXPIRED,
+    EXIT_KILLED,
+    EXIT_REFUSED,
+    CLIError,
+    open_session,
+    set_on_signals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -763,8 +770,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CLIError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
         done = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: done.set())
+        set_on_signals(done, signal.SIGINT, signal.SIGTERM)
         guard.on_kill(lambda entry: done.set())
         print(f"egress proxy for agent {guard.agent_id} on {proxy.url}", flush=True)
         try:

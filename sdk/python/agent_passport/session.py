@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,17 @@ REGISTRY_ENV = "AGENT_PASSPORT_REGISTRY"
 ISSUER_ENV = "AGENT_PASSPORT_ISSUER"
 REDIS_ENV = "AGENT_PASSPORT_REDIS"
 JURISDICTION_ENV = "AGENT_PASSPORT_JURISDICTION"
+
+
+def set_on_signals(event: threading.Event, *signums: int) -> None:
+    """Set ``event`` when one of ``signums`` arrives. The handler runs on the main thread between
+    two bytecodes, possibly while that thread holds the Event's lock inside ``wait()`` or
+    ``set()``; setting it there could deadlock, so a short-lived thread sets it instead."""
+    for signum in signums:
+        signal.signal(
+            signum,
+            lambda *_: threading.Thread(target=event.set, name="signal", daemon=True).start(),
+        )
 
 
 class CLIError(Exception):
