@@ -1,4 +1,7 @@
-"""Command line: ``python -m agent_passport verify|check|watch|verify-audit|verify-proof|proxy``.
+"""Command line: ``python -m agent_passport verify|check|watch|verify-audit|proxy``.
+
+Also ``verify-proof`` (a saved inclusion or consistency proof, offline) and ``audit-check`` (the
+agent's kept receipts against the live log).
 
 Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error; ``proxy``: 0 when
 stopped by SIGINT/SIGTERM, 70 stopped by a kill of its passport, 71 not started (revoked
