@@ -199,3 +199,22 @@ def test_who_may_ask(logged):
     forged = bearer("not.a.token")
     response = forged.get("/api/v1/audit/heads/latest")
     assert response.status_code == 401 and response.json()["detail"]
+
+
+def test_the_schema_documents_the_endpoints_and_the_receipt():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    for path in (
+        "/api/v1/audit/heads/latest",
+        "/api/v1/audit/heads",
+        "/api/v1/actions/{event_id}/proof",
+        "/api/v1/audit/consistency",
+    ):
+        assert "get" in schema["paths"][path], path
+    components = schema["components"]["schemas"]
+    assert "receipt" in components["IngestResult"]["properties"]
+    assert {"tree_size", "root", "prev", "signature"} <= set(components["TreeHead"]["properties"])
+    assert "from" in components["ConsistencyProof"]["properties"]
+    parameters = schema["paths"]["/api/v1/audit/consistency"]["get"]["parameters"]
+    assert {p["name"] for p in parameters} == {"from", "to"}

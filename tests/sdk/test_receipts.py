@@ -101,6 +101,22 @@ def test_a_rewritten_and_re_signed_log_is_caught(live_server, token, reporter):
 
 
 @transactional
+def test_a_split_view_is_caught(live_server, token, reporter):
+    """Another head for a size the agent saw: the registry re-signed a rewritten tree of the
+    same size (as it might show a witness one head and the agent another)."""
+    report(reporter, 10)
+    transparency.sign_tree_head()
+    assert check(live_server, token, reporter).ok  # the agent keeps the head of 10
+    rewrite(7)
+    transparency.sign_tree_head(force=True)
+    result = check(live_server, token, reporter)
+    assert len(result.problems) == 1, result.problems
+    assert result.problems[0].startswith(
+        "log rewritten: the latest head of 10 leaves has another root than the head of 10 leaves"
+    )
+
+
+@transactional
 def test_a_truncated_log_is_caught(live_server, token, reporter):
     report(reporter, 10)
     transparency.sign_tree_head()
