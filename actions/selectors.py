@@ -12,7 +12,7 @@ from rest_framework.exceptions import NotFound
 
 from actions import audit, transparency
 from actions.lookups import GlobMatch
-from actions.models import ActionEvent, AgentCopy, SignedTreeHead
+from actions.models import ActionEvent, AgentCopy, ArchivedSegment, SignedTreeHead
 from agent_passport.errors import RuleError
 from agent_passport.rules import parse_rule
 from passports.models import Agent
@@ -152,6 +152,13 @@ class NotYetCovered(StateConflict):
     """The event has a leaf but no signed head covers it yet: ask again after the next head."""
 
 
+class Archived(RequestRejected):
+    """The proof needs leaves that archive_audit moved out of the database."""
+
+    status_code = 410
+    reason = "archived"
+
+
 class LogDamaged(RequestRejected):
     """A leaf or stored subtree a proof needs is missing (transparency.TreeDamaged): the log was
     tampered with. 503: the registry cannot answer; retrying does not help until it is repaired."""
@@ -268,6 +275,15 @@ def consistency(*, first: str | None, second: str | None) -> dict[str, Any]:
     try:
         proof = transparency.consistency_proof(start, to_head.tree_size)
     except transparency.TreeDamaged as exc:
+        archived = (
+            ArchivedSegment.objects.order_by("-end_leaf").values_list("end_leaf", flat=True).first()
+        )
+        if archived is not None and start < archived:
+            raise Archived(
+                "from",
+                f"leaves below {archived} are archived (archive_audit) and this proof needs some "
+                f"of them: ask from {archived} or more, or verify the archived segment",
+            ) from exc
         raise LogDamaged("tree", f"the log is damaged: {exc}") from exc
     from_head = transparency.head_for_size(start)
     return {

@@ -3,10 +3,11 @@ verifiers accept offline; every bad input a 4xx naming the field; viewers and ag
 events only) may ask."""
 
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from actions import transparency
-from actions.models import ActionEvent, MerkleNode
+from actions.models import ActionEvent, ArchivedSegment, MerkleNode
 from agent_passport.audit import event_hash
 from agent_passport.merkle import (
     leaf_hash,
@@ -170,6 +171,27 @@ def test_a_damaged_tree_is_a_clear_503_not_a_traceback(logged, viewer_api):
         MerkleNode.objects.all().delete()
     consistency = viewer_api.get("/api/v1/audit/consistency?from=10&to=300")
     assert consistency.status_code == 503 and "damaged" in consistency.json()["detail"]
+
+
+def test_archived_leaves_are_a_410_not_damage(logged, viewer_api):
+    head = transparency.latest_head()
+    ArchivedSegment.objects.create(
+        start_leaf=0,
+        end_leaf=256,
+        root_hash=transparency.root(256).hex(),
+        head=head,
+        archived_at=timezone.now(),
+        location="/archive/segment-0-256.jsonl",
+        sha256="0" * 64,
+    )
+    with maintenance(open_=True):
+        ActionEvent.objects.filter(leaf_index__lt=256).delete()
+    archived = viewer_api.get("/api/v1/audit/consistency?from=10")
+    assert archived.status_code == 410, archived.content
+    assert "leaves below 256 are archived" in archived.json()["errors"]["from"][0]
+    live = viewer_api.get(f"/api/v1/actions/{logged[-1]}/proof").json()
+    assert checks_inclusion(live)  # the stored subtrees of the archived part remain
+    assert viewer_api.get(f"/api/v1/actions/{logged[0]}/proof").status_code == 404
 
 
 def test_agents_prove_their_own_events_only(logged, token, issue, operator):
