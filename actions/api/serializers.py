@@ -261,11 +261,25 @@ class TreeHeadSerializer(serializers.Serializer):
         return {"tree_size": fields.pop("tree_size"), "root": _hex_field(), **fields}
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "[leaf index, event hash (hex)]",
+    }
+)
+class _PromisedLeaf(serializers.Field):
+    def to_representation(self, value):
+        return value
+
+
 class InclusionPromiseSerializer(serializers.Serializer):
     """A signed promise that the leaves will be covered by a signed head before ``include_by``."""
 
     leaves = serializers.ListField(
-        child=serializers.ListField(child=serializers.JSONField(), min_length=2, max_length=2),
+        child=_PromisedLeaf(),
         help_text="[[leaf index, event hash], ...] of every event of the batch, by leaf index",
     )
     include_by = serializers.CharField(help_text="ISO 8601 UTC")
@@ -299,11 +313,33 @@ class TreeHeadPageSerializer(serializers.Serializer):
     )
 
 
+class EventDocumentSerializer(serializers.Serializer):
+    """An event as its hash covers it (``actions.audit.event_document``; times as
+    ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), with its stored hash and leaf index."""
+
+    agent = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    id = serializers.UUIDField()
+    passport = serializers.UUIDField()
+    fleet = serializers.CharField()
+    action = serializers.CharField()
+    resource = serializers.CharField()
+    jurisdiction = serializers.CharField()
+    decision = serializers.ChoiceField(choices=ActionEvent.Decision.choices)
+    reason = serializers.CharField()
+    occurred_at = serializers.CharField()
+    received_at = serializers.CharField()
+    details = serializers.DictField(help_text="as the agent reported them")
+    prev = serializers.CharField(help_text=f"{HEX_HASH}: the agent's previous event")
+    hash = serializers.CharField(help_text=HEX_HASH)
+    leaf_index = serializers.IntegerField()
+
+
 class InclusionProofSerializer(serializers.Serializer):
     """Verified offline by ``python -m agent_passport verify-proof``: ``verify_inclusion(
     leaf_hash(event_hash(event)), leaf_index, tree_size, path, head.root)`` and ``verify_head``."""
 
-    event = serializers.DictField(help_text="the event document (what its hash covers)")
+    event = EventDocumentSerializer(help_text="the event document (what its hash covers)")
     leaf_index = serializers.IntegerField()
     tree_size = serializers.IntegerField()
     path = serializers.ListField(child=serializers.CharField(), help_text="hex, leaf end first")
