@@ -178,6 +178,9 @@ def test_audit_check_command(live_server, token, reporter, tmp_path, capsys, set
     transparency.sign_tree_head()
     reporter.close(timeout=5)  # keeps the receipts next to its spill file
     assert reporter.receipts_path.exists()
+    restarted = ActionReporter(reporter.url, token, spill_path=reporter.spill_path)
+    assert restarted.receipts.to_json() == reporter.receipts.to_json()  # loaded again
+    restarted.close()
     command = [
         "audit-check",
         "--token-file",
@@ -206,6 +209,9 @@ def test_audit_check_command(live_server, token, reporter, tmp_path, capsys, set
     token_file.with_name("junk.json").write_text("[1]")
     assert cli([*command[:-1], str(tmp_path / "junk.json")]) == 2
     assert "is not a receipts file" in capsys.readouterr().err
+    token_file.with_name("junk.json").write_text("{not json")
+    assert cli([*command[:-1], str(tmp_path / "junk.json")]) == 2
+    assert "cannot read receipts file" in capsys.readouterr().err
     unreachable = [*command[:3], "--registry", "http://127.0.0.1:9", *command[5:]]
     assert cli([*unreachable, "--jwks-file", str(jwks_file(tmp_path))]) == 2
     assert "cannot reach the registry" in capsys.readouterr().err

@@ -131,7 +131,7 @@ class ReceiptStore:
             document = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return store
-        except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # incl. not UTF-8, not JSON
             raise ValueError(f"cannot read receipts file {path}: {exc}") from exc
         if not isinstance(document, dict):
             raise ValueError(f"{path} is not a receipts file")
