@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 
 from actions import audit, transparency
 from actions.models import ActionEvent, SignedTreeHead
@@ -194,6 +195,17 @@ def test_audit_check_command(live_server, token, reporter, tmp_path, capsys, set
     assert cli(command) == 0
     out = capsys.readouterr().out
     assert out.startswith("log consistent: latest head 8 leaves; 1 kept head(s) consistent"), out
+
+    proof = requests.get(
+        f"{live_server.url}/api/v1/audit/consistency",
+        params={"from": 6},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    (tmp_path / "consistency.json").write_bytes(proof.content)
+    verify = ["verify-proof", "--registry", live_server.url, str(tmp_path / "consistency.json")]
+    assert cli(verify) == 0  # the JWKS fetched from the registry
+    assert "extends the signed head of 6 leaves" in capsys.readouterr().out
 
     rewrite(0)
     report_more = ActionReporter(

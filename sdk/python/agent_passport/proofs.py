@@ -137,6 +137,11 @@ def verify_consistency_document(
             f"the heads have {old['tree_size']} and {new['tree_size']} leaves, "
             f"not from={first} and to={second}"
         )
+    if first > second:
+        return Outcome(
+            f"the head of {_signed_at(new)} is smaller than the head of {_signed_at(old)}: "
+            "the log was truncated or rolled back"
+        )
     if not verify_consistency(
         first, second, bytes.fromhex(old["root"]), bytes.fromhex(new["root"]), proof
     ):

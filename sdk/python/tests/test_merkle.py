@@ -290,6 +290,20 @@ def test_verify_proof_names_what_failed(
     assert out.startswith("FAILED: ") and expected in out, out
 
 
+def test_verify_proof_catches_a_rolled_back_log(tmp_path, jwks, answers, capsys):
+    """An answer whose "newer" head is the older one: a registry showing a rolled-back log."""
+    consistency = answers["consistency"]
+    answer = {
+        **consistency,
+        "from": 13,
+        "to": 5,
+        "from_head": consistency["to_head"],
+        "to_head": consistency["from_head"],
+    }
+    code, out = run(tmp_path, jwks, answer, capsys)
+    assert code == 1 and "the log was truncated or rolled back" in out, out
+
+
 def test_verify_proof_catches_a_rewritten_log(tmp_path, jwks, key, answers, capsys):
     """A registry that rewrote leaf 2 and re-signed: the new head is validly signed, but it
     does not extend the head the agent kept."""
