@@ -619,7 +619,7 @@ class ActionReporter:
         rejected = self._log_rejected(events, refused)
         self._sent += len(events) - rejected
         if answer.get("receipt") is not None:
-            ids = [e["id"] for i, e in enumerate(events) if str(i) not in refused]
+            ids = [e["id"] for i, e in enumerate(events) if not refused or str(i) not in refused]
             self.receipts.add(answer["receipt"], ids)
         return _Outcome.DELIVERED
 
