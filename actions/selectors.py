@@ -1,18 +1,23 @@
 """Read queries for the action log, with validated filters, and of the copies of an agent."""
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from django.conf import settings
 from django.db.models import F, QuerySet
 from django.utils import timezone
+from rest_framework.exceptions import NotFound
 
+from actions import audit, transparency
 from actions.lookups import GlobMatch
-from actions.models import ActionEvent, AgentCopy
+from actions.models import ActionEvent, AgentCopy, ArchivedSegment, SignedTreeHead
 from agent_passport.errors import RuleError
 from agent_passport.rules import parse_rule
 from passports.models import Agent
-from registry.errors import RequestRejected
-from registry.params import agent_id, moment
+from registry.errors import RequestRejected, StateConflict
+from registry.params import MAX_DATABASE_ID, agent_id, moment
 
 # An agent that posted a heartbeat this recently counts as running.
 RUNNING_WITHIN = timedelta(seconds=30)
@@ -136,3 +141,155 @@ def agent_copies(agent: Agent, *, limit: int = MAX_COPIES_LISTED) -> list[CopySt
     now = timezone.now()
     copies = agent.copies.order_by("-last_seen_at", "host", "pid")
     return [copy_status(copy, now=now) for copy in copies[:limit]]
+
+
+# -- the transparency log: heads and proofs (GET /api/v1/audit/..., /actions/{id}/proof) ---------
+MAX_HEADS_LISTED = 1000
+DEFAULT_HEADS_LISTED = 100
+
+
+class NotYetCovered(StateConflict):
+    """The event has a leaf but no signed head covers it yet: ask again after the next head."""
+
+
+class Archived(RequestRejected):
+    """The proof needs leaves that archive_audit moved out of the database."""
+
+    status_code = 410
+    reason = "archived"
+
+
+class LogDamaged(RequestRejected):
+    """A leaf or stored subtree a proof needs is missing (transparency.TreeDamaged): the log was
+    tampered with. 503: the registry cannot answer; retrying does not help until it is repaired."""
+
+    status_code = 503
+    reason = "tree_damaged"
+
+
+def size_param(
+    value: str | None, field: str, *, default: int | None = None, minimum: int = 0
+) -> int:
+    """A non-negative integer query parameter (ASCII digits), or a 400 naming it."""
+    if value is None or value == "":
+        if default is None:
+            raise RequestRejected(field, "is required")
+        return default
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(MAX_DATABASE_ID))
+    if not digits or int(value) > MAX_DATABASE_ID:
+        raise RequestRejected(field, "must be a non-negative integer")
+    if int(value) < minimum:
+        raise RequestRejected(field, f"must be at least {minimum}")
+    return int(value)
+
+
+def latest_head() -> dict[str, Any]:
+    head = transparency.latest_head()
+    if head is None:
+        raise NotFound("No signed tree head yet.")
+    return transparency.head_document(head)
+
+
+def heads(*, from_size: str | None, limit: str | None) -> dict[str, Any]:
+    """Signed heads of ``from_size`` leaves or more, ascending. A page never splits the heads of
+    one size (re-signed after a key rotation), so ``next_from_size`` loses none."""
+    start = size_param(from_size, "from_size", default=0)
+    size = size_param(limit, "limit", default=DEFAULT_HEADS_LISTED, minimum=1)
+    if size > MAX_HEADS_LISTED:
+        raise RequestRejected("limit", f"must be at most {MAX_HEADS_LISTED}")
+    ordered = SignedTreeHead.objects.filter(tree_size__gte=start).order_by("tree_size", "id")
+    page = list(ordered[: size + 1])
+    more = len(page) > size
+    page = page[:size]
+    if more:
+        last = page[-1]
+        page += ordered.filter(tree_size=last.tree_size, id__gt=last.id)
+    return {
+        "heads": [transparency.head_document(head) for head in page],
+        "next_from_size": page[-1].tree_size + 1 if more else None,
+    }
+
+
+def _signed_size(value: str | None, field: str) -> SignedTreeHead:
+    """The newest head of the size given (a 400 naming ``field`` if none has it), or the latest
+    head when no size is given (404 if there is none)."""
+    if value is None or value == "":
+        head = transparency.latest_head()
+        if head is None:
+            raise NotFound("No signed tree head yet.")
+        return head
+    head = transparency.head_for_size(size_param(value, field))
+    if head is None:
+        raise RequestRejected(field, "is not the size of a signed tree head")
+    return head
+
+
+def event_proof(
+    event_id: str, *, tree_size: str | None, agent: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """The event, its inclusion proof in the tree of a signed head, and that head. ``agent``:
+    only that agent's events (an agent asking with its passport)."""
+    try:
+        key = uuid.UUID(event_id)
+    except ValueError as exc:
+        raise RequestRejected("id", "must be an event id (UUID)") from exc
+    events = ActionEvent.objects.filter(pk=key)
+    if agent is not None:
+        events = events.filter(agent_id=agent)
+    event = events.first()
+    if event is None:
+        raise NotFound("No such event.")
+    head = _signed_size(tree_size, "tree_size")
+    if event.leaf_index >= head.tree_size:
+        if tree_size:
+            raise RequestRejected(
+                "tree_size",
+                f"the event is leaf {event.leaf_index}, not in a tree of {head.tree_size}",
+            )
+        raise NotYetCovered(
+            "id",
+            f"the event is leaf {event.leaf_index}; the latest signed head covers "
+            f"{head.tree_size} leaves. Ask again after the next head "
+            f"(every {settings.AUDIT_CHECKPOINT_SECONDS:g} s).",
+        )
+    try:
+        path = transparency.inclusion_proof(event.leaf_index, head.tree_size)
+    except transparency.TreeDamaged as exc:
+        raise LogDamaged("tree", f"the log is damaged: {exc}") from exc
+    return {
+        "event": {**audit.event_document(event), "leaf_index": event.leaf_index},
+        "leaf_index": event.leaf_index,
+        "tree_size": head.tree_size,
+        "path": path,
+        "head": transparency.head_document(head),
+    }
+
+
+def consistency(*, first: str | None, second: str | None) -> dict[str, Any]:
+    """Proof that the tree of ``first`` leaves is a prefix of a signed head's tree (``second``
+    leaves, default the latest head), with both heads (``from_head`` None if none has that size)."""
+    to_head = _signed_size(second, "to")
+    start = size_param(first, "from", minimum=1)
+    if start > to_head.tree_size:
+        raise RequestRejected("from", f"is larger than to ({to_head.tree_size})")
+    try:
+        proof = transparency.consistency_proof(start, to_head.tree_size)
+    except transparency.TreeDamaged as exc:
+        archived = (
+            ArchivedSegment.objects.order_by("-end_leaf").values_list("end_leaf", flat=True).first()
+        )
+        if archived is not None and start < archived:
+            raise Archived(
+                "from",
+                f"leaves below {archived} are archived (archive_audit) and this proof needs some "
+                f"of them: ask from {archived} or more, or verify the archived segment",
+            ) from exc
+        raise LogDamaged("tree", f"the log is damaged: {exc}") from exc
+    from_head = transparency.head_for_size(start)
+    return {
+        "from": start,
+        "to": to_head.tree_size,
+        "proof": proof,
+        "from_head": transparency.head_document(from_head) if from_head is not None else None,
+        "to_head": transparency.head_document(to_head),
+    }

@@ -238,6 +238,60 @@ class ActionBatchSerializer(StrictSerializer):
         return {"events": valid, "errors": errors, "heartbeat": attrs.get("heartbeat")}
 
 
+HEX_HASH = "64 hex digits (SHA-256)"
+
+
+def _hex_field() -> serializers.CharField:
+    return serializers.CharField(help_text=HEX_HASH)
+
+
+class TreeHeadSerializer(serializers.Serializer):
+    """A signed tree head: "the log's first ``tree_size`` leaves have root ``root``", Ed25519-signed
+    over ``agent_passport.merkle.head_payload``; ``prev`` is the previous head's ``head_id``."""
+
+    tree_size = serializers.IntegerField()
+    at = serializers.CharField(help_text="ISO 8601 UTC, e.g. 2026-12-02T01:00:00.000000Z")
+    prev = serializers.CharField(help_text=f"{HEX_HASH}; 64 zeros for the first head")
+    kid = serializers.CharField(help_text="the signing key's id in the registry's JWKS")
+    signature = serializers.CharField(help_text="base64url Ed25519 signature")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # "root" is a Field attribute: declared here instead of as a class attribute.
+        fields = super().get_fields()
+        return {"tree_size": fields.pop("tree_size"), "root": _hex_field(), **fields}
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "[leaf index, event hash (hex)]",
+    }
+)
+class _PromisedLeaf(serializers.Field):
+    def to_representation(self, value):
+        return value
+
+
+class InclusionPromiseSerializer(serializers.Serializer):
+    """A signed promise that the leaves will be covered by a signed head before ``include_by``."""
+
+    leaves = serializers.ListField(
+        child=_PromisedLeaf(),
+        help_text="[[leaf index, event hash], ...] of every event of the batch, by leaf index",
+    )
+    include_by = serializers.CharField(help_text="ISO 8601 UTC")
+    kid = serializers.CharField()
+    signature = serializers.CharField(help_text="base64url Ed25519 over promise_payload")
+
+
+class ReceiptSerializer(serializers.Serializer):
+    head = TreeHeadSerializer(allow_null=True, help_text="the newest signed head (null: none yet)")
+    promise = InclusionPromiseSerializer(allow_null=True, help_text="null for an empty batch")
+
+
 class IngestResultSerializer(serializers.Serializer):
     accepted = serializers.IntegerField()
     duplicates = serializers.IntegerField()
@@ -246,6 +300,61 @@ class IngestResultSerializer(serializers.Serializer):
         child=serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
         help_text="Rejected events by their index in the batch: {field: [message]}.",
     )
+    receipt = ReceiptSerializer(
+        help_text="the batch's place in the transparency log; the SDK keeps the newest receipts "
+        "and later asks consistency and inclusion proofs against them"
+    )
+
+
+class TreeHeadPageSerializer(serializers.Serializer):
+    heads = TreeHeadSerializer(many=True)
+    next_from_size = serializers.IntegerField(
+        allow_null=True, help_text="from_size of the next page (null: this is the last)"
+    )
+
+
+class EventDocumentSerializer(serializers.Serializer):
+    """An event as its hash covers it (``actions.audit.event_document``; times as
+    ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), with its stored hash and leaf index."""
+
+    agent = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    id = serializers.UUIDField()
+    passport = serializers.UUIDField()
+    fleet = serializers.CharField()
+    action = serializers.CharField()
+    resource = serializers.CharField()
+    jurisdiction = serializers.CharField()
+    decision = serializers.ChoiceField(choices=ActionEvent.Decision.choices)
+    reason = serializers.CharField()
+    occurred_at = serializers.CharField()
+    received_at = serializers.CharField()
+    details = serializers.DictField(help_text="as the agent reported them")
+    prev = serializers.CharField(help_text=f"{HEX_HASH}: the agent's previous event")
+    hash = serializers.CharField(help_text=HEX_HASH)
+    leaf_index = serializers.IntegerField()
+
+
+class InclusionProofSerializer(serializers.Serializer):
+    """Verified offline by ``python -m agent_passport verify-proof``: ``verify_inclusion(
+    leaf_hash(event_hash(event)), leaf_index, tree_size, path, head.root)`` and ``verify_head``."""
+
+    event = EventDocumentSerializer(help_text="the event document (what its hash covers)")
+    leaf_index = serializers.IntegerField()
+    tree_size = serializers.IntegerField()
+    path = serializers.ListField(child=serializers.CharField(), help_text="hex, leaf end first")
+    head = TreeHeadSerializer()
+
+
+class ConsistencyProofSerializer(serializers.Serializer):
+    # "from" is a Python keyword: declared in __init__ below.
+    to = serializers.IntegerField()
+    proof = serializers.ListField(child=serializers.CharField(), help_text="hex (RFC 9162)")
+    from_head = TreeHeadSerializer(allow_null=True, help_text="null: no head has that size")
+    to_head = TreeHeadSerializer()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {"from": serializers.IntegerField(), **super().get_fields()}
 
 
 class AuditReportSerializer(serializers.Serializer):

@@ -1,24 +1,33 @@
 import csv
+import uuid
 from typing import cast
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.authentication import SessionAuthentication, get_authorization_header
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from actions import audit, selectors, services
+from actions import audit, selectors, services, transparency, witnesses
 from actions.api.serializers import (
     ActionBatchSerializer,
     ActionEventSerializer,
     AuditReportSerializer,
+    ConsistencyProofSerializer,
+    InclusionProofSerializer,
     IngestResultSerializer,
+    TreeHeadPageSerializer,
+    TreeHeadSerializer,
 )
-from actions.auth import IsPassportHolder, PassportBearerAuthentication
+from actions.auth import IsPassportHolder, PassportBearerAuthentication, PassportHolder
+from passports.auth import ApiTokenAuthentication
 from passports.models import Passport
-from passports.roles import IsViewer
+from passports.roles import IsViewer, ReadViewerWriteOperator
 from registry.errors import RequestRejected
 from registry.pagination import ordered_by
 from registry.parsers import ItemwiseJSONParser
@@ -164,3 +173,122 @@ def export_actions(request: Request) -> StreamingHttpResponse:
 def audit_status(request: Request) -> Response:
     """Recompute every chain and check it against the signed checkpoints."""
     return Response(AuditReportSerializer(audit.verify()).data)
+
+
+# -- the transparency log ------------------------------------------------------------------------
+class _LogView(APIView):
+    """Read endpoints of the transparency log: viewers (API token or console session) and agents
+    with their own passport (``Authorization: Bearer <passport token>``)."""
+
+    authentication_classes = [
+        ApiTokenAuthentication,
+        SessionAuthentication,
+        PassportBearerAuthentication,
+    ]
+    permission_classes = [IsPassportHolder | IsViewer]  # an agent has no role to look up
+
+    def get_authenticators(self):
+        # Each scheme's authenticator refuses the other's header: pick by the scheme. (The
+        # schema generator asks before it has a request: it gets all three.)
+        request = getattr(self, "request", None)
+        if request is None:
+            return [auth() for auth in self.authentication_classes]
+        header = get_authorization_header(request).split()
+        if header and header[0].lower() == b"bearer":
+            return [PassportBearerAuthentication()]
+        return [ApiTokenAuthentication(), SessionAuthentication()]
+
+
+def _agent_of(request: Request) -> uuid.UUID | None:
+    """The agent asking with its passport (None for a viewer)."""
+    return request.auth.agent_id if isinstance(request.user, PassportHolder) else None
+
+
+class LatestHeadView(_LogView):
+    @extend_schema(responses={200: TreeHeadSerializer}, summary="The newest signed tree head")
+    def get(self, request: Request) -> Response:
+        return Response(selectors.latest_head())
+
+
+class TreeHeadsView(_LogView):
+    """GET: the signed heads (viewers and agents). POST: sign a head now (operators)."""
+
+    def get_authenticators(self):
+        if getattr(getattr(self, "request", None), "method", None) == "POST":
+            return [ApiTokenAuthentication(), SessionAuthentication()]  # CSRF for a session
+        return super().get_authenticators()
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [ReadViewerWriteOperator()]
+        return super().get_permissions()
+
+    @extend_schema(
+        request=None,
+        responses={201: TreeHeadSerializer, 200: TreeHeadSerializer},
+        summary="Sign a tree head now",
+        description="201 with the new head; 200 with the latest one if the log has not grown "
+        "since; 409 while the log is empty. Witnesses get the head after commit.",
+    )
+    def post(self, request: Request) -> Response:
+        head, created = witnesses.sign_on_demand()
+        return Response(
+            transparency.head_document(head),
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from_size", int, description="heads of this many leaves or more"),
+            OpenApiParameter("limit", int, description=f"1 to {selectors.MAX_HEADS_LISTED}"),
+        ],
+        responses={200: TreeHeadPageSerializer},
+        summary="Signed tree heads, ascending size",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        return Response(
+            selectors.heads(from_size=params.get("from_size"), limit=params.get("limit"))
+        )
+
+
+class EventProofView(_LogView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "tree_size", int, description="a signed head's size (default: the latest head)"
+            )
+        ],
+        responses={200: InclusionProofSerializer},
+        summary="Inclusion proof of an event in a signed tree head",
+        description="409 while no signed head covers the event yet; an agent may ask only for "
+        "its own events.",
+    )
+    def get(self, request: Request, event_id: str) -> Response:
+        return Response(
+            selectors.event_proof(
+                event_id,
+                tree_size=request.query_params.get("tree_size"),
+                agent=_agent_of(request),
+            )
+        )
+
+
+class ConsistencyProofView(_LogView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", int, required=True, description="1 ≤ from ≤ to"),
+            OpenApiParameter("to", int, description="a signed head's size (default: latest)"),
+        ],
+        responses={200: ConsistencyProofSerializer},
+        summary="Consistency proof between two tree sizes",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        return Response(selectors.consistency(first=params.get("from"), second=params.get("to")))
+
+
+latest_head = LatestHeadView.as_view()
+tree_heads = TreeHeadsView.as_view()
+event_proof = EventProofView.as_view()
+consistency_proof = ConsistencyProofView.as_view()

@@ -25,6 +25,7 @@ Schema = dict[str, Any]
 # Free-form on purpose: what a reporter sent, stored and shown as it came.
 FREE_FORM = {
     ("ActionEvent", "details"): "the details an agent reported with an event",
+    ("EventDocument", "details"): "the same, in an inclusion proof's event document",
     ("Signal", "raw"): "the IDS/firewall/EDR's original payload",
 }
 COMBINATIONS = ("allOf", "oneOf", "anyOf")

@@ -1,5 +1,8 @@
 """Command line: ``python -m agent_passport verify|check|watch|verify-audit|verify-segment|proxy``.
 
+Also ``verify-proof`` (a saved inclusion or consistency proof, offline) and ``audit-check`` (the
+agent's kept receipts against the live log).
+
 Exit codes: 0 allowed/valid, 1 denied/refused, 2 usage or input error; ``proxy``: 0 when
 stopped by SIGINT/SIGTERM, 70 stopped by a kill of its passport, 71 not started (revoked
 already), 73 stopped at the passport's expiry (the codes of ``run``).
@@ -19,17 +22,33 @@ from typing import Any
 
 import redis
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent_passport import proofs
 from agent_passport.audit import verify_log
 from agent_passport.egress import add_proxy_options, cmd_proxy
 from agent_passport.errors import GuardError, PassportError
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
 from agent_passport.protocol import RevocationChannel
+from agent_passport.receipts import (
+    ReceiptStore,
+    RegistryError,
+    check_log,
+    default_receipts_path,
+)
+from agent_passport.reporter import default_spill_path
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
 from agent_passport.segment import SegmentError, read_records, verify_segment
-from agent_passport.session import CLIError, add_agent_options, key_source
+from agent_passport.session import (
+    REGISTRY_ENV,
+    TOKEN_ENV,
+    CLIError,
+    add_agent_options,
+    key_source,
+    read_token,
+)
 from agent_passport.supervisor import add_run_options, cmd_run
 from agent_passport.tokens import verify_token
 from agent_passport.watcher import RevocationWatcher, WatcherStatus
@@ -196,14 +215,20 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_verify_segment(args: argparse.Namespace) -> int:
+def _keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
+    """The registry's public keys from --jwks-file or its JWKS endpoint (CLIError if neither)."""
     keys = key_source(args)
     if isinstance(keys, JWKSClient):
         try:
             keys.refresh()
         except (requests.RequestException, ValueError) as exc:
             raise CLIError(f"cannot fetch the registry's JWKS: {exc}") from exc
-        keys = keys.keys
+        return dict(keys.keys)
+    return keys
+
+
+def cmd_verify_segment(args: argparse.Namespace) -> int:
+    keys = _keys(args)
     try:
         with open(args.segment, encoding="utf-8") as lines:
             report = verify_segment(
@@ -222,6 +247,56 @@ def cmd_verify_segment(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"TAMPERED: {problem}")
     return 1
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    """Verify a saved answer of ``GET /api/v1/actions/{id}/proof`` or of
+    ``GET /api/v1/audit/consistency`` offline, with nothing but the registry's JWKS."""
+    try:
+        document = json.loads(Path(args.proof).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.proof}: {exc.strerror}") from exc
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CLIError(f"{args.proof} is not a JSON document ({exc})") from exc
+    keys = _keys(args)
+    try:
+        outcome = proofs.verify_proof_document(document, keys)
+    except proofs.UnusableProof as exc:
+        raise CLIError(f"{args.proof}: {exc}") from exc
+    if outcome.problem is not None:
+        print(f"FAILED: {outcome.problem}")
+        return 1
+    print(f"verified: {outcome.summary}")
+    return 0
+
+
+def cmd_audit_check(args: argparse.Namespace) -> int:
+    """check_log for this agent's own passport: every kept receipt against the live log."""
+    if not args.registry:
+        raise CLIError(f"give --registry URL (or set {REGISTRY_ENV})")
+    token = read_token(args)
+    path = (
+        Path(args.receipts) if args.receipts else default_receipts_path(default_spill_path(token))
+    )
+    try:
+        store = ReceiptStore.load(path)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    keys = _keys(args)
+    try:
+        report = check_log(args.registry, token, keys, store)
+    except RegistryError as exc:
+        raise CLIError(str(exc)) from exc
+    try:
+        store.save(path)
+    except OSError as exc:
+        raise CLIError(f"cannot keep the receipts in {path}: {exc.strerror}") from exc
+    if not report.ok:
+        for problem in report.problems:
+            print(f"LOG PROBLEM: {problem}")
+        return 1
+    print(f"log consistent: {report.summary()}")
+    return 0
 
 
 def cmd_mcp_proxy(args: argparse.Namespace) -> int:
@@ -328,6 +403,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key_options(verify_segment)
     verify_segment.add_argument("--jwks", dest="jwks_file", help="the same as --jwks-file")
     verify_segment.set_defaults(handler=cmd_verify_segment)
+
+    verify_proof = commands.add_parser(
+        "verify-proof",
+        help="verify a saved inclusion or consistency proof (JSON) offline with the JWKS",
+        description="FILE: the answer of GET /api/v1/actions/{id}/proof or of "
+        "GET /api/v1/audit/consistency?from=N&to=M. Exit codes: 0 verified, 1 the proof "
+        "fails (what failed is named), 2 unusable input.",
+    )
+    verify_proof.add_argument("proof", metavar="FILE", help="the saved JSON answer")
+    verify_proof.add_argument(
+        "--registry",
+        default=os.environ.get(REGISTRY_ENV),
+        help="registry base URL (its JWKS is fetched)",
+    )
+    verify_proof.add_argument(
+        "--jwks-file", "--jwks", dest="jwks_file", help="pinned JWKS document instead"
+    )
+    verify_proof.set_defaults(handler=cmd_verify_proof)
+
+    audit_check = commands.add_parser(
+        "audit-check",
+        help="check the live log against this agent's kept receipts (truncation, rewrite, "
+        "missing or changed events, overdue promises)",
+        description="Exit codes: 0 consistent, 1 a problem with the log (each named), "
+        "2 usage error or the registry unreachable.",
+    )
+    audit_check.add_argument(
+        "--token-file",
+        help=f"file holding the passport token (default: the {TOKEN_ENV} environment variable)",
+    )
+    audit_check.add_argument(
+        "--registry", default=os.environ.get(REGISTRY_ENV), help="registry base URL"
+    )
+    audit_check.add_argument("--jwks-file", help="pinned JWKS document instead of fetching it")
+    audit_check.add_argument(
+        "--receipts",
+        help="the kept receipts (default: next to the reporter's spill file for this passport)",
+    )
+    audit_check.set_defaults(handler=cmd_audit_check)
 
     run = commands.add_parser(
         "run",

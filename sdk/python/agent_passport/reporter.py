@@ -30,6 +30,10 @@ counted (``dropped``), makes the next ``flush()`` return False, and is reported 
 with the next post (``heartbeat.dropped``: drops it has not acknowledged yet), so the console
 shows that this agent lost events.
 
+Each answer's receipt (the newest signed tree head and a signed promise to include the batch) is
+kept, bounded, in ``receipts`` (saved next to the spill file on ``close()``), so the agent can
+later check the log itself (:func:`agent_passport.receipts.check_log`).
+
 Plain Python (no Django); uses ``requests``. The token is never logged.
 """
 
@@ -57,6 +61,7 @@ import requests
 
 from agent_passport.audit import b64url_decode
 from agent_passport.backoff import backoff_delay
+from agent_passport.receipts import ReceiptStore, default_receipts_path
 from agent_passport.revocations import DIGEST_LENGTH
 from agent_passport.rules import MAX_RESOURCE_LENGTH
 
@@ -243,6 +248,8 @@ class ActionReporter:
         self._syncer: threading.Thread | None = None
         self._session = requests.Session()
         self._recover_spill()  # a previous run may have left some
+        self.receipts_path = default_receipts_path(self.spill_path)
+        self.receipts = self._load_receipts()
 
     def __repr__(self) -> str:  # never show the token
         return (
@@ -384,6 +391,26 @@ class ActionReporter:
         if self._buffer:  # the registry is unreachable: keep the rest on disk
             self._spill(self._take(len(self._buffer)))
         self._session.close()
+        self._save_receipts()
+
+    # --- receipts (agent_passport.receipts) -------------------------------------------------
+    # The newest receipts of this passport's posts, kept next to the spill file across runs, so
+    # ``agent-passport audit-check`` (check_log) can later prove the log still holds them.
+
+    def _load_receipts(self) -> ReceiptStore:
+        try:
+            return ReceiptStore.load(self.receipts_path)
+        except ValueError as exc:
+            self._warn("receipts", "ignoring the kept receipts: %s", exc)
+            return ReceiptStore()
+
+    def _save_receipts(self) -> None:
+        if not (self.receipts.heads() or self.receipts.promises()):
+            return
+        try:
+            self.receipts.save(self.receipts_path)
+        except OSError as exc:
+            self._warn("receipts", "cannot keep the receipts in %s: %s", self.receipts_path, exc)
 
     # --- the delivery thread ----------------------------------------------------------------
 
@@ -581,8 +608,19 @@ class ActionReporter:
             return _Outcome.REJECTED
         self._last_post_at = time.monotonic()
         self._dropped_reported += unreported
-        rejected = self._log_rejected(events, response)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            answer = {}
+        errors = answer.get("errors")
+        refused = errors if isinstance(errors, dict) else {}
+        rejected = self._log_rejected(events, refused)
         self._sent += len(events) - rejected
+        if answer.get("receipt") is not None:
+            ids = [e["id"] for i, e in enumerate(events) if not refused or str(i) not in refused]
+            self.receipts.add(answer["receipt"], ids)
         return _Outcome.DELIVERED
 
     def _send(self, body: bytes) -> requests.Response | None:
@@ -621,12 +659,8 @@ class ActionReporter:
             allow_redirects=False,
         )
 
-    def _log_rejected(self, events: list[dict[str, Any]], response: requests.Response) -> int:
+    def _log_rejected(self, events: list[dict[str, Any]], errors: object) -> int:
         """Log the events the registry refused one by one; returns how many."""
-        try:
-            errors = response.json().get("errors") or {}
-        except (ValueError, AttributeError):
-            return 0
         if not isinstance(errors, dict):
             return 0
         rejected = 0
