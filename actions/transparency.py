@@ -141,20 +141,19 @@ def sign_tree_head(*, force: bool = False) -> SignedTreeHead | None:
 
 
 # -- the stored tree ----------------------------------------------------------------------------
-def _leaf_hashes(start: int, end: int) -> list[bytes]:
-    """Leaf hashes of ``[start, end)`` from the events; TreeDamaged if one is missing."""
-    rows = (
-        ActionEvent.objects.filter(leaf_index__gte=start, leaf_index__lt=end)
-        .order_by("leaf_index")
-        .values_list("leaf_index", "hash")
-    )
-    leaves = []
-    for expected, (index, event_hash) in enumerate(rows, start):
-        if index != expected:
-            raise TreeDamaged(f"leaf {expected} is missing (its event was deleted)")
-        leaves.append(leaf_hash(event_hash))
-    if len(leaves) != end - start:
-        raise TreeDamaged(f"leaf {start + len(leaves)} is missing (its event was deleted)")
+def _leaves_in(ranges: Sequence[tuple[int, int]]) -> dict[int, bytes]:
+    """Leaf hashes of every ``[start, end)`` in ``ranges``; TreeDamaged if one is missing."""
+    if not ranges:
+        return {}
+    query = Q()
+    for start, end in ranges:
+        query |= Q(leaf_index__gte=start, leaf_index__lt=end)
+    rows = ActionEvent.objects.filter(query).values_list("leaf_index", "hash")
+    leaves = {index: leaf_hash(event_hash) for index, event_hash in rows}
+    for start, end in ranges:
+        for index in range(start, end):
+            if index not in leaves:
+                raise TreeDamaged(f"leaf {index} is missing (its event was deleted)")
     return leaves
 
 
@@ -178,11 +177,14 @@ def perfect_subtrees(nodes: set[Node]) -> dict[Node, bytes]:
     found = _stored(node for node in nodes if node[0] >= NODE_LEVEL)
     small = sorted(node for node in nodes if node[0] < NODE_LEVEL)
     blocks = sorted({(index << level) >> NODE_LEVEL for level, index in small})
-    leaves: dict[int, bytes] = {}
-    for block in blocks:  # at most two: the leaf's own block and the right edge
-        start = block << NODE_LEVEL
-        end = max((i + 1) << lv for lv, i in small if (i << lv) >> NODE_LEVEL == block)
-        leaves.update(enumerate(_leaf_hashes(start, end), start))
+    ranges = [  # at most two blocks: the leaf's own and the right edge; read in one query
+        (
+            block << NODE_LEVEL,
+            max((i + 1) << lv for lv, i in small if (i << lv) >> NODE_LEVEL == block),
+        )
+        for block in blocks
+    ]
+    leaves = _leaves_in(ranges)
     for level, index in small:
         tree = CompactTree()
         for position in range(index << level, (index + 1) << level):

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from actions import audit, transparency
-from actions.models import ActionEvent, SignedTreeHead
+from actions.models import ActionEvent, HeadWitness, SignedTreeHead
 from agent_passport.cli import main as cli
 from agent_passport.receipts import MAX_HEADS, MAX_PROMISES, ReceiptStore, check_log
 from agent_passport.reporter import ActionReporter
@@ -124,7 +124,8 @@ def test_a_truncated_log_is_caught(live_server, token, reporter):
     report(reporter, 10)
     transparency.sign_tree_head()
     assert check(live_server, token, reporter).ok  # the agent keeps the head of 20
-    with maintenance(open_=True):  # roll back to the head of 10
+    with maintenance(open_=True):  # roll back to the head of 10, its witness records with it
+        HeadWitness.objects.filter(head__tree_size=20).delete()
         SignedTreeHead.objects.filter(tree_size=20).delete()
         ActionEvent.objects.filter(leaf_index__gte=10).delete()
     result = check(live_server, token, reporter)
