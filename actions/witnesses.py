@@ -34,6 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from actions.models import HeadWitness, SignedTreeHead
+from agent_passport.protocol import RevocationChannel
 from registry.errors import StateConflict
 
 logger = logging.getLogger(__name__)
@@ -158,14 +159,18 @@ SINKS: dict[str, type[Sink]] = {
 }
 
 
+def _channel() -> RevocationChannel:
+    return RevocationChannel(prefix=settings.REVOCATION_REDIS_PREFIX)
+
+
 def head_key() -> str:
     """The Redis key holding the newest published head document."""
-    return f"{settings.REVOCATION_REDIS_PREFIX}:audit:head"
+    return _channel().audit_head_key
 
 
 def heads_channel() -> str:
     """The Redis pub/sub channel every published head is sent on."""
-    return f"{settings.REVOCATION_REDIS_PREFIX}:audit:heads"
+    return _channel().audit_heads_channel
 
 
 def sink_for(url: str) -> Sink:

@@ -9,9 +9,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 import requests
 
-from actions import audit, transparency
+from actions import audit, transparency, witnesses
 from actions.models import ActionEvent, HeadWitness, SignedTreeHead
 from agent_passport.cli import main as cli
 from agent_passport.receipts import MAX_HEADS, MAX_PROMISES, ReceiptStore, check_log
@@ -228,6 +229,35 @@ def test_audit_check_command(live_server, token, reporter, tmp_path, capsys, set
     unreachable = [*command[:3], "--registry", "http://127.0.0.1:9", *command[5:]]
     assert cli([*unreachable, "--jwks-file", str(jwks_file(tmp_path))]) == 2
     assert "cannot reach the registry" in capsys.readouterr().err
+
+
+@transactional
+def test_audit_check_holds_the_registry_to_the_head_it_published_in_redis(
+    live_server, token, reporter, tmp_path, capsys, settings
+):
+    """An agent with no receipts at all still catches a rollback: the registry's redis: witness
+    put the newest head next to the revocation channel, where the agent reads it."""
+    settings.AUDIT_WITNESSES = ["redis:"]
+    report(reporter, 8)
+    transparency.sign_tree_head()  # published to Redis once committed
+    published = json.loads(redis.Redis.from_url(settings.REDIS_URL).get(witnesses.head_key()))
+    assert published["tree_size"] == 8
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    command = ["audit-check", "--token-file", str(token_file), "--registry", live_server.url]
+    command += ["--receipts", str(tmp_path / "none.json"), "--jwks-file", str(jwks_file(tmp_path))]
+    with maintenance(open_=True):  # the DBA rolls the log back to 5 events and re-signs it
+        HeadWitness.objects.all().delete()
+        SignedTreeHead.objects.all().delete()
+        ActionEvent.objects.filter(leaf_index__gte=5).delete()
+    settings.AUDIT_WITNESSES = []  # ... and keeps the new head away from the witness
+    transparency.sign_tree_head()
+    (tmp_path / "none.json").unlink(missing_ok=True)
+    assert cli(command) == 0  # the registry's own story is self-consistent
+    (tmp_path / "none.json").unlink()
+    assert cli([*command, "--redis", settings.REDIS_URL]) == 1
+    out = capsys.readouterr().out
+    assert "LOG PROBLEM: log truncated or rolled back: the registry's latest head covers 5" in out
 
 
 def jwks_file(tmp_path):

@@ -36,12 +36,14 @@ from agent_passport.receipts import (
     RegistryError,
     check_log,
     default_receipts_path,
+    published_head,
 )
 from agent_passport.reporter import default_spill_path
 from agent_passport.revocations import RevocationState
 from agent_passport.rules import decide
 from agent_passport.segment import SegmentError, read_records, verify_segment
 from agent_passport.session import (
+    REDIS_ENV,
     REGISTRY_ENV,
     TOKEN_ENV,
     CLIError,
@@ -284,6 +286,8 @@ def cmd_audit_check(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     keys = _keys(args)
     try:
+        if args.redis and (head := published_head(args.redis, token, keys)) is not None:
+            store.add_head(head)  # a copy the registry cannot take back from this agent
         report = check_log(args.registry, token, keys, store)
     except RegistryError as exc:
         raise CLIError(str(exc)) from exc
@@ -440,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit_check.add_argument(
         "--receipts",
         help="the kept receipts (default: next to the reporter's spill file for this passport)",
+    )
+    audit_check.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        help="also check the newest head the registry published in this Redis (its redis: "
+        f"witness, next to the revocation channel; default: the {REDIS_ENV} environment variable)",
     )
     audit_check.set_defaults(handler=cmd_audit_check)
 

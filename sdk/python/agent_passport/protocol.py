@@ -45,6 +45,17 @@ class RevocationChannel:
         """Server-side bookkeeping: the last epoch applied per revocation id (idempotent pushes)."""
         return f"{self.prefix}:revocations:versions"
 
+    @property
+    def audit_head_key(self) -> str:
+        """The newest signed tree head of the action log, published next to the revocations
+        (a witness copy agents can read without asking the registry)."""
+        return f"{self.prefix}:audit:head"
+
+    @property
+    def audit_heads_channel(self) -> str:
+        """Pub/sub channel on which every newly signed tree head is published."""
+        return f"{self.prefix}:audit:heads"
+
     @classmethod
     def from_claim(cls, claim: object) -> "RevocationChannel":
         """The channel named by a passport's ``rev`` claim (the default one if absent)."""

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
+import jwt
+import redis
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -40,6 +42,7 @@ from agent_passport.merkle import (
     verify_inclusion,
     verify_promise,
 )
+from agent_passport.protocol import RevocationChannel
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +218,32 @@ class _Registry:
 
 def _detail(body: object) -> str:
     return str(body.get("detail", body) if isinstance(body, dict) else body)[:300]
+
+
+def published_head(
+    redis_url: str, token: str, keys: Mapping[str, Ed25519PublicKey]
+) -> dict[str, Any] | None:
+    """The newest head the registry published in Redis next to the passport's revocation
+    channel (its ``redis:`` witness), verified; None if none was published. RegistryError if
+    Redis cannot be read or what is there is not a validly signed head."""
+    claims = jwt.decode(token, options={"verify_signature": False})  # only to find the channel
+    key = RevocationChannel.from_claim(claims.get("rev")).audit_head_key
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+            raw = client.get(key)
+    except (redis.RedisError, ValueError) as exc:
+        raise RegistryError(f"cannot read {key} from Redis: {exc}") from exc
+    if raw is None:
+        return None
+    try:
+        head = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(f"{key} in Redis is not a head document ({exc})") from exc
+    if not _is_head(head):
+        raise RegistryError(f"{key} in Redis is not a head document")
+    if problem := verify_head(head, keys):
+        raise RegistryError(f"the head published in Redis: {problem}")
+    return head
 
 
 def check_log(
