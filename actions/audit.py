@@ -2,8 +2,10 @@
 verification and export. The encoding and the verifier are the SDK's (agent_passport.audit), so
 an export verifies offline exactly as the registry verifies itself."""
 
+import heapq
+import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,17 +13,25 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
-from actions.models import ActionEvent, AuditCheckpoint
-from agent_passport.audit import (
-    GENESIS,
-    ChainReport,
-    b64url,
-    checkpoint_payload,
-    event_hash,
-    verify_log,
+from actions.models import ActionEvent, AuditCheckpoint, SignedTreeHead
+from agent_passport.audit import GENESIS, ChainReport, b64url, checkpoint_payload, event_hash
+from agent_passport.logcheck import (
+    SIGNED,
+    Expectation,
+    HeadChain,
+    LogVerifier,
+    Progress,
+    TreeCheck,
+    WitnessCheck,
+    feed,
+    note,
 )
+from agent_passport.merkle import HashSource, hexes, plan_inclusion
 from passports import signing
 from passports.models import Agent
+
+CHUNK = 2000
+NODE_LEVEL = 8  # the events of one 256-leaf block share their proofs' stored nodes
 
 
 def iso(moment: datetime) -> str:
@@ -29,7 +39,8 @@ def iso(moment: datetime) -> str:
 
 
 def event_document(event: ActionEvent) -> dict[str, Any]:
-    """The canonical fields of an event (what its hash covers), plus the stored hash."""
+    """The canonical fields of an event (what its hash covers), plus the stored hash and its
+    place in the tree (``leaf_index``: not hashed, the tree's root vouches for it)."""
     return {
         "agent": str(event.agent_id),
         "seq": event.seq,
@@ -46,6 +57,7 @@ def event_document(event: ActionEvent) -> dict[str, Any]:
         "details": event.details,
         "prev": event.prev_hash,
         "hash": event.hash,
+        "leaf_index": event.leaf_index,
     }
 
 
@@ -100,44 +112,120 @@ def create_checkpoints(*, everyone: bool = False) -> int:
     return signed
 
 
-def _events_in_chain_order(agents: QuerySet[Agent] | None = None) -> Iterator[dict[str, Any]]:
-    events = ActionEvent.objects.order_by("agent_id", "seq")
-    if agents is not None:
-        events = events.filter(agent__in=agents)
-    for event in events.iterator(chunk_size=2000):
-        yield event_document(event)
-
-
-def _checkpoints(agents: QuerySet[Agent] | None = None) -> Iterable[dict[str, Any]]:
+def _checkpoints(agents: QuerySet[Agent] | None = None) -> Iterator[dict[str, Any]]:
     checkpoints = AuditCheckpoint.objects.order_by("agent_id", "count", "created_at")
     if agents is not None:
         checkpoints = checkpoints.filter(agent__in=agents)
-    return [checkpoint_document(c) for c in checkpoints]
+    for checkpoint in checkpoints.iterator(chunk_size=CHUNK):
+        yield checkpoint_document(checkpoint)
 
 
-def verify() -> ChainReport:
-    """Recompute every chain and check it against every signed checkpoint.
+def _heads(up_to: SignedTreeHead | None = None) -> Iterator[dict[str, Any]]:
+    """Head documents in the order they were signed (up to ``up_to``)."""
+    from actions import transparency  # imports this module
 
-    One chain at a time, so memory is bounded by the longest chain, not the whole log.
-    """
+    heads = SignedTreeHead.objects.order_by("id")
+    if up_to is not None:
+        heads = heads.filter(id__lte=up_to.id)
+    for head in heads.iterator(chunk_size=CHUNK):
+        yield transparency.head_document(head)
+
+
+def _signed_roots() -> Iterator[Expectation]:
+    """Every head's (size, root), by size: the roots the recomputed tree must have."""
+    rows = SignedTreeHead.objects.order_by("tree_size", "id").values_list("tree_size", "root_hash")
+    for size, root in rows.iterator(chunk_size=CHUNK):
+        yield Expectation(size, root, SIGNED)
+
+
+def _events(start: int, agents: QuerySet[Agent] | None = None) -> Iterator[dict[str, Any]]:
+    """Event documents in leaf order from leaf ``start`` (streamed)."""
+    events = ActionEvent.objects.filter(leaf_index__gte=start).order_by("leaf_index")
+    if agents is not None:
+        events = events.filter(agent__in=agents)
+    for event in events.iterator(chunk_size=CHUNK):
+        yield event_document(event)
+
+
+def verify(
+    *, witness: Sequence[Mapping[str, Any]] = (), progress: Progress | None = None
+) -> ChainReport:
+    """Verify the whole log in one streaming pass (agent_passport.logcheck): the tree from
+    :func:`transparency.live_start` against every signed head (and every ``witness`` head),
+    the chain of heads, the per-agent chains against their checkpoints. Memory: per agent,
+    checkpoint and witness head, not per event."""
+    from actions import transparency  # imports this module
+
     keys = signing.all_public_keys()
-    total = ChainReport()
-    agents = set(ActionEvent.objects.values_list("agent_id", flat=True).distinct())
-    agents |= set(AuditCheckpoint.objects.values_list("agent_id", flat=True).distinct())
-    for agent in sorted(agents, key=str):
-        chain_agents = Agent.objects.filter(pk=agent)
-        report = verify_log(_events_in_chain_order(chain_agents), _checkpoints(chain_agents), keys)
-        total.chains += report.chains
-        total.events += report.events
-        total.checkpoints += report.checkpoints
-        total.problems += report.problems
-    return total
+    report = ChainReport()
+    chain = HeadChain(keys, report)
+    witnesses = WitnessCheck(witness, keys, report)
+    for head in _heads():
+        if chain.add(head):
+            witnesses.see(head)
+    newest = chain.finish()
+    witnesses.finish(newest)
+    try:
+        start, edge = transparency.live_start()
+    except transparency.TreeDamaged as exc:
+        note(report, f"the archived part of the tree is damaged: {exc}")
+        start, edge = 0, []
+    roots = heapq.merge(_signed_roots(), witnesses.expectations(), key=lambda e: e.size)
+    # The heads are read before the events: every leaf a head covers is then visible.
+    tree = TreeCheck(report, roots, start=start, edge=edge)
+    verifier = LogVerifier(keys, report, tree=tree, resume=start > 0)
+    for checkpoint in _checkpoints():
+        verifier.checkpoint(checkpoint)
+    top = ActionEvent.objects.aggregate(top=Max("leaf_index"))["top"]
+    feed(verifier, _events(start), 0 if top is None else top + 1 - start, progress)
+    return verifier.finish()
 
 
 def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
-    """Whole chains (so they verify from genesis), then their checkpoints; one JSON per line."""
-    yield json.dumps({"type": "export", "v": 1, "exported_at": iso(timezone.now())}) + "\n"
-    for document in _events_in_chain_order(agents):
-        yield json.dumps({"type": "event", **document}, ensure_ascii=False) + "\n"
+    """The header, the signed heads (up to the newest when the export starts), the checkpoints,
+    then the events in leaf order. A full export starts where the live log starts (``start``
+    and the subtrees before it, ``edge``); a filtered one (``agents``: their whole chains)
+    carries each event's inclusion proof in the newest head instead."""
+    from actions import transparency  # imports this module
+
+    newest = transparency.latest_head()
+    header: dict[str, Any] = {"type": "export", "v": 2, "exported_at": iso(timezone.now())}
+    if agents is None:
+        start, edge = transparency.live_start()
+        header.update(scope="full", start=start, edge=hexes(edge))
+    else:
+        start = 0
+        header.update(scope="filtered")
+    yield json.dumps(header) + "\n"
+    for document in _heads(up_to=newest):
+        yield json.dumps({"type": "head", **document}) + "\n"
     for document in _checkpoints(agents):
         yield json.dumps({"type": "checkpoint", **document}) + "\n"
+    documents = _events(start, agents)
+    if agents is not None:
+        documents = _with_proofs(documents, newest.tree_size if newest is not None else 0)
+    for document in documents:
+        yield json.dumps({"type": "event", **document}, ensure_ascii=False) + "\n"
+
+
+def _with_proofs(documents: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, Any]]:
+    """Each event covered by the tree of ``size`` leaves gains its inclusion ``proof``; events
+    of one 256-leaf block share one fetch of the tree's nodes. A damaged tree leaves the
+    proofs out (the offline verifier then names those events)."""
+    from actions import transparency  # imports this module
+
+    source = HashSource(transparency.perfect_subtrees)
+    for _block, group in itertools.groupby(documents, key=lambda d: d["leaf_index"] >> NODE_LEVEL):
+        batch = list(group)
+        covered = [document for document in batch if document["leaf_index"] < size]
+        plans = [plan_inclusion(document["leaf_index"], size) for document in covered]
+        try:
+            hashes = source.roots([r for plan in plans for r in plan])
+        except LookupError:
+            hashes = None
+        if hashes is not None:
+            position = 0
+            for document, plan in zip(covered, plans, strict=True):
+                document["proof"] = hexes(hashes[position : position + len(plan)])
+                position += len(plan)
+        yield from batch
