@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
@@ -25,6 +26,7 @@ from agent_passport.logcheck import (
     WitnessCheck,
     feed,
     note,
+    read_heads,
 )
 from agent_passport.merkle import HashSource, hexes, plan_inclusion
 from passports import signing
@@ -179,6 +181,27 @@ def verify(
     top = ActionEvent.objects.aggregate(top=Max("leaf_index"))["top"]
     feed(verifier, _events(start), 0 if top is None else top + 1 - start, progress)
     return verifier.finish()
+
+
+def status() -> ChainReport:
+    """What GET /api/v1/audit answers: :func:`verify`, also against the heads held by every
+    witness file configured (``file://`` sinks of ``AUDIT_WITNESSES``: one head per line)."""
+    heads: list[dict[str, Any]] = []
+    unreadable = []
+    for sink in getattr(settings, "AUDIT_WITNESSES", ()):
+        if not sink.startswith("file://"):
+            continue
+        path = sink.removeprefix("file://")
+        try:
+            with open(path, encoding="utf-8") as lines:
+                heads += read_heads(lines, path)
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            unreadable.append(f"witness copy {path} cannot be read ({exc})")
+    report = verify(witness=heads)
+    if report.heads:  # before the first head, no witness file exists yet
+        for problem in unreadable:
+            note(report, problem)
+    return report
 
 
 def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
