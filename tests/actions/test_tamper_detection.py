@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from actions import audit, transparency
 from actions.models import ActionEvent, AuditCheckpoint, SignedTreeHead
-from agent_passport.audit import b64url
+from agent_passport.audit import b64url, event_hash
 from agent_passport.cli import main as cli
 from agent_passport.merkle import head_id, head_payload, leaf_hash, tree_root
 from passports import signing
@@ -248,3 +248,55 @@ def test_events_not_yet_covered_by_a_head_are_never_intact(
     assert code == 3 and "NOT VERIFIED: 2 event(s) not yet covered by a signed head" in said
     assert offline == 1 and "NOT VERIFIED: 2 event(s) not yet covered by a signed head" in out
     assert "intact" not in said + out
+
+
+def rewritten(records: list[dict], agent: str) -> list[dict]:
+    """An export with ``agent``'s chain edited and rehashed, and its checkpoints left out (the
+    holes issue 12 found in per-chain checkpoints)."""
+    prev, out = "0" * 64, []
+    for record in records:
+        if record.get("agent") != agent:
+            out.append(record)
+        elif record["type"] == "event":
+            record = {**record, "reason": "nothing happened", "prev": prev}
+            record["hash"] = prev = event_hash(record)
+            out.append(record)
+    return out
+
+
+def offline(log, tmp_path, records: list[dict]) -> int:
+    export = tmp_path / "edited.jsonl"
+    export.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return cli(["verify-audit", str(export), "--jwks-file", str(log["jwks"])])
+
+
+def test_a_rewritten_chain_without_its_checkpoints_fails_offline(log, tmp_path, capsys):
+    records = [json.loads(line) for line in audit.export_jsonl()]
+    b = str(log["agents"]["B"].id)
+    without_checkpoint = [r for r in records if not (r["type"] == "checkpoint" and r["agent"] == b)]
+    assert offline(log, tmp_path, without_checkpoint) == 0  # the tree still vouches for B
+    assert offline(log, tmp_path, rewritten(records, b)) == 1
+    assert "the first 5 leaves do not match the signed head of size 5" in capsys.readouterr().out
+    newest_head_line = max(i for i, r in enumerate(records) if r["type"] == "head")
+    assert offline(log, tmp_path, records[:newest_head_line] + records[newest_head_line + 1 :]) == 1
+    assert "NOT VERIFIED: 4 event(s) not yet covered by a signed head" in capsys.readouterr().out
+
+
+def test_a_filtered_export_proves_each_event_in_the_newest_head(log, viewer_api, tmp_path, capsys):
+    b = str(log["agents"]["B"].id)
+    response = viewer_api.get(f"/api/v1/actions/export?format=jsonl&agent={b}")
+    records = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
+    assert [r["type"] for r in records] == ["export"] + ["head"] * 2 + ["checkpoint"] * 2 + [
+        "event"
+    ] * 4
+    events = [r for r in records if r["type"] == "event"]
+    assert [e["leaf_index"] for e in events] == [3, 4, 7, 8] and all(e["proof"] for e in events)
+    assert offline(log, tmp_path, records) == 0
+    assert "4 inclusion proof(s) in the head of size 9" in capsys.readouterr().out
+
+    assert offline(log, tmp_path, rewritten(records, b)) == 1
+    assert "is not in the signed head of size 9: its inclusion proof fails" in (
+        capsys.readouterr().out
+    )
+    assert offline(log, tmp_path, [r for r in records if r["type"] != "head"]) == 1
+    assert "NOT VERIFIED: no signed tree head" in capsys.readouterr().out
