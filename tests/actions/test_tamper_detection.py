@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from actions import audit, transparency
-from actions.models import ActionEvent, AuditCheckpoint, SignedTreeHead
+from actions.models import ActionEvent, ArchivedSegment, AuditCheckpoint, SignedTreeHead
 from agent_passport.audit import b64url, event_hash
 from agent_passport.cli import main as cli
 from agent_passport.merkle import head_id, head_payload, leaf_hash, tree_root
@@ -300,3 +300,36 @@ def test_a_filtered_export_proves_each_event_in_the_newest_head(log, viewer_api,
     )
     assert offline(log, tmp_path, [r for r in records if r["type"] != "head"]) == 1
     assert "NOT VERIFIED: no signed tree head" in capsys.readouterr().out
+
+
+def test_the_live_log_after_an_archived_segment_verifies(issue, viewer_api, tmp_path, capsys):
+    """Leaves 0-255 archived (their events gone, their stored subtrees kept): verification
+    resumes the tree at 256, the chain mid-way, and still names a deleted leaf."""
+    token = issue()["token"]
+    for count in (200, 100):
+        post_events(token, [("fs:read:/data", "allow")] * count)
+    audit.create_checkpoints()
+    head = transparency.sign_tree_head()
+    ArchivedSegment.objects.create(
+        start_leaf=0,
+        end_leaf=256,
+        root_hash=transparency.root(256).hex(),
+        head=head,
+        archived_at=timezone.now(),
+        location=str(tmp_path / "segment-0-256.jsonl"),
+        sha256="0" * 64,
+    )
+    with maintenance(open_=True):
+        ActionEvent.objects.filter(leaf_index__lt=256).delete()
+    report = audit.verify()
+    assert report.verified and (report.events, report.tree_size) == (44, 300), report
+    export = tmp_path / "live.jsonl"
+    export.write_text("".join(audit.export_jsonl()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(signing.jwks()))
+    assert cli(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 0
+    assert "44 event(s), 1 checkpoint(s), 1 head(s), tree of 300 leaves" in capsys.readouterr().out
+
+    with maintenance(open_=True):
+        ActionEvent.objects.filter(leaf_index=260).delete()
+    assert any("leaf 260 is missing (its event was deleted)" in p for p in audit.verify().problems)
