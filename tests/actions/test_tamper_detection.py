@@ -14,7 +14,13 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from actions import audit, transparency
-from actions.models import ActionEvent, ArchivedSegment, AuditCheckpoint, SignedTreeHead
+from actions.models import (
+    ActionEvent,
+    ArchivedSegment,
+    AuditCheckpoint,
+    MerkleNode,
+    SignedTreeHead,
+)
 from agent_passport.audit import b64url, event_hash
 from agent_passport.cli import main as cli
 from agent_passport.merkle import head_id, head_payload, leaf_hash, tree_root
@@ -306,8 +312,10 @@ def test_the_live_log_after_an_archived_segment_verifies(issue, viewer_api, tmp_
     """Leaves 0-255 archived (their events gone, their stored subtrees kept): verification
     resumes the tree at 256, the chain mid-way, and still names a deleted leaf."""
     token = issue()["token"]
+    events = []
     for count in (200, 100):
-        post_events(token, [("fs:read:/data", "allow")] * count)
+        events += post_events(token, [("fs:read:/data", "allow")] * count)
+    events = events[256:]
     audit.create_checkpoints()
     head = transparency.sign_tree_head()
     ArchivedSegment.objects.create(
@@ -332,4 +340,10 @@ def test_the_live_log_after_an_archived_segment_verifies(issue, viewer_api, tmp_
 
     with maintenance(open_=True):
         ActionEvent.objects.filter(leaf_index=260).delete()
-    assert any("leaf 260 is missing (its event was deleted)" in p for p in audit.verify().problems)
+        MerkleNode.objects.filter(level=8, index=0).update(hash="0" * 64)
+    problems = audit.verify().problems
+    assert (
+        "the stored subtrees of the archived leaves 0..255 do not match the archived segment "
+        "of size 256" in problems
+    )
+    assert f"leaf 260 is missing (its event was deleted) before event {events[5]}" in problems

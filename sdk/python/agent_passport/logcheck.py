@@ -220,6 +220,13 @@ class TreeCheck:
             self.matched = size
             return
         self.diverged = True
+        if size == self.start:
+            note(
+                self.report,
+                f"the stored subtrees of the archived leaves 0..{size - 1} do not match the "
+                f"{expected.source} of size {size}",
+            )
+            return
         note(
             self.report,
             f"the first {size} leaves do not match the {expected.source} of size {size} "
