@@ -14,7 +14,13 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
-from actions.models import ActionEvent, ArchivedSegment, AuditCheckpoint, SignedTreeHead
+from actions.models import (
+    ActionEvent,
+    ArchivedSegment,
+    AuditCheckpoint,
+    MerkleNode,
+    SignedTreeHead,
+)
 from agent_passport.audit import GENESIS, ChainReport, b64url, checkpoint_payload, event_hash
 from agent_passport.logcheck import (
     SIGNED,
@@ -33,7 +39,7 @@ from passports import signing
 from passports.models import Agent
 
 CHUNK = 2000
-NODE_LEVEL = 8  # the events of one 256-leaf block share their proofs' stored nodes
+NODE_LEVEL = 8  # stored subtrees of 256 leaves: a proof's nodes shared, a rewrite localised
 
 
 def iso(moment: datetime) -> str:
@@ -219,7 +225,14 @@ def verify(
     archived = [Expectation(start, segment.root_hash, "archived segment")] if segment else []
     roots = heapq.merge(archived, _signed_roots(), witnesses.expectations(), key=lambda e: e.size)
     # The heads are read before the events: every leaf a head covers is then visible.
-    tree = TreeCheck(report, roots, start=start, edge=edge)
+    blocks = (
+        MerkleNode.objects.filter(level=NODE_LEVEL, index__gte=start >> NODE_LEVEL)
+        .order_by("index")
+        .values_list("index", "hash")
+    )
+    tree = TreeCheck(
+        report, roots, start=start, edge=edge, blocks=blocks.iterator(chunk_size=CHUNK)
+    )
     verifier = LogVerifier(keys, report, tree=tree, resume=start > 0)
     for checkpoint in _checkpoints():
         verifier.checkpoint(checkpoint)

@@ -347,3 +347,18 @@ def test_the_live_log_after_an_archived_segment_verifies(issue, viewer_api, tmp_
         "of size 256" in problems
     )
     assert f"leaf 260 is missing (its event was deleted) before event {events[5]}" in problems
+
+
+def test_a_rewrite_is_named_to_its_block_of_256_leaves(issue, agent):
+    token = issue()["token"]
+    for count in (200, 200):
+        post_events(token, [("fs:read:/data", "allow")] * count)
+    transparency.sign_tree_head()
+    with maintenance(open_=True):
+        rewrite_chain(agent, from_seq=100)
+    assert audit.verify().problems == [
+        "leaves 0..255 differ from the subtree stored when they were added (among them an "
+        "event was edited with a recomputed hash, inserted, deleted or reordered)",
+        "the first 400 leaves do not match the signed head of size 400 (among leaves 0..399 an "
+        "event was edited with a recomputed hash, inserted, deleted or reordered)",
+    ]

@@ -38,6 +38,7 @@ from agent_passport.merkle import (
 )
 
 PROBLEM_LIMIT = 100
+BLOCK = 256  # leaves in the smallest subtree the registry stores (actions.transparency)
 PROGRESS_STEP = 1000  # events between progress updates
 Keys = Mapping[str, Ed25519PublicKey]
 
@@ -157,7 +158,10 @@ class TreeCheck:
         *,
         start: int = 0,
         edge: Sequence[bytes] = (),
+        blocks: Iterable[tuple[int, str]] = (),
     ) -> None:
+        """``blocks``: ``(index, hash)`` of stored subtrees of ``BLOCK`` leaves, ascending (the
+        registry's, written when the leaves were added): a rewrite is then named to the block."""
         self.report = report
         self.tree = CompactTree.from_edge(start, edge) if start else CompactTree()
         self.start = start
@@ -167,6 +171,9 @@ class TreeCheck:
         self._pending: Iterator[Expectation] = iter(expectations)
         self._next = next(self._pending, None)
         self._last_signed: Expectation | None = None
+        self._blocks: Iterator[tuple[int, str]] = iter(blocks)
+        self._block = next(self._blocks, None)
+        self._block_tree = CompactTree()
         self._settle()
 
     def add(self, event: Mapping[str, Any]) -> None:
@@ -190,9 +197,33 @@ class TreeCheck:
                 note(self.report, f"event {name} (leaf {index}) has a malformed hash")
             else:
                 self.tree.append(leaf)
+                if self._block is not None:
+                    self._check_block(leaf)
                 self._settle()
                 return
         self.gap = True
+
+    def _check_block(self, leaf: bytes) -> None:
+        """Compare each completed block of leaves with its stored subtree (the first difference
+        only: the heads tell the rest)."""
+        self._block_tree.append(leaf)
+        if self._block_tree.size < BLOCK:
+            return
+        block, root = (self.tree.size - 1) // BLOCK, self._block_tree.root().hex()
+        self._block_tree = CompactTree()
+        while self._block is not None and self._block[0] < block:
+            self._block = next(self._blocks, None)
+        if self._block is None or self._block[0] != block:
+            return
+        if root != self._block[1]:
+            first = block * BLOCK
+            note(
+                self.report,
+                f"leaves {first}..{first + BLOCK - 1} differ from the subtree stored when they "
+                "were added (among them an event was edited with a recomputed hash, inserted, "
+                "deleted or reordered)",
+            )
+            self._block = None
 
     def _settle(self) -> None:
         while self._next is not None and self._next.size <= self.tree.size:
