@@ -39,7 +39,8 @@ from passports import signing
 from passports.models import Agent
 
 CHUNK = 2000
-NODE_LEVEL = 8  # stored subtrees of 256 leaves: a proof's nodes shared, a rewrite localised
+NODE_LEVEL = 8  # stored subtrees of 256 leaves (actions.transparency): a rewrite localised
+PROOF_BATCH = 100
 
 
 def iso(moment: datetime) -> str:
@@ -293,14 +294,15 @@ def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
 
 
 def _with_proofs(documents: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, Any]]:
-    """Each event covered by the tree of ``size`` leaves gains its inclusion ``proof``; events
-    of one 256-leaf block share one fetch of the tree's nodes. A damaged tree leaves the
-    proofs out (the offline verifier then names those events)."""
+    """Each event covered by the tree of ``size`` leaves gains its inclusion ``proof``; the
+    proofs of PROOF_BATCH events are fetched together (one read of the stored nodes, of each
+    256-leaf block and of the tree's right edge). A damaged tree leaves the proofs out (the
+    offline verifier then names those events)."""
     from actions import transparency  # imports this module
 
     source = HashSource(transparency.perfect_subtrees)
-    for _block, group in itertools.groupby(documents, key=lambda d: d["leaf_index"] >> NODE_LEVEL):
-        batch = list(group)
+    for _batch, group in itertools.groupby(enumerate(documents), key=lambda d: d[0] // PROOF_BATCH):
+        batch = [document for _, document in group]
         covered = [document for document in batch if document["leaf_index"] < size]
         plans = [plan_inclusion(document["leaf_index"], size) for document in covered]
         try:
