@@ -265,22 +265,24 @@ def status() -> ChainReport:
 
 def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
     """The header, the signed heads (up to the newest when the export starts), the checkpoints,
-    then the events in leaf order. A full export starts where the live log starts (``start``
-    and the subtrees before it, ``edge``); a filtered one (``agents``: their whole chains)
-    carries each event's inclusion proof in the newest head instead."""
+    then the events in leaf order from where the live log starts (``start``, after the leaves
+    archived, and the subtrees before it, ``edge``). A filtered export (``agents``: their
+    chains) carries each event's inclusion proof in the newest head."""
     from actions import transparency  # imports this module
 
     newest = transparency.latest_head()
-    header: dict[str, Any] = {"type": "export", "v": 2, "exported_at": iso(timezone.now())}
-    if agents is None:
-        try:
-            start, edge = transparency.live_start()
-        except transparency.TreeDamaged:  # the verifier names the export's edge as malformed
-            start, edge = ArchivedSegment.objects.order_by("-end_leaf")[0].end_leaf, []
-        header.update(scope="full", start=start, edge=hexes(edge))
-    else:
-        start = 0
-        header.update(scope="filtered")
+    try:
+        start, edge = transparency.live_start()
+    except transparency.TreeDamaged:  # the verifier names the export's edge as malformed
+        start, edge = ArchivedSegment.objects.order_by("-end_leaf")[0].end_leaf, []
+    header = {
+        "type": "export",
+        "v": 2,
+        "exported_at": iso(timezone.now()),
+        "scope": "full" if agents is None else "filtered",
+        "start": start,
+        "edge": hexes(edge),
+    }
     yield json.dumps(header) + "\n"
     for document in _heads(up_to=newest):
         yield json.dumps({"type": "head", **document}) + "\n"

@@ -308,7 +308,7 @@ def test_a_filtered_export_proves_each_event_in_the_newest_head(log, viewer_api,
     assert "NOT VERIFIED: no signed tree head" in capsys.readouterr().out
 
 
-def test_the_live_log_after_an_archived_segment_verifies(issue, viewer_api, tmp_path, capsys):
+def test_the_live_log_after_an_archived_segment_verifies(issue, agent, tmp_path, capsys):
     """Leaves 0-255 archived (their events gone, their stored subtrees kept): verification
     resumes the tree at 256, the chain mid-way, and still names a deleted leaf."""
     token = issue()["token"]
@@ -337,6 +337,9 @@ def test_the_live_log_after_an_archived_segment_verifies(issue, viewer_api, tmp_
     jwks.write_text(json.dumps(signing.jwks()))
     assert cli(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 0
     assert "44 event(s), 1 checkpoint(s), 1 head(s), tree of 300 leaves" in capsys.readouterr().out
+    export.write_text("".join(audit.export_jsonl(Agent.objects.filter(pk=agent.pk))))
+    assert cli(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 0
+    assert "44 inclusion proof(s) in the head of size 300" in capsys.readouterr().out
 
     with maintenance(open_=True):
         ActionEvent.objects.filter(leaf_index=260).delete()

@@ -573,8 +573,9 @@ def export_events(path: str) -> Iterator[dict[str, Any]]:
 
 
 def _live_start(header: Mapping[str, Any], report: ChainReport) -> tuple[int, list[bytes]]:
-    """Where a full export's events begin (leaves before it were archived) and the subtrees
-    to resume the tree from; the signed heads vouch for them (a wrong edge changes the root)."""
+    """Where the export's events begin (leaves before it were archived: chains resume there)
+    and the subtrees to resume the tree from; the signed heads vouch for them (a wrong edge
+    changes the root)."""
     start, edge = header.get("start", 0), header.get("edge", [])
     try:
         if not isinstance(start, int) or isinstance(start, bool) or not isinstance(edge, list):
@@ -607,9 +608,9 @@ def verify_export(
             signed.append(Expectation(head["tree_size"], head["root"], SIGNED))
     newest = chain.finish()
     witnesses.finish(newest)
-    start, tree = 0, None
+    start, edge = _live_start(export.header, report)
+    tree = None
     if export.header.get("scope") != "filtered":
-        start, edge = _live_start(export.header, report)
         signed.sort(key=lambda expected: expected.size)
         expectations = heapq.merge(signed, witnesses.expectations(), key=lambda e: e.size)
         tree = TreeCheck(report, expectations, start=start, edge=edge)
