@@ -24,6 +24,7 @@ from actions.models import (
 from agent_passport.audit import GENESIS, ChainReport, b64url, checkpoint_payload, event_hash
 from agent_passport.logcheck import (
     SIGNED,
+    Checkpoints,
     Expectation,
     HeadChain,
     LogVerifier,
@@ -234,9 +235,10 @@ def verify(
     tree = TreeCheck(
         report, roots, start=start, edge=edge, blocks=blocks.iterator(chunk_size=CHUNK)
     )
-    verifier = LogVerifier(keys, report, tree=tree, resume=start > 0)
+    checkpoints = Checkpoints(keys, report)
     for checkpoint in _checkpoints():
-        verifier.checkpoint(checkpoint)
+        checkpoints.add(checkpoint)
+    verifier = LogVerifier(report, checkpoints, tree=tree, resume=start > 0)
     top = ActionEvent.objects.aggregate(top=Max("leaf_index"))["top"]
     feed(verifier, _events(start), 0 if top is None else top + 1 - start, progress)
     return verifier.finish()

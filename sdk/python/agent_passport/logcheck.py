@@ -284,33 +284,22 @@ class TreeCheck:
 
 
 class _Chain:
-    def __init__(self, walk: ChainWalk, marks: list[Mapping[str, Any]]) -> None:
+    def __init__(self, walk: ChainWalk, mark: Mapping[str, Any] | None) -> None:
         self.walk = walk
-        self.marks = sorted(marks, key=lambda mark: mark["count"])
-        self.next_mark = 0
+        self.mark = mark  # the newest checkpoint, until the chain reaches it
         self.rewritten = False
 
 
-class LogVerifier:
-    """Events in leaf-index order, checked against the checkpoints given first and against the
-    tree (``tree``) or, for a filtered log, against inclusion proofs in ``included_in``."""
+class Checkpoints:
+    """Every checkpoint's signature checked; each agent's newest one kept, to be compared with
+    its chain (the hash at its count commits to every event before it, so older checkpoints
+    could add nothing): memory per agent, not per checkpoint."""
 
-    def __init__(
-        self,
-        keys: Keys,
-        report: ChainReport,
-        *,
-        tree: TreeCheck | None = None,
-        included_in: Mapping[str, Any] | None = None,
-        resume: bool = False,
-    ) -> None:
-        self.keys, self.report, self.tree = keys, report, tree
-        self.included_in = included_in
-        self.resume = resume  # older events were archived: chains may start mid-way
-        self.chains: dict[str, _Chain] = {}
-        self.marks: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    def __init__(self, keys: Keys, report: ChainReport) -> None:
+        self.keys, self.report = keys, report
+        self.newest: dict[str, Mapping[str, Any]] = {}
 
-    def checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+    def add(self, checkpoint: Mapping[str, Any]) -> None:
         self.report.checkpoints += 1
         bad = verify_checkpoint(checkpoint, self.keys)
         count = checkpoint.get("count")
@@ -318,8 +307,31 @@ class LogVerifier:
             bad = f"checkpoint {checkpoint.get('agent')}#{count} is malformed (count)"
         if bad:
             note(self.report, bad)
-        else:
-            self.marks[str(checkpoint.get("agent"))].append(checkpoint)
+            return
+        agent = str(checkpoint.get("agent"))
+        newest = self.newest.get(agent)
+        if newest is None or checkpoint["count"] >= newest["count"]:
+            self.newest[agent] = checkpoint
+
+
+class LogVerifier:
+    """Events in leaf-index order, checked against each agent's newest checkpoint and against
+    the tree (``tree``) or, for a filtered log, against inclusion proofs in ``included_in``."""
+
+    def __init__(
+        self,
+        report: ChainReport,
+        checkpoints: Checkpoints,
+        *,
+        tree: TreeCheck | None = None,
+        included_in: Mapping[str, Any] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.report, self.tree = report, tree
+        self.included_in = included_in
+        self.resume = resume  # older events were archived: chains may start mid-way
+        self.chains: dict[str, _Chain] = {}
+        self.marks = dict(checkpoints.newest)
 
     def event(self, event: Mapping[str, Any]) -> None:
         self.report.events += 1
@@ -343,25 +355,23 @@ class LogVerifier:
             walk = ChainWalk(agent, seq, prev)  # its start is vouched for by the tree
         else:
             walk = ChainWalk(agent)
-        chain = _Chain(walk, self.marks.pop(agent, []))
+        chain = _Chain(walk, self.marks.pop(agent, None))
         self._reached(chain)
         return chain
 
     def _reached(self, chain: _Chain) -> None:
-        """Compare the checkpoints the chain has just reached with its head."""
-        walk = chain.walk
-        while not chain.rewritten and chain.next_mark < len(chain.marks):
-            mark = chain.marks[chain.next_mark]
-            if mark["count"] > walk.last_seq:
-                return
-            chain.next_mark += 1
-            if mark["count"] == walk.last_seq and mark["count"] and mark["head"] != walk.head:
-                chain.rewritten = True
-                note(
-                    self.report,
-                    f"agent {walk.agent}: the chain up to seq {walk.last_seq} differs from the "
-                    "signed checkpoint (events were rewritten)",
-                )
+        """Compare the newest checkpoint with the chain's head once the chain reaches it."""
+        walk, mark = chain.walk, chain.mark
+        if mark is None or mark["count"] > walk.last_seq:
+            return
+        chain.mark = None
+        if mark["count"] == walk.last_seq and mark["count"] and mark["head"] != walk.head:
+            chain.rewritten = True
+            note(
+                self.report,
+                f"agent {walk.agent}: the chain up to seq {walk.last_seq} differs from the "
+                "signed checkpoint (events were rewritten)",
+            )
 
     def _prove(self, event: Mapping[str, Any]) -> None:
         index, name, head = event.get("leaf_index"), event.get("id"), self.included_in
@@ -396,16 +406,13 @@ class LogVerifier:
 
     def finish(self) -> ChainReport:
         report = self.report
-        for agent, marks in self.marks.items():  # chains with checkpoints but no events left
-            self.chains[agent] = _Chain(ChainWalk(agent), marks)
+        for agent, newest in self.marks.items():  # chains with checkpoints, no events left
+            self.chains[agent] = _Chain(ChainWalk(agent), newest)
         report.chains = len(self.chains)
         for chain in self.chains.values():
-            walk = chain.walk
-            if chain.rewritten or walk.problem or chain.next_mark >= len(chain.marks):
-                continue
-            if self.resume and not walk.count:
-                continue  # the whole chain was archived
-            mark = chain.marks[-1]
+            walk, mark = chain.walk, chain.mark
+            if mark is None or walk.problem or (self.resume and not walk.count):
+                continue  # reached, broken before it, or the whole chain was archived
             note(
                 report,
                 f"agent {walk.agent}: checkpoint says {mark['count']} events but only "
@@ -512,11 +519,10 @@ class ExportError(ValueError):
 
 @dataclass
 class Export:
-    """Everything in an export but its events (read in a first pass; events stream later)."""
+    """An export's header, heads and event count (a first pass; events stream later)."""
 
     header: dict[str, Any]
     heads: list[dict[str, Any]]
-    checkpoints: list[dict[str, Any]]
     events: int
 
 
@@ -541,9 +547,10 @@ def _kind(record: Any) -> Any:
     return record.pop("type", None) if isinstance(record, dict) else None
 
 
-def scan_export(path: str) -> Export:
-    """First pass: the header, heads and checkpoints, and how many events there are."""
-    export = Export(header={}, heads=[], checkpoints=[], events=0)
+def scan_export(path: str, checkpoints: Checkpoints) -> Export:
+    """First pass: the header, the heads, how many events there are; checkpoints go to
+    ``checkpoints``."""
+    export = Export(header={}, heads=[], events=0)
     for number, line in _records(path):
         if line.startswith(EVENT_PREFIX):
             export.events += 1
@@ -557,7 +564,7 @@ def scan_export(path: str) -> Export:
         elif kind == "head":
             export.heads.append(record)
         elif kind == "checkpoint":
-            export.checkpoints.append(record)
+            checkpoints.add(record)
         elif kind == "export":
             export.header = record
     return export
@@ -597,8 +604,9 @@ def verify_export(
 ) -> ChainReport:
     """Verify an export offline. A full export recomputes the tree and checks it against every
     head; a filtered one checks each event's inclusion proof in the newest head."""
-    export = scan_export(path)
     report = ChainReport()
+    checkpoints = Checkpoints(keys, report)
+    export = scan_export(path, checkpoints)
     chain = HeadChain(keys, report)
     witnesses = WitnessCheck(witness, keys, report)
     signed = []
@@ -614,9 +622,7 @@ def verify_export(
         signed.sort(key=lambda expected: expected.size)
         expectations = heapq.merge(signed, witnesses.expectations(), key=lambda e: e.size)
         tree = TreeCheck(report, expectations, start=start, edge=edge)
-    verifier = LogVerifier(keys, report, tree=tree, included_in=newest, resume=start > 0)
-    for checkpoint in export.checkpoints:
-        verifier.checkpoint(checkpoint)
+    verifier = LogVerifier(report, checkpoints, tree=tree, included_in=newest, resume=start > 0)
     feed(verifier, export_events(path), export.events, progress)
     return verifier.finish()
 
