@@ -111,6 +111,11 @@ def test_a_witness_file_checks_the_export(tmp_path, keys, capsys):
     witness.write_text("".join(json.dumps(head) + "\n" for head in genuine))
     assert verify(tmp_path, keys, records, "--witness", str(witness)) == 0
     assert "2 witness head(s)" in capsys.readouterr().out
+    without_first_head = [r for r in records if r.get("tree_size") != 10]
+    assert verify(tmp_path, keys, without_first_head, "--witness", str(witness)) == 1
+    out = capsys.readouterr().out
+    assert "tree head of size 30 does not follow the first head" in out
+    assert "the witness head of size 10 (at t) is missing from the log's chain of heads" in out
     rolled_back = build(10, [10], [keys["new"]])
     assert verify(tmp_path, keys, rolled_back, "--witness", str(witness)) == 1
     assert "rollback/truncation to an older head" in capsys.readouterr().out
