@@ -427,9 +427,20 @@ class LogVerifier:
 class WitnessCheck:
     """Heads a witness holds outside the log, against the log's own heads (fed with
     :meth:`see` as the log's heads go by): each must be authentic and in the log; the log's
-    tree must have the witness head's root at its size (see :meth:`expectations`)."""
+    tree must have the witness head's root at its size (see :meth:`expectations`).
 
-    def __init__(self, heads: Sequence[Mapping[str, Any]], keys: Keys, report: ChainReport) -> None:
+    ``as_of``: when the log was read (an export's ``exported_at``); witness heads signed later
+    cannot be in it and are left out (same ISO format: the strings compare as times)."""
+
+    def __init__(
+        self,
+        heads: Sequence[Mapping[str, Any]],
+        keys: Keys,
+        report: ChainReport,
+        *,
+        as_of: str | None = None,
+    ) -> None:
+        heads = [head for head in heads if as_of is None or head["at"] <= as_of]
         self.heads = sorted(heads, key=lambda head: head["tree_size"])
         self.keys, self.report = keys, report
         self.ids = {head_id(head) for head in self.heads}
@@ -608,7 +619,9 @@ def verify_export(
     checkpoints = Checkpoints(keys, report)
     export = scan_export(path, checkpoints)
     chain = HeadChain(keys, report)
-    witnesses = WitnessCheck(witness, keys, report)
+    exported_at = export.header.get("exported_at")
+    as_of = exported_at if isinstance(exported_at, str) else None
+    witnesses = WitnessCheck(witness, keys, report, as_of=as_of)
     signed = []
     for head in export.heads:
         if chain.add(head):

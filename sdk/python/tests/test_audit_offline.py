@@ -68,7 +68,8 @@ def build(
         tree.append(leaf_hash(event["hash"]))
         if tree.size in head_sizes:
             kid, key = signers[min(len(heads), len(signers) - 1)]
-            head = {"tree_size": tree.size, "root": tree.root().hex(), "at": "t", "prev": prev}
+            at = f"2026-12-02T00:00:{tree.size:02d}.000000Z"
+            head = {"tree_size": tree.size, "root": tree.root().hex(), "at": at, "prev": prev}
             heads.append({"type": "head", **sign(head, kid, key)})
             prev = head_id(head)
     header = {"type": "export", "v": 2, "scope": "full", "start": 0, "edge": []}
@@ -115,10 +116,18 @@ def test_a_witness_file_checks_the_export(tmp_path, keys, capsys):
     assert verify(tmp_path, keys, without_first_head, "--witness", str(witness)) == 1
     out = capsys.readouterr().out
     assert "tree head of size 30 does not follow the first head" in out
-    assert "the witness head of size 10 (at t) is missing from the log's chain of heads" in out
+    assert (
+        "the witness head of size 10 (at 2026-12-02T00:00:10.000000Z) is missing from the log's "
+        "chain of heads" in out
+    )
     rolled_back = build(10, [10], [keys["new"]])
     assert verify(tmp_path, keys, rolled_back, "--witness", str(witness)) == 1
     assert "rollback/truncation to an older head" in capsys.readouterr().out
+
+    old_export = [{**records[0], "exported_at": "2026-12-02T00:00:15.000000Z"}, *records[1:]]
+    old_export = [r for r in old_export if r.get("tree_size") != 30 and r.get("leaf_index", 0) < 10]
+    assert verify(tmp_path, keys, old_export, "--witness", str(witness)) == 0
+    assert "1 witness head(s)" in capsys.readouterr().out  # the head of 30 came later
 
     witness.write_text('{"tree_size": "ten"}\n')
     assert verify(tmp_path, keys, records, "--witness", str(witness)) == 2
