@@ -200,13 +200,14 @@ def _events(start: int, agents: QuerySet[Agent] | None = None) -> Iterator[dict[
         yield document(*row)
 
 
+@transaction.atomic  # the cursors stream inside it (outside, PostgreSQL materialises them)
 def verify(
     *, witness: Sequence[Mapping[str, Any]] = (), progress: Progress | None = None
 ) -> ChainReport:
     """Verify the whole log in one streaming pass (agent_passport.logcheck): the tree from
     :func:`transparency.live_start` against every signed head (and every ``witness`` head),
-    the chain of heads, the per-agent chains against their checkpoints. Memory: per agent,
-    checkpoint and witness head, not per event."""
+    the chain of heads, the per-agent chains against their newest checkpoints. Memory: per
+    agent and witness head, not per event."""
     from actions import transparency  # imports this module
 
     keys = signing.all_public_keys()
