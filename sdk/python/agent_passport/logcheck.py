@@ -596,8 +596,10 @@ def _live_start(header: Mapping[str, Any], report: ChainReport) -> tuple[int, li
     changes the root)."""
     start, edge = header.get("start", 0), header.get("edge", [])
     try:
-        if not isinstance(start, int) or isinstance(start, bool) or not isinstance(edge, list):
-            raise ValueError("start/edge")
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise ValueError("start")
+        if not isinstance(edge, list):
+            raise ValueError("edge")
         nodes = unhex(edge)
         CompactTree.from_edge(start, nodes)
     except ValueError:
