@@ -358,14 +358,24 @@ class ConsistencyProofSerializer(serializers.Serializer):
 
 
 class AuditReportSerializer(serializers.Serializer):
-    """Every chain recomputed and checked against its signed checkpoints (``ChainReport``)."""
+    """The log verified (``agent_passport.audit.ChainReport``): its tree against every signed
+    head, the chain of heads, every chain against its checkpoints."""
 
-    ok = serializers.BooleanField()
+    ok = serializers.BooleanField(help_text="nothing was found tampered with")
+    verified = serializers.BooleanField(
+        help_text="ok, and every event is covered by a signed tree head"
+    )
     chains = serializers.IntegerField()
     events = serializers.IntegerField()
     checkpoints = serializers.IntegerField()
+    heads = serializers.IntegerField(help_text="signed tree heads")
+    tree_size = serializers.IntegerField(help_text="leaves in the log (archived ones included)")
+    signed_size = serializers.IntegerField(help_text="the newest signed head's size")
+    unsigned_events = serializers.IntegerField(
+        help_text="events not yet covered by a signed head (not verified yet)"
+    )
     problems = serializers.ListField(
-        child=serializers.CharField(), help_text="each names the first bad event of a chain"
+        child=serializers.CharField(), help_text="each names what was tampered with"
     )
 
 

@@ -139,9 +139,10 @@ class _Echo:
 @api_view(["GET"])
 @permission_classes([IsViewer])
 def export_actions(request: Request) -> StreamingHttpResponse:
-    """JSONL: whole chains of the selected agents plus signed checkpoints (verifiable offline
-    with ``python -m agent_passport verify-audit``), byte-exact. CSV: the filtered events, for
-    spreadsheets, with formula-like cells neutralised."""
+    """JSONL: signed tree heads, checkpoints, then the events in leaf order (every event, or the
+    whole chains of the selected agents, each with its inclusion proof in the newest head),
+    verifiable offline with ``python -m agent_passport verify-audit``, byte-exact. CSV: the
+    filtered events, for spreadsheets, with formula-like cells neutralised."""
     export_format = request.query_params.get("format", "jsonl")
     if export_format == "jsonl":
         agents = selectors.agents_for_export(
@@ -171,8 +172,10 @@ def export_actions(request: Request) -> StreamingHttpResponse:
 @api_view(["GET"])
 @permission_classes([IsViewer])
 def audit_status(request: Request) -> Response:
-    """Recompute every chain and check it against the signed checkpoints."""
-    return Response(AuditReportSerializer(audit.verify()).data)
+    """Verify the log: the tree against every signed head, the chain of heads, every chain
+    against its checkpoints, the heads of the configured witness files. Events no signed head
+    covers yet are counted, not verified."""
+    return Response(AuditReportSerializer(audit.status()).data)
 
 
 # -- the transparency log ------------------------------------------------------------------------

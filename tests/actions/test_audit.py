@@ -15,7 +15,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from rest_framework.test import APIClient
 
-from actions import audit
+from actions import audit, transparency
 from actions.models import ActionEvent, AuditCheckpoint
 from agent_passport.audit import GENESIS
 from agent_passport.cli import main as cli
@@ -69,6 +69,7 @@ def logged(issue, agent):
     )
     ids += post_events(token, [("fs:read:/workspace/b", "allow")])
     audit.create_checkpoints()
+    transparency.sign_tree_head()
     return token, ids
 
 
@@ -117,7 +118,9 @@ def test_database_refuses_update_and_delete(logged, agent):
 
 def test_verify_audit_passes_then_names_an_edited_row(logged, agent, capsys):
     call_command("verify_audit")
-    assert "audit log intact: 1 chain(s), 5 event(s)" in capsys.readouterr().out
+    assert "audit log intact: 1 chain(s), 5 event(s), 1 checkpoint(s), 1 head(s)" in (
+        capsys.readouterr().out
+    )
     target = chain_of(agent)[1]
     with maintenance(open_=True):  # what a DBA could do, bypassing the application
         ActionEvent.objects.filter(pk=target.pk).update(decision="allow")
@@ -130,10 +133,10 @@ def test_verify_audit_passes_then_names_an_edited_row(logged, agent, capsys):
 @pytest.mark.parametrize(
     ("tamper", "expected"),
     [
-        ("delete_middle", "event seq 3 is missing (deleted)"),
+        ("delete_middle", "event seq 3 is missing (deleted or reordered)"),
         ("delete_last", "checkpoint says 5 events but only 4 remain"),
-        ("reorder", "(seq 2) does not follow the previous event"),
-        ("insert", "(seq 4) does not follow the previous event"),
+        ("reorder", "event seq 2 is missing (deleted or reordered)"),
+        ("insert", "event seq 3 is missing (deleted or reordered)"),
         ("rehash_edit", "does not follow the previous event"),
     ],
 )
@@ -181,11 +184,25 @@ def test_verify_names_deleted_inserted_and_reordered_events(logged, agent, tampe
 
 def test_audit_status_endpoint(logged, viewer_api, agent):
     body = viewer_api.get("/api/v1/audit").json()
-    assert body == {"ok": True, "chains": 1, "events": 5, "checkpoints": 1, "problems": []}
+    assert body == {
+        "ok": True,
+        "verified": True,
+        "chains": 1,
+        "events": 5,
+        "checkpoints": 1,
+        "heads": 1,
+        "tree_size": 5,
+        "signed_size": 5,
+        "unsigned_events": 0,
+        "problems": [],
+    }
+    post_events(logged[0], [("fs:read:/workspace/c", "allow")])
+    body = viewer_api.get("/api/v1/audit").json()
+    assert (body["ok"], body["verified"], body["unsigned_events"]) == (True, False, 1)
     with maintenance(open_=True):
         ActionEvent.objects.filter(agent=agent, seq=5).delete()
     body = viewer_api.get("/api/v1/audit").json()
-    assert body["ok"] is False and "only 4 remain" in body["problems"][0]
+    assert body["ok"] is False and "leaf 4 is missing" in " ".join(body["problems"])
 
 
 def test_jsonl_export_verifies_offline_and_catches_tampering(logged, viewer_api, tmp_path, capsys):
@@ -193,30 +210,31 @@ def test_jsonl_export_verifies_offline_and_catches_tampering(logged, viewer_api,
     assert response.status_code == 200
     lines = b"".join(response.streaming_content).decode().splitlines()
     kinds = [json.loads(line)["type"] for line in lines]
-    assert kinds == ["export"] + ["event"] * 5 + ["checkpoint"]
+    assert kinds == ["export", "head", "checkpoint"] + ["event"] * 5
     export = tmp_path / "actions.jsonl"
     export.write_text("\n".join(lines) + "\n")
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(signing.jwks()))
 
     assert cli(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 0
-    assert "intact: 1 chain(s), 5 event(s), 1 checkpoint(s)" in capsys.readouterr().out
+    assert "intact: 1 chain(s), 5 event(s), 1 checkpoint(s), 1 head(s)" in capsys.readouterr().out
 
     tampered = [json.loads(line) for line in lines]
-    tampered[3]["reason"] = "allowed after all"
+    tampered[4]["reason"] = "allowed after all"
     export.write_text("\n".join(json.dumps(record) for record in tampered) + "\n")
     assert cli(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 1
     assert "was edited" in capsys.readouterr().out
 
-    without_checkpoints = [line for line in lines if '"checkpoint"' not in line]
-    export.write_text("\n".join(without_checkpoints) + "\n")
+    without_heads = [line for line in lines if '"head"' not in line]
+    export.write_text("\n".join(without_heads) + "\n")
     assert cli(["verify-audit", str(export), "--jwks-file", str(jwks)]) == 1
-    assert "NOT VERIFIED" in capsys.readouterr().out
+    assert "NOT VERIFIED: no signed tree head" in capsys.readouterr().out
 
 
 def test_forged_checkpoint_signature_is_rejected(logged, tmp_path, capsys):
     lines = [json.loads(line) for line in audit.export_jsonl()]
-    lines[-1]["count"] = 4  # claims a shorter chain, signature no longer matches
+    assert lines[2]["type"] == "checkpoint"
+    lines[2]["count"] = 4  # claims a shorter chain, signature no longer matches
     export = tmp_path / "x.jsonl"
     export.write_text("\n".join(json.dumps(record) for record in lines))
     jwks = tmp_path / "jwks.json"

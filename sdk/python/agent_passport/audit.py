@@ -1,4 +1,6 @@
 """Tamper evidence for the action log: canonical encoding, per-agent hash chains, checkpoints.
+(The global Merkle tree and its signed heads: :mod:`agent_passport.merkle`; verifying a whole
+log or an export: :mod:`agent_passport.logcheck`.)
 
 Each event's hash is SHA-256 over its canonical encoding (JSON, sorted keys, no spaces, UTF-8)
 which includes the previous event's hash (``prev``; 64 zeros for an agent's first event). The
@@ -11,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,19 +68,108 @@ def b64url_decode(text: str) -> bytes:
 
 @dataclass
 class ChainReport:
-    """The outcome of verifying one or more chains. ``problems`` name the first bad event."""
+    """The outcome of verifying an action log (:mod:`agent_passport.logcheck`): its chains and
+    checkpoints, and its Merkle tree against the signed tree heads. ``problems`` name what was
+    tampered with; ``unsigned_events`` are events no signed head covers yet (not tampering,
+    but not verified either)."""
 
     chains: int = 0
     events: int = 0
     checkpoints: int = 0
+    heads: int = 0
+    tree_size: int = 0  # leaves in the log (archived ones included); filtered exports: 0
+    signed_size: int = 0  # the newest signed head's size
+    unsigned_events: int = 0
+    proven: int = 0  # events checked by an inclusion proof (a filtered export)
+    witnessed: int = 0  # witness heads checked
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """Nothing was found tampered with."""
         return not self.problems
 
+    @property
+    def verified(self) -> bool:
+        """Nothing tampered with, and every event is covered by a signed head."""
+        return self.ok and not self.unsigned_events
+
     def summary(self) -> str:
-        return f"{self.chains} chain(s), {self.events} event(s), {self.checkpoints} checkpoint(s)"
+        """The counts, and the events not yet covered by a signed head if any."""
+        if self.unsigned_events:
+            return (
+                f"{self.counts()}; {self.unsigned_events} event(s) not yet covered by a signed head"
+            )
+        return self.counts()
+
+    def counts(self) -> str:
+        text = (
+            f"{self.chains} chain(s), {self.events} event(s), {self.checkpoints} checkpoint(s), "
+            f"{self.heads} head(s)"
+        )
+        if self.proven:
+            text += f", {self.proven} inclusion proof(s) in the head of size {self.signed_size}"
+        else:
+            text += f", tree of {self.tree_size} leaves signed up to {self.signed_size}"
+        if self.witnessed:
+            text += f", {self.witnessed} witness head(s)"
+        return text
+
+
+class ChainWalk:
+    """One agent's chain, walked an event at a time (streaming: memory per agent, not per
+    event). A chain may resume mid-way (``seq``, ``prev``) where older events were archived."""
+
+    def __init__(self, agent: str, seq: int = 1, prev: str = GENESIS) -> None:
+        self.agent = agent
+        self.expected_seq = seq
+        self.head = prev  # the hash of event ``last_seq`` (GENESIS before the first)
+        self.count = 0
+        self.problem: str | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return self.expected_seq - 1
+
+    def step(self, event: Mapping[str, Any]) -> str | None:
+        """Check the next event; returns the chain's first problem when it is found (later
+        events of a broken chain are ignored)."""
+        if self.problem is not None:
+            return None
+        self.problem = self._problem(event)
+        return self.problem
+
+    def _problem(self, event: Mapping[str, Any]) -> str | None:
+        seq, event_id, agent = event.get("seq"), event.get("id"), self.agent
+        expected_seq = self.expected_seq
+        if seq != expected_seq:
+            if isinstance(seq, int) and seq > expected_seq:
+                what = (
+                    f"event seq {expected_seq} is missing (deleted or reordered) before event "
+                    f"{event_id}"
+                )
+            else:
+                what = (
+                    f"event {event_id} has seq {seq} where {expected_seq} was expected "
+                    "(inserted or reordered)"
+                )
+            return f"agent {agent}: {what}"
+        if event.get("prev") != self.head:
+            return (
+                f"agent {agent}: event {event_id} (seq {seq}) does not follow the previous "
+                "event (an event was deleted, inserted or reordered before it)"
+            )
+        try:
+            recomputed = event_hash(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"agent {agent}: event {event_id} is malformed ({exc})"
+        if recomputed != event.get("hash"):
+            return (
+                f"agent {agent}: event {event_id} (seq {seq}) was edited: its content no "
+                "longer matches its hash"
+            )
+        self.head, self.expected_seq, self.count = recomputed, expected_seq + 1, self.count + 1
+        return None
 
 
 def verify_chain(agent: str, events: Iterable[Mapping[str, Any]]) -> tuple[int, str, str | None]:
@@ -87,42 +177,11 @@ def verify_chain(agent: str, events: Iterable[Mapping[str, Any]]) -> tuple[int, 
 
     The problem (if any) names the first event that was edited, deleted, inserted or reordered.
     """
-    expected_prev, expected_seq, count = GENESIS, 1, 0
+    walk = ChainWalk(agent)
     for event in events:
-        seq, event_id = event.get("seq"), event.get("id")
-        if seq != expected_seq:
-            if isinstance(seq, int) and seq > expected_seq:
-                what = f"event seq {expected_seq} is missing (deleted) before event {event_id}"
-            else:
-                what = (
-                    f"event {event_id} has seq {seq} where {expected_seq} was expected "
-                    "(inserted or reordered)"
-                )
-            return count, expected_prev, f"agent {agent}: {what}"
-        if event.get("prev") != expected_prev:
-            return (
-                count,
-                expected_prev,
-                (
-                    f"agent {agent}: event {event_id} (seq {seq}) does not follow the previous "
-                    "event (an event was deleted, inserted or reordered before it)"
-                ),
-            )
-        try:
-            recomputed = event_hash(event)
-        except (KeyError, TypeError, ValueError) as exc:
-            return count, expected_prev, f"agent {agent}: event {event_id} is malformed ({exc})"
-        if recomputed != event.get("hash"):
-            return (
-                count,
-                expected_prev,
-                (
-                    f"agent {agent}: event {event_id} (seq {seq}) was edited: its content no "
-                    "longer matches its hash"
-                ),
-            )
-        expected_prev, expected_seq, count = recomputed, expected_seq + 1, count + 1
-    return count, expected_prev, None
+        if walk.step(event):
+            break
+    return walk.count, walk.head, walk.problem
 
 
 def verify_checkpoint(
@@ -138,51 +197,3 @@ def verify_checkpoint(
     except (InvalidSignature, KeyError, ValueError):
         return f"{name} has a bad signature"
     return None
-
-
-def verify_log(
-    events: Iterable[Mapping[str, Any]],
-    checkpoints: Iterable[Mapping[str, Any]],
-    keys: Mapping[str, Ed25519PublicKey],
-) -> ChainReport:
-    """Verify whole chains (events in stored order per agent) against signed checkpoints.
-
-    Every checkpoint must be validly signed and agree with the chain at its count; the newest
-    checkpoint of a chain also proves no events were cut off its end.
-    """
-    by_agent: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    report = ChainReport()
-    for event in events:
-        by_agent[str(event.get("agent"))].append(event)
-    marks: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for checkpoint in checkpoints:
-        report.checkpoints += 1
-        marks[str(checkpoint.get("agent"))].append(checkpoint)
-    for agent in sorted(set(by_agent) | set(marks)):
-        chain = by_agent.get(agent, [])
-        report.chains += 1
-        report.events += len(chain)
-        count, _head, problem = verify_chain(agent, chain)
-        if problem:
-            report.problems.append(problem)
-            continue
-        hashes = [event["hash"] for event in chain]
-        for checkpoint in marks.get(agent, []):
-            bad_signature = verify_checkpoint(checkpoint, keys)
-            if bad_signature:
-                report.problems.append(bad_signature)
-                break
-            at = checkpoint["count"]
-            if at > count:
-                report.problems.append(
-                    f"agent {agent}: checkpoint says {at} events but only {count} remain "
-                    f"(event seq {count + 1} and later were deleted)"
-                )
-                break
-            if at and hashes[at - 1] != checkpoint["head"]:
-                report.problems.append(
-                    f"agent {agent}: the chain up to seq {at} differs from the signed checkpoint "
-                    "(events were rewritten)"
-                )
-                break
-    return report

@@ -23,13 +23,14 @@ from typing import Any
 import redis
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tqdm import tqdm
 
 from agent_passport import proofs
-from agent_passport.audit import verify_log
 from agent_passport.egress import add_proxy_options, cmd_proxy
 from agent_passport.errors import GuardError, PassportError
 from agent_passport.guard import Guard
 from agent_passport.jwks import JWKSClient
+from agent_passport.logcheck import read_heads, verify_export
 from agent_passport.protocol import RevocationChannel
 from agent_passport.receipts import (
     ReceiptStore,
@@ -180,41 +181,44 @@ def _describe_status(status: WatcherStatus) -> str:
 
 
 def cmd_verify_audit(args: argparse.Namespace) -> int:
-    events, checkpoints = [], []
+    """Exit 0: intact and every event covered by a signed head; 1: tampered, or NOT VERIFIED
+    (no head covers the events, or some are not yet covered); 2: unreadable input."""
+    keys = _keys(args)
     try:
-        with open(args.export, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-                    raise CLIError(f"{args.export}:{number} is not JSON ({exc})") from exc
-                kind = record.pop("type", None) if isinstance(record, dict) else None
-                if kind == "event":
-                    events.append(record)
-                elif kind == "checkpoint":
-                    checkpoints.append(record)
-    except OSError as exc:
-        raise CLIError(f"cannot read {args.export}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise CLIError(f"{args.export} is not UTF-8 text ({exc.reason})") from exc
-    keys = key_source(args)
-    if isinstance(keys, JWKSClient):
-        try:
-            keys.refresh()
-        except (requests.RequestException, ValueError) as exc:
-            raise CLIError(f"cannot fetch the registry's JWKS: {exc}") from exc
-        keys = keys.keys
-    report = verify_log(events, checkpoints, keys)
-    summary = report.summary()
-    if not report.checkpoints and report.events:
-        print(f"NOT VERIFIED: no signed checkpoint in the export ({summary})")
+        witness = read_witness(args.witness) if args.witness else []
+        with tqdm(
+            desc="verifying", unit=" events", file=sys.stderr, disable=not sys.stderr.isatty()
+        ) as bar:
+            report = verify_export(args.export, keys, witness=witness, progress=bar)
+    except ValueError as exc:  # ExportError, or a witness file that is not heads
+        raise CLIError(str(exc)) from exc
+    summary = report.counts()
+    if report.problems:
+        for problem in report.problems:
+            print(f"TAMPERED: {problem}")
         return 1
-    if report.ok:
-        print(f"intact: {summary}")
-        return 0
-    for problem in report.problems:
-        print(f"TAMPERED: {problem}")
-    return 1
+    if report.events and not report.heads:
+        print(f"NOT VERIFIED: no signed tree head in the export covers its events ({summary})")
+        return 1
+    if report.unsigned_events:
+        print(
+            f"NOT VERIFIED: {report.unsigned_events} event(s) not yet covered by a signed head "
+            f"({summary})"
+        )
+        return 1
+    print(f"intact: {summary}")
+    return 0
+
+
+def read_witness(path: str) -> list[dict[str, Any]]:
+    """A witness's heads file (one head document per line)."""
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return read_heads(lines, path)
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{path} is not UTF-8 text ({exc.reason})") from exc
 
 
 def _keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
@@ -397,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify-audit", help="verify an action-log export (JSONL) offline with the JWKS"
     )
     verify_audit.add_argument("export", help="file from GET /api/v1/actions/export")
+    verify_audit.add_argument(
+        "--witness", help="a witness's heads file (one head per line) to check the export against"
+    )
     _add_key_options(verify_audit)
     verify_audit.set_defaults(handler=cmd_verify_audit)
 
