@@ -104,7 +104,7 @@ def segment_records(plan: Plan, *, progress: bool = False) -> Iterator[dict[str,
         "archived_at": timezone.now().isoformat(),
     }
     for head in _heads(plan):
-        yield {"type": "head", **transparency.head_document(head)}
+        yield {"type": "head", **head.document()}
     yield {
         "type": "consistency",
         "from": plan.end,

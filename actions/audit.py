@@ -6,7 +6,7 @@ import heapq
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
+from actions import transparency
 from actions.models import (
     ActionEvent,
     ArchivedSegment,
@@ -21,7 +22,14 @@ from actions.models import (
     MerkleNode,
     SignedTreeHead,
 )
-from agent_passport.audit import GENESIS, ChainReport, b64url, checkpoint_payload, event_hash
+from agent_passport.audit import (
+    GENESIS,
+    ChainReport,
+    b64url,
+    checkpoint_payload,
+    event_hash,
+    timestamp,
+)
 from agent_passport.logcheck import (
     SIGNED,
     Checkpoints,
@@ -42,10 +50,6 @@ from passports.models import Agent
 CHUNK = 2000
 NODE_LEVEL = 8  # stored subtrees of 256 leaves (actions.transparency): a rewrite localised
 PROOF_BATCH = 100
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # The stored columns of an event document, in the order of :func:`document`'s arguments.
@@ -105,8 +109,8 @@ def document(
         "jurisdiction": jurisdiction,
         "decision": decision,
         "reason": reason,
-        "occurred_at": iso(occurred_at),
-        "received_at": iso(received_at),
+        "occurred_at": timestamp(occurred_at),
+        "received_at": timestamp(received_at),
         "details": details,
         "prev": prev_hash,
         "hash": hash_,
@@ -134,7 +138,7 @@ def checkpoint_document(checkpoint: AuditCheckpoint) -> dict[str, Any]:
         "agent": str(checkpoint.agent_id),
         "count": checkpoint.count,
         "head": checkpoint.head_hash,
-        "at": iso(checkpoint.created_at),
+        "at": timestamp(checkpoint.created_at),
         "kid": checkpoint.kid,
         "signature": checkpoint.signature,
     }
@@ -175,13 +179,11 @@ def _checkpoints(agents: QuerySet[Agent] | None = None) -> Iterator[dict[str, An
 
 def _heads(up_to: SignedTreeHead | None = None) -> Iterator[dict[str, Any]]:
     """Head documents in the order they were signed (up to ``up_to``)."""
-    from actions import transparency  # imports this module
-
     heads = SignedTreeHead.objects.order_by("id")
     if up_to is not None:
         heads = heads.filter(id__lte=up_to.id)
     for head in heads.iterator(chunk_size=CHUNK):
-        yield transparency.head_document(head)
+        yield head.document()
 
 
 def _signed_roots() -> Iterator[Expectation]:
@@ -208,8 +210,6 @@ def verify(
     :func:`transparency.live_start` against every signed head (and every ``witness`` head),
     the chain of heads, the per-agent chains against their newest checkpoints. Memory: per
     agent and witness head, not per event."""
-    from actions import transparency  # imports this module
-
     keys = signing.all_public_keys()
     report = ChainReport()
     chain = HeadChain(keys, report)
@@ -271,8 +271,6 @@ def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
     then the events in leaf order from where the live log starts (``start``, after the leaves
     archived, and the subtrees before it, ``edge``). A filtered export (``agents``: their
     chains) carries each event's inclusion proof in the newest head."""
-    from actions import transparency  # imports this module
-
     newest = transparency.latest_head()
     try:
         start, edge = transparency.live_start()
@@ -281,7 +279,7 @@ def export_jsonl(agents: QuerySet[Agent] | None = None) -> Iterator[str]:
     header = {
         "type": "export",
         "v": 2,
-        "exported_at": iso(timezone.now()),
+        "exported_at": timestamp(timezone.now()),
         "scope": "full" if agents is None else "filtered",
         "start": start,
         "edge": hexes(edge),
@@ -303,8 +301,6 @@ def _with_proofs(documents: Iterator[dict[str, Any]], size: int) -> Iterator[dic
     proofs of PROOF_BATCH events are fetched together (one read of the stored nodes, of each
     256-leaf block and of the tree's right edge). A damaged tree leaves the proofs out (the
     offline verifier then names those events)."""
-    from actions import transparency  # imports this module
-
     source = HashSource(transparency.perfect_subtrees)
     for _batch, group in itertools.groupby(enumerate(documents), key=lambda d: d[0] // PROOF_BATCH):
         batch = [document for _, document in group]

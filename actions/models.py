@@ -1,7 +1,9 @@
 from datetime import timedelta
+from typing import Any
 
 from django.db import models
 
+from agent_passport.audit import timestamp
 from agent_passport.reporter import (
     MAX_ACTION_LENGTH,
     MAX_JURISDICTION_LENGTH,
@@ -132,6 +134,18 @@ class SignedTreeHead(models.Model):
 
     def __str__(self) -> str:
         return f"tree head {self.tree_size} ({self.root_hash[:12]})"
+
+    def document(self) -> dict[str, Any]:
+        """The head as JSON everywhere (API, exports, witnesses): what it signs plus kid and
+        signature."""
+        return {
+            "tree_size": self.tree_size,
+            "root": self.root_hash,
+            "at": timestamp(self.created_at),
+            "prev": self.prev,
+            "kid": self.kid,
+            "signature": self.signature,
+        }
 
 
 class ArchivedSegment(models.Model):

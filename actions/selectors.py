@@ -187,7 +187,7 @@ def latest_head() -> dict[str, Any]:
     head = transparency.latest_head()
     if head is None:
         raise NotFound("No signed tree head yet.")
-    return transparency.head_document(head)
+    return head.document()
 
 
 def heads(*, from_size: str | None, limit: str | None) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def heads(*, from_size: str | None, limit: str | None) -> dict[str, Any]:
         last = page[-1]
         page += ordered.filter(tree_size=last.tree_size, id__gt=last.id)
     return {
-        "heads": [transparency.head_document(head) for head in page],
+        "heads": [head.document() for head in page],
         "next_from_size": page[-1].tree_size + 1 if more else None,
     }
 
@@ -261,7 +261,7 @@ def event_proof(
         "leaf_index": event.leaf_index,
         "tree_size": head.tree_size,
         "path": path,
-        "head": transparency.head_document(head),
+        "head": head.document(),
     }
 
 
@@ -290,6 +290,6 @@ def consistency(*, first: str | None, second: str | None) -> dict[str, Any]:
         "from": start,
         "to": to_head.tree_size,
         "proof": proof,
-        "from_head": transparency.head_document(from_head) if from_head is not None else None,
-        "to_head": transparency.head_document(to_head),
+        "from_head": from_head.document() if from_head is not None else None,
+        "to_head": to_head.document(),
     }

@@ -23,9 +23,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from actions import witnesses
-from actions.audit import iso
 from actions.models import ActionEvent, ArchivedSegment, LogCounter, MerkleNode, SignedTreeHead
-from agent_passport.audit import GENESIS, b64url
+from agent_passport.audit import GENESIS, b64url, timestamp
 from agent_passport.merkle import (
     CompactTree,
     HashSource,
@@ -43,6 +42,7 @@ from agent_passport.merkle import (
     promise_payload,
 )
 from passports import signing
+from registry.errors import StateConflict
 
 NODE_LEVEL = 8  # stored subtrees cover 256 leaves or more
 BLOCK = 1 << NODE_LEVEL
@@ -80,7 +80,7 @@ def promise(leaves: Sequence[tuple[int, str]]) -> dict[str, Any]:
     due = timezone.now() + timedelta(seconds=2 * settings.AUDIT_CHECKPOINT_SECONDS)
     document: dict[str, Any] = {
         "leaves": [[index, event_hash] for index, event_hash in leaves],
-        "include_by": iso(due),
+        "include_by": timestamp(due),
     }
     kid, signature = signing.sign_bytes(promise_payload(document))
     return {**document, "kid": kid, "signature": b64url(signature)}
@@ -91,23 +91,12 @@ def receipt(leaves: Sequence[tuple[int, str]]) -> dict[str, Any]:
     newest signed head and a signed promise to include the leaves (none for an empty batch)."""
     head = latest_head()
     return {
-        "head": head_document(head) if head is not None else None,
+        "head": head.document() if head is not None else None,
         "promise": promise(leaves) if leaves else None,
     }
 
 
 # -- heads --------------------------------------------------------------------------------------
-def head_document(head: SignedTreeHead) -> dict[str, Any]:
-    return {
-        "tree_size": head.tree_size,
-        "root": head.root_hash,
-        "at": iso(head.created_at),
-        "prev": head.prev,
-        "kid": head.kid,
-        "signature": head.signature,
-    }
-
-
 def latest_head() -> SignedTreeHead | None:
     return SignedTreeHead.objects.order_by("-id").first()
 
@@ -129,15 +118,28 @@ def sign_tree_head(*, force: bool = False) -> SignedTreeHead | None:
         tree_size=size,
         root_hash=root.hex(),
         created_at=timezone.now(),
-        prev=head_id(head_document(latest)) if latest is not None else GENESIS,
+        prev=head_id(latest.document()) if latest is not None else GENESIS,
     )
-    head.kid, signature = signing.sign_bytes(head_payload(head_document(head)))
+    head.kid, signature = signing.sign_bytes(head_payload(head.document()))
     head.signature = b64url(signature)
     head.save()
     # Witnesses get the head once it is committed (a rolled-back head was never published);
     # robust: a failing publication is logged and recorded, never undoes the head.
     transaction.on_commit(lambda: witnesses.publish(head), robust=True)
     return head
+
+
+def sign_on_demand() -> tuple[SignedTreeHead, bool]:
+    """Sign a head over everything committed now (published to the witnesses once committed).
+    Returns (the head, True) if a new one was signed, (the latest head, False) if the log has
+    not grown since. StateConflict while the log is still empty (no head to show)."""
+    head = sign_tree_head()
+    if head is not None:
+        return head, True
+    latest = latest_head()
+    if latest is None:
+        raise StateConflict("log", "the action log is empty: no tree head to sign yet")
+    return latest, False
 
 
 # -- the stored tree ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from actions.models import HeadWitness, SignedTreeHead
 from agent_passport.protocol import RevocationChannel
-from registry.errors import StateConflict
+from registry.redis_connection import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,6 @@ class RedisSink(Sink):
         return f"redis:{head_key()}"
 
     def deliver(self, head: dict[str, Any]) -> None:
-        from killswitch.publisher import redis_client
-
         client = redis_client()
         client.register_script(_SET_NEWER)(
             keys=[head_key(), heads_channel()],
@@ -211,15 +209,11 @@ def _pending(sink: Sink, head: SignedTreeHead) -> list[SignedTreeHead]:
     return list(reversed(newest[:CATCH_UP]))
 
 
-def _deliver(
-    sink: Sink,
-    heads: Sequence[SignedTreeHead],
-    document: Callable[[SignedTreeHead], dict[str, Any]],
-) -> list[Delivery]:
+def _deliver(sink: Sink, heads: Sequence[SignedTreeHead]) -> list[Delivery]:
     deliveries = []
     for head in heads:
         try:
-            sink.deliver(document(head))
+            sink.deliver(head.document())
             error = ""
         except Exception as exc:  # any failure of one sink is recorded, not raised
             error = f"{exc.__class__.__name__}: {exc}"[:500]
@@ -235,11 +229,9 @@ def _deliver(
 
 def publish(head: SignedTreeHead, sinks: Sequence[Sink] | None = None) -> list[Delivery]:
     """Deliver ``head`` (and any earlier head a sink missed) to every witness sink."""
-    from actions.transparency import head_document
-
     deliveries = []
     for sink in configured() if sinks is None else sinks:
-        deliveries += _deliver(sink, _pending(sink, head), head_document)
+        deliveries += _deliver(sink, _pending(sink, head))
     return deliveries
 
 
@@ -259,18 +251,3 @@ def refused_by(head: SignedTreeHead) -> dict[str, str]:
         if sink not in took:
             errors[sink] = error
     return errors
-
-
-def sign_on_demand() -> tuple[SignedTreeHead, bool]:
-    """Sign a head over everything committed now (published to the witnesses once committed).
-    Returns (the head, True) if a new one was signed, (the latest head, False) if the log has
-    not grown since. StateConflict while the log is still empty (no head to show)."""
-    from actions import transparency
-
-    head = transparency.sign_tree_head()
-    if head is not None:
-        return head, True
-    latest = transparency.latest_head()
-    if latest is None:
-        raise StateConflict("log", "the action log is empty: no tree head to sign yet")
-    return latest, False

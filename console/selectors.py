@@ -468,7 +468,7 @@ def event_check(event_id: uuid.UUID) -> EventCheck:
         )
         return EventCheck(event=event, head=summary, checks=checks, path=[])
     head = summary.head
-    document = transparency.head_document(head)
+    document = head.document()
     problem = verify_head(document, signing.all_public_keys())
     checks.append(Check("head", problem is None, problem or f"head {head.tree_size} is signed"))
     try:

@@ -40,6 +40,7 @@ from agent_passport.protocol import (
 from agent_passport.revocations import RevocationEntry
 from killswitch.models import EpochCounter, Revocation
 from killswitch.selectors import current_epoch
+from registry.redis_connection import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -101,18 +102,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], at)
 return tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '-1')
 """
 
-_clients: dict[str, redis.Redis] = {}
 _LATEST_EPOCH = Coalesce(F("lift_epoch"), F("epoch"))
-
-
-def redis_client() -> redis.Redis:
-    """A shared client with short timeouts, so a dead Redis never stalls a request for long."""
-    url = settings.REDIS_URL
-    if url not in _clients:
-        _clients[url] = redis.Redis.from_url(
-            url, socket_timeout=1.0, socket_connect_timeout=0.5, decode_responses=True
-        )
-    return _clients[url]
 
 
 def entry_for(revocation: Revocation) -> RevocationEntry:

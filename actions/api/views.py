@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from actions import audit, selectors, services, transparency, witnesses
+from actions import audit, selectors, services, transparency
 from actions.api.serializers import (
     ActionBatchSerializer,
     ActionEventSerializer,
@@ -234,9 +234,9 @@ class TreeHeadsView(_LogView):
         "since; 409 while the log is empty. Witnesses get the head after commit.",
     )
     def post(self, request: Request) -> Response:
-        head, created = witnesses.sign_on_demand()
+        head, created = transparency.sign_on_demand()
         return Response(
-            transparency.head_document(head),
+            head.document(),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 

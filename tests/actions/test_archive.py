@@ -93,7 +93,7 @@ def test_archive_writes_verifies_records_and_drops_then_the_live_log_continues(
     live = transparency.sign_tree_head()
     assert live is not None and live.tree_size == 907
     keys = signing.all_public_keys()
-    assert verify_head(transparency.head_document(live), keys) is None
+    assert verify_head(live.document(), keys) is None
     event = ActionEvent.objects.get(leaf_index=903)
     path_hashes = [bytes.fromhex(h) for h in transparency.inclusion_proof(903, 907)]
     live_root = bytes.fromhex(live.root_hash)

@@ -53,8 +53,8 @@ def test_leaf_indexes_are_dense_and_heads_sign_the_tree(issue):
 
     keys = signing.all_public_keys()
     for head in (first, second):
-        assert verify_head(transparency.head_document(head), keys) is None
-    assert second.prev == head_id(transparency.head_document(first))
+        assert verify_head(head.document(), keys) is None
+    assert second.prev == head_id(first.document())
 
 
 def test_roots_match_an_independent_implementation(issue):

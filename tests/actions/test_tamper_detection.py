@@ -46,7 +46,7 @@ def log(issue, agent, operator, tmp_path):
         for name, count in zip("AB", counts, strict=True):
             post_events(tokens[name], [(f"fs:write:/workspace/{name}", "allow")] * count)
         audit.create_checkpoints()
-        heads.append(transparency.head_document(transparency.sign_tree_head()))
+        heads.append((transparency.sign_tree_head()).document())
     witness = tmp_path / "heads.jsonl"
     witness.write_text("".join(json.dumps(head) + "\n" for head in heads))
     jwks = tmp_path / "jwks.json"
@@ -80,7 +80,7 @@ def forge_head(size: int, prev: str) -> SignedTreeHead:
         created_at=timezone.now(),
         prev=prev,
     )
-    document = transparency.head_document(head)
+    document = head.document()
     head.kid, signature = signing.sign_bytes(head_payload(document))
     head.signature = b64url(signature)
     head.save()
@@ -92,7 +92,7 @@ def newest_head() -> SignedTreeHead:
 
 
 def first_head_id() -> str:
-    return head_id(transparency.head_document(SignedTreeHead.objects.get(tree_size=5)))
+    return head_id((SignedTreeHead.objects.get(tree_size=5)).document())
 
 
 def edit(log):

@@ -108,7 +108,7 @@ def test_a_head_reaches_the_file_the_webhook_and_redis(
     for callback in pending:
         callback()
 
-    document = transparency.head_document(head)
+    document = head.document()
     assert verify_head(document, signing.all_public_keys()) is None
     assert lines(heads_file) == [document]
     assert receiver.bodies == [document]
@@ -191,7 +191,7 @@ def test_redis_never_goes_back_to_an_older_head(
     older = sign(django_capture_on_commit_callbacks)
     post_events(token, [("fs:read", "allow")])
     newer = sign(django_capture_on_commit_callbacks)
-    witnesses.RedisSink("redis:").deliver(transparency.head_document(older))  # a late racer
+    witnesses.RedisSink("redis:").deliver(older.document())  # a late racer
     client = redis.Redis.from_url(settings.REDIS_URL)
     assert json.loads(client.get(witnesses.head_key()))["tree_size"] == newer.tree_size
 

@@ -24,6 +24,7 @@ import requests
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
 
+from actions import transparency
 from agent_passport.revocations import revocations_digest
 from killswitch import publisher
 from killswitch import services as killswitch
@@ -409,6 +410,10 @@ def test_killing_a_running_sdk_agent_from_its_page(page, user_with, agent, sdk_a
     page.get_by_label("Agent (name or id)").fill(agent.name[:5].upper())
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("tbody tr.deny").first).to_be_visible()
+    page.get_by_role("link", name="Verify now").click()
+    expect(page.locator("#audit-status")).to_have_text("NOT VERIFIED")  # no signed head yet
+    expect(page.locator("#audit-status").locator("..")).to_contain_text("not yet covered")
+    transparency.sign_tree_head()
     page.get_by_role("link", name="Verify now").click()
     expect(page.locator("#audit-status")).to_have_text("intact")
     # Actions and paths keep to one line; the reason column wraps instead.

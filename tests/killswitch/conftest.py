@@ -8,8 +8,8 @@ import pytest
 from agent_passport.protocol import RevocationChannel
 from agent_passport.tokens import keys_from_jwks
 from agent_passport.watcher import RevocationWatcher
-from killswitch import publisher
 from passports import signing
+from registry import redis_connection
 from registry.devserver import free_port, start_redis_server
 
 
@@ -42,7 +42,7 @@ def private_redis(settings):
     settings.REDIS_URL = server.url
     yield server
     server.stop()
-    publisher._clients.pop(server.url, None)
+    redis_connection._clients.pop(server.url, None)
 
 
 @pytest.fixture

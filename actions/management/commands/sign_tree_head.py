@@ -14,10 +14,10 @@ class Command(BaseCommand):
 
     def handle(self, **options) -> None:
         try:
-            head, created = witnesses.sign_on_demand()
+            head, created = transparency.sign_on_demand()
         except RequestRejected as exc:
             raise CommandError(exc.message) from exc
-        self.stdout.write(json.dumps(transparency.head_document(head), sort_keys=True))
+        self.stdout.write(json.dumps(head.document(), sort_keys=True))
         if not created:
             self.stderr.write(f"unchanged: the log still has {head.tree_size} event(s)")
         for sink in witnesses.witnessed_by(head):

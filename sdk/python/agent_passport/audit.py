@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -38,6 +39,11 @@ EVENT_FIELDS = (
     "prev",
 )
 CHECKPOINT_FIELDS = ("agent", "count", "head", "at")
+
+
+def timestamp(moment: datetime) -> str:
+    """The log's time text: UTC to the microsecond, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def canonical(document: Mapping[str, Any]) -> bytes:
