@@ -144,7 +144,12 @@ def plainly_valid_event(raw: dict) -> dict | None:
     condition is at least as strict as the serializer's, so the answers cannot differ."""
     if not EVENT_FIELDS.issuperset(raw.keys() - {"details"}):
         return None
-    action, decision, at, event_id = (raw.get(key) for key in ("action", "decision", "at", "id"))
+    action, decision, at, event_id = (
+        raw.get("action"),
+        raw.get("decision"),
+        raw.get("at"),
+        raw.get("id"),
+    )
     if type(action) is not str or not 0 < len(action) <= MAX_ACTION_LENGTH:
         return None
     if type(decision) is not str or decision not in DECISIONS or type(event_id) is not str:
