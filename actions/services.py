@@ -20,7 +20,6 @@ from django.utils import timezone
 
 from actions import audit, transparency
 from actions.models import ActionEvent, AgentCopy
-from agent_passport.audit import GENESIS, event_hash
 from killswitch import rules
 from passports import signing
 from passports.models import Agent, Passport, SigningKey
@@ -159,46 +158,35 @@ def _stored_leaves(ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, str]]:
 
 def _chained_rows(passport: Passport, events: list[ReportedAction]) -> list[dict[str, Any]]:
     """Rows (column name -> value) of the new events, with their place in the agent's chain
-    (the caller holds the agent's lock); the hash is ``audit.event_document``'s, from dicts."""
+    (the caller holds the agent's lock), built from event documents without model instances."""
     if not events:
         return []
     agent_id, passport_id, fleet = passport.agent_id, passport.jti, passport.agent.fleet
     received_at = timezone.now()
-    head = (
-        ActionEvent.objects.filter(agent_id=agent_id)
-        .order_by("-seq")
-        .values_list("seq", "hash")
-        .first()
-    )
-    seq, prev = head or (0, GENESIS)
-    shared = {"agent": str(agent_id), "passport": str(passport_id), "fleet": fleet}
-    received = audit.iso(received_at)
-    rows = []
-    for event in events:
-        seq += 1
-        document = {
-            **shared,
+    shared = {
+        "agent": str(agent_id),
+        "passport": str(passport_id),
+        "fleet": fleet,
+        "received_at": audit.iso(received_at),
+    }
+    documents: list[dict[str, Any]] = [
+        {**event, **shared, "id": str(event["id"]), "occurred_at": audit.iso(event["occurred_at"])}
+        for event in events
+    ]
+    audit.chain(documents, agent_id=agent_id)
+    return [
+        {
             **event,
-            "seq": seq,
-            "id": str(event["id"]),
-            "occurred_at": audit.iso(event["occurred_at"]),
-            "received_at": received,
-            "prev": prev,
+            "passport_id": passport_id,
+            "agent_id": agent_id,
+            "fleet": fleet,
+            "received_at": received_at,
+            "seq": document["seq"],
+            "prev_hash": document["prev"],
+            "hash": document["hash"],
         }
-        prev = event_hash(document)
-        rows.append(
-            {
-                **event,
-                "passport_id": passport_id,
-                "agent_id": agent_id,
-                "fleet": fleet,
-                "received_at": received_at,
-                "seq": seq,
-                "prev_hash": document["prev"],
-                "hash": prev,
-            }
-        )
-    return rows
+        for event, document in zip(events, documents, strict=True)
+    ]
 
 
 def _insert(rows: list[dict[str, Any]]) -> None:
