@@ -118,8 +118,9 @@ def document(
     }
 
 
-def chain(events: list[ActionEvent], *, agent_id: Any) -> None:
-    """Give new events of one agent their place in its chain. Caller holds the agent's lock."""
+def chain(documents: list[dict[str, Any]], *, agent_id: Any) -> None:
+    """Give new events of one agent, as event documents (see :func:`event_document`) without
+    ``seq``, ``prev`` and ``hash``, their place in its chain. Caller holds the agent's lock."""
     head = (
         ActionEvent.objects.filter(agent_id=agent_id)
         .order_by("-seq")
@@ -127,10 +128,10 @@ def chain(events: list[ActionEvent], *, agent_id: Any) -> None:
         .first()
     )
     seq, prev = head or (0, GENESIS)
-    for event in events:
+    for document in documents:
         seq += 1
-        event.seq, event.prev_hash = seq, prev
-        event.hash = prev = event_hash(event_document(event))
+        document["seq"], document["prev"] = seq, prev
+        document["hash"] = prev = event_hash(document)
 
 
 def checkpoint_document(checkpoint: AuditCheckpoint) -> dict[str, Any]:

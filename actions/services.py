@@ -3,21 +3,24 @@
 Also signing-key rotation, which re-signs every audit chain (``passports`` knows nothing of the
 audit log, so the workflow lives here rather than there)."""
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
+from django.db.models.base import ModelState
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from actions import audit, transparency
 from actions.models import ActionEvent, AgentCopy
+from agent_passport.audit import timestamp
 from killswitch import rules
 from passports import signing
 from passports.models import Agent, Passport, SigningKey
@@ -38,6 +41,7 @@ class ReportedAction(TypedDict):
     decision: str
     reason: str
     occurred_at: datetime
+    details: dict[str, Any]
 
 
 class SupervisorStop(TypedDict):
@@ -77,6 +81,14 @@ def _chunks(ids: Sequence[uuid.UUID]) -> Iterator[Sequence[uuid.UUID]]:
         yield ids[start : start + _IDS_PER_QUERY]
 
 
+EVENT_TABLE = ActionEvent._meta.db_table
+# Every column of the event table, in model order; rows are built as dicts of these.
+EVENT_COLUMNS: tuple[str, ...] = tuple(
+    str(field.column) for field in ActionEvent._meta.concrete_fields
+)
+_DETAILS = EVENT_COLUMNS.index("details")  # jsonb: COPY takes its JSON text
+
+
 @transaction.atomic
 def ingest_actions(
     *,
@@ -90,7 +102,8 @@ def ingest_actions(
     The agent, its fleet and the passport come from the authenticated passport, never from the
     events. The heartbeat is recorded first: on PostgreSQL its UPDATE locks the agent's row until
     commit, so two batches of one agent (a retry racing the original) are counted one after the
-    other; SQLite serialises all writers anyway.
+    other; SQLite serialises all writers anyway. Rows are plain dicts (no model instances) and
+    go to PostgreSQL with COPY: ingestion is CPU-bound, and both cut its cost per event.
     """
     record_heartbeat(
         agent_id=passport.agent_id,
@@ -101,38 +114,23 @@ def ingest_actions(
     unique: dict[uuid.UUID, ReportedAction] = {}
     for event in events:
         unique.setdefault(event["id"], event)  # a repeated id within the batch is a duplicate
-    ids = list(unique)
-    stored: dict[uuid.UUID, tuple[int, str]] = {}
-    for chunk in _chunks(ids):
-        known = ActionEvent.objects.filter(id__in=chunk).values_list("id", "leaf_index", "hash")
-        stored.update((event_id, (index, value)) for event_id, index, value in known)
-    fresh = [event_id for event_id in ids if event_id not in stored]
-    fleet = passport.agent.fleet
-    received_at = timezone.now()
-    rows = [
-        ActionEvent(
-            passport=passport,
-            agent_id=passport.agent_id,
-            fleet=fleet,
-            received_at=received_at,
-            **unique[i],
-        )
-        for i in fresh
-    ]
-    audit.chain(rows, agent_id=passport.agent_id)
+    stored = _stored_leaves(list(unique))
+    rows = _chained_rows(
+        passport, [event for event_id, event in unique.items() if event_id not in stored]
+    )
     if rows:  # last: other batches wait for this one's commit from here on
         first = transparency.reserve_leaves(len(rows))
         for offset, row in enumerate(rows):
-            row.leaf_index = first + offset
+            row["leaf_index"] = first + offset
     try:
         with transaction.atomic():
-            ActionEvent.objects.bulk_create(rows)
+            _insert(rows)
     except IntegrityError as exc:  # an id stored meanwhile by another agent: let the SDK retry
         raise ConcurrentConflict("events", "an event id was stored concurrently; retry") from exc
     if rows:  # the kill rules see the batch once it is committed
         agent = passport.agent
         transaction.on_commit(lambda: _evaluate_rules(agent, rows), robust=True)
-    leaves = sorted([*stored.values(), *((row.leaf_index, row.hash) for row in rows)])
+    leaves = sorted([*stored.values(), *((row["leaf_index"], row["hash"]) for row in rows)])
     return IngestResult(
         accepted=len(rows),
         duplicates=len(events) - len(rows),
@@ -140,10 +138,95 @@ def ingest_actions(
     )
 
 
-def _evaluate_rules(agent: Agent, rows: list[ActionEvent]) -> None:
+def _stored_leaves(ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, str]]:
+    """(leaf index, hash) of the events among ``ids`` already stored."""
+    if not ids:
+        return {}
+    if connection.vendor == "postgresql":  # one query, the ids as one array literal
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, leaf_index, hash FROM {connection.ops.quote_name(EVENT_TABLE)} "  # noqa: S608
+                "WHERE id = ANY(%s::uuid[])",
+                ["{" + ",".join(map(str, ids)) + "}"],
+            )
+            return {event_id: (index, value) for event_id, index, value in cursor.fetchall()}
+    stored: dict[uuid.UUID, tuple[int, str]] = {}
+    for chunk in _chunks(ids):
+        known = ActionEvent.objects.filter(id__in=chunk).values_list("id", "leaf_index", "hash")
+        stored.update((event_id, (index, value)) for event_id, index, value in known)
+    return stored
+
+
+def _chained_rows(passport: Passport, events: list[ReportedAction]) -> list[dict[str, Any]]:
+    """Rows (column name -> value) of the new events, with their place in the agent's chain
+    (the caller holds the agent's lock), built from event documents without model instances."""
+    if not events:
+        return []
+    agent_id, passport_id, fleet = passport.agent_id, passport.jti, passport.agent.fleet
+    received_at = timezone.now()
+    shared = {
+        "agent": str(agent_id),
+        "passport": str(passport_id),
+        "fleet": fleet,
+        "received_at": timestamp(received_at),
+    }
+    documents: list[dict[str, Any]] = [
+        {**event, **shared, "id": str(event["id"]), "occurred_at": timestamp(event["occurred_at"])}
+        for event in events
+    ]
+    audit.chain(documents, agent_id=agent_id)
+    return [
+        {
+            **event,
+            "passport_id": passport_id,
+            "agent_id": agent_id,
+            "fleet": fleet,
+            "received_at": received_at,
+            "seq": document["seq"],
+            "prev_hash": document["prev"],
+            "hash": document["hash"],
+        }
+        for event, document in zip(events, documents, strict=True)
+    ]
+
+
+def _insert(rows: list[dict[str, Any]]) -> None:
+    """Store the rows: COPY on PostgreSQL (~5x cheaper than INSERT), bulk_create elsewhere."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        ActionEvent.objects.bulk_create([ActionEvent(**_attributes(row)) for row in rows])
+        return
+    quote = connection.ops.quote_name
+    copy_sql = f"COPY {quote(EVENT_TABLE)} ({', '.join(map(quote, EVENT_COLUMNS))}) FROM STDIN"
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        with cursor.cursor.copy(copy_sql) as copy:
+            for row in rows:
+                values = [row[column] for column in EVENT_COLUMNS]
+                values[_DETAILS] = json.dumps(values[_DETAILS]) if values[_DETAILS] else "{}"
+                copy.write_row(values)
+
+
+def _attributes(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as ActionEvent keyword arguments (column names are its attribute names)."""
+    return {column: row[column] for column in EVENT_COLUMNS}
+
+
+def _committed(row: dict[str, Any]) -> ActionEvent:
+    """The stored event of ``row``, as ``from_db`` would load it but without ``__init__`` (which
+    costs more than storing the row): the kill rules only read its fields."""
+    event = ActionEvent.__new__(ActionEvent)
+    event.__dict__.update(_attributes(row))
+    event._state = ModelState()
+    event._state.adding = False
+    return event
+
+
+def _evaluate_rules(agent: Agent, rows: list[dict[str, Any]]) -> None:
     """Run the automatic kill rules; a failure is logged and never fails ingestion."""
     try:
-        rules.evaluate_events(agent=agent, events=rows)
+        denies = [_committed(row) for row in rows if row["decision"] == "deny"]
+        rules.evaluate_events(agent=agent, events=denies)
     except Exception:
         logger.exception("kill rules failed for a batch of agent %s", agent.pk)
 

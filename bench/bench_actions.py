@@ -565,7 +565,8 @@ def timed_manage(env: dict[str, str], *args: str) -> tuple[int, str, float, floa
 def verify_chains(env: dict[str, str], database_url: str, accepted: int) -> dict[str, Any]:
     code = (
         "import time; from actions.audit import create_checkpoints; "
-        "t = time.perf_counter(); n = create_checkpoints(); "
+        "from actions.transparency import sign_tree_head; "
+        "t = time.perf_counter(); n = create_checkpoints(); sign_tree_head(); "
         "print(n, round(time.perf_counter() - t, 3))"
     )
     rc, output, _, _ = timed_manage(env, "shell", "-c", code)

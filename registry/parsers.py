@@ -73,6 +73,9 @@ def _where(path: _Path) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{printable(part)}" for part in path)
 
 
+_CONTAINERS = (dict, list)  # the only ones json.loads makes (exact types: 5x faster to test)
+
+
 def _too_deep(document: Any) -> bool:
     """Nesting deeper than MAX_JSON_DEPTH, level by level over containers only (fast)."""
     level = [document]
@@ -81,7 +84,7 @@ def _too_deep(document: Any) -> bool:
             child
             for value in level
             for child in (value.values() if isinstance(value, dict) else value)
-            if isinstance(child, dict | list)
+            if type(child) in _CONTAINERS
         ]
         if not level:
             return False

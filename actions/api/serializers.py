@@ -1,5 +1,6 @@
 import json
 import math
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,15 +107,86 @@ class ReportedActionSerializer(StrictSerializer):
         return value or ""
 
     def validate(self, attrs: dict) -> dict:
-        """Store ``net:connect:1.2.3.4:22`` as action ``net:connect`` + resource ``1.2.3.4:22``,
-        as the rule engine reads it. A malformed action is kept verbatim (it is evidence)."""
-        if not attrs["resource"]:
-            try:
-                domain, verb, resource = split_action(attrs["action"])
-            except ValueError:
-                return attrs
-            attrs["action"], attrs["resource"] = f"{domain}:{verb}", resource
-        return attrs
+        return split_resource(attrs)
+
+
+def split_resource(attrs: dict) -> dict:
+    """Store ``net:connect:1.2.3.4:22`` as action ``net:connect`` + resource ``1.2.3.4:22``,
+    as the rule engine reads it. A malformed action is kept verbatim (it is evidence)."""
+    if not attrs["resource"]:
+        try:
+            domain, verb, resource = split_action(attrs["action"])
+        except ValueError:
+            return attrs
+        attrs["action"], attrs["resource"] = f"{domain}:{verb}", resource
+    return attrs
+
+
+EVENT_FIELDS = frozenset(("id", "action", "resource", "jurisdiction", "decision", "reason", "at"))
+DECISIONS = frozenset(ActionEvent.Decision.values)
+# What JSONField (allow_nan=False) and validate_details (ensure_ascii=False) ask of details.
+_DETAILS_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _text(raw: dict, name: str, longest: int) -> str | None:
+    """An optional text field: its value ("" when absent or null), None if not plainly valid."""
+    value = raw.get(name)
+    if value is None:
+        return ""
+    return value if type(value) is str and len(value) <= longest else None
+
+
+def plainly_valid_event(raw: dict) -> dict | None:
+    """What ReportedActionSerializer makes of ``raw`` when every field is plainly valid, else
+    None (the serializer then validates it and names what is wrong), at a fraction of its cost.
+
+    Only for text already known to hold no NUL or lone surrogate (no ``TEXT_TO_CHECK``); every
+    condition is at least as strict as the serializer's, so the answers cannot differ."""
+    if not EVENT_FIELDS.issuperset(raw.keys() - {"details"}):
+        return None
+    action, decision, at, event_id = (
+        raw.get("action"),
+        raw.get("decision"),
+        raw.get("at"),
+        raw.get("id"),
+    )
+    if type(action) is not str or not 0 < len(action) <= MAX_ACTION_LENGTH:
+        return None
+    if type(decision) is not str or decision not in DECISIONS or type(event_id) is not str:
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < math.inf:
+        return None
+    resource = _text(raw, "resource", MAX_RESOURCE_LENGTH)
+    jurisdiction = _text(raw, "jurisdiction", MAX_JURISDICTION_LENGTH)
+    reason = raw.get("reason", "")
+    if resource is None or jurisdiction is None or type(reason) is not str:
+        return None
+    if len(reason) > MAX_REASON_LENGTH:
+        return None
+    details = raw.get("details", {})
+    if type(details) is not dict:
+        return None
+    if details:
+        try:
+            size = len(_DETAILS_JSON.encode(details).encode())
+        except ValueError:
+            return None
+        if size > MAX_DETAILS_BYTES:
+            return None
+    try:
+        attrs = {
+            "id": uuid.UUID(event_id),
+            "action": action,
+            "resource": resource,
+            "jurisdiction": jurisdiction,
+            "decision": decision,
+            "reason": reason,
+            "occurred_at": datetime.fromtimestamp(at, tz=UTC),
+            "details": details,
+        }
+    except (OverflowError, OSError, ValueError):
+        return None
+    return split_resource(attrs)
 
 
 @extend_schema_field(ReportedActionSerializer)
@@ -223,13 +295,17 @@ class ActionBatchSerializer(StrictSerializer):
         # One serializer validates every event (as DRF's ListSerializer does): building its
         # fields once instead of per event halves the cost of a 1,000-event batch.
         event = ReportedActionSerializer()
+        check = self.context.get(TEXT_TO_CHECK, True)
         for index, raw in enumerate(attrs["events"]):
             if not isinstance(raw, dict):
                 errors[str(index)] = {"event": ["must be a JSON object"]}
                 continue
             try:
-                if self.context.get(TEXT_TO_CHECK, True):
+                if check:
                     check_text(raw)
+                elif (plain := plainly_valid_event(raw)) is not None:
+                    valid.append(plain)
+                    continue
                 valid.append(event.run_validation(raw))
             except RefusedJSON as exc:  # NUL or a lone surrogate somewhere in this event
                 errors[str(index)] = {exc.field: [str(exc.detail)]}
