@@ -10,6 +10,7 @@ after a timeout.
 """
 
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
@@ -26,6 +27,19 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def witness_file() -> Path:
+    """Where ``make run`` keeps the tree heads of its log: next to an SQLite database (so it goes
+    with it: a fresh database must not meet the heads of a deleted one), else under var/."""
+    url = os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        database = database if database.is_absolute() else BASE_DIR / database
+        return database.with_name(database.name + ".heads.jsonl")
+    return BASE_DIR / "var" / f"heads-{hashlib.sha256(url.encode()).hexdigest()[:8]}.jsonl"
+
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STOP_TIMEOUT_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
@@ -245,9 +259,7 @@ def run() -> None:
         )
         children += [redis_process] if redis_process else []
         # Tree heads go to an append-only file a verifier can check the log against, and to Redis.
-        os.environ.setdefault(
-            "AUDIT_WITNESSES", f"file://{BASE_DIR / 'var' / 'heads.jsonl'},redis:"
-        )
+        os.environ.setdefault("AUDIT_WITNESSES", f"file://{witness_file()},redis:")
         _manage("migrate", "--noinput", "-v0")
         _manage("collectstatic", "--noinput", "-v0")
         _manage("ensure_signing_key")
