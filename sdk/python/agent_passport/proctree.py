@@ -195,7 +195,9 @@ class ProcessTree:
             self._freeze(True)
             frozen = len(self._cgroup_pids())
         else:
-            frozen = len(self._stop_all())
+            stopped = self._stop_all()
+            _await_stopped(stopped)
+            frozen = len(stopped)
         self.paused = True
         return frozen
 
@@ -369,6 +371,29 @@ def _process_table() -> dict[int, tuple[int, str]]:
         fields = data[data.rindex(b")") + 2 :].split(b" ", 2)  # after "pid (comm) "
         table[int(name)] = (int(fields[1]), fields[0].decode())
     return table
+
+
+def _await_stopped(pids: Iterable[int], timeout: float = 1.0) -> None:
+    """SIGSTOP takes effect asynchronously: wait until every process is stopped (or gone), as
+    ``_freeze`` waits for the cgroup, so a paused tree is paused when ``pause()`` returns."""
+    pending = set(pids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = {pid for pid in pending if _state(pid) not in (None, "T", "t", *_DEAD)}
+        if pending:
+            time.sleep(POLL)
+    if pending:
+        logger.warning("processes %s did not stop within %.1f s", sorted(pending), timeout)
+
+
+def _state(pid: int) -> str | None:
+    """The state letter of a process (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split(b" ", 1)[0].decode()
 
 
 def _signal_all(pids: Iterable[int], signum: int) -> None:
